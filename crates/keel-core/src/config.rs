@@ -1,0 +1,71 @@
+//! Tunables of the core, all in ticks, counts and bytes, validated once at start.
+
+use crate::types::NodeId;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub id: NodeId,
+    /// Every voting member, including `id`.
+    pub members: Vec<NodeId>,
+    /// A follower waits a random time in `[min, 2 * min)` ticks before campaigning (§5.2).
+    pub election_timeout_ticks_min: u32,
+    /// A leader sends AppendEntries to every follower at least this often (§5.2).
+    pub heartbeat_interval_ticks: u32,
+    /// Thesis §9.6: ask for votes without bumping the term first.
+    pub pre_vote: bool,
+    /// A leader that has not heard from a majority within an election timeout steps down,
+    /// and followers that heard from a leader within the timeout ignore vote requests.
+    pub check_quorum: bool,
+    pub append_entries_max: usize,
+    pub append_bytes_max: usize,
+    /// Un-acknowledged AppendEntries per follower in the Replicate state.
+    pub inflight_messages_max: usize,
+    pub snapshot_chunk_bytes_max: usize,
+    /// Proposals refused once this many entries are appended but not yet committed.
+    pub uncommitted_entries_max: usize,
+    /// Seeds the core's private PRNG (randomized election timeouts).
+    pub random_seed: u64,
+}
+
+impl Config {
+    pub fn new(id: NodeId, members: Vec<NodeId>) -> Config {
+        Config {
+            id,
+            members,
+            election_timeout_ticks_min: 10,
+            heartbeat_interval_ticks: 2,
+            pre_vote: true,
+            check_quorum: true,
+            append_entries_max: 512,
+            append_bytes_max: 1 << 20,
+            inflight_messages_max: 64,
+            snapshot_chunk_bytes_max: 1 << 20,
+            uncommitted_entries_max: 8192,
+            random_seed: id.0,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.members.contains(&self.id) {
+            return Err(format!("node {} is not among the members {:?}", self.id, self.members));
+        }
+        let mut sorted = self.members.clone();
+        sorted.sort();
+        sorted.dedup();
+        if sorted.len() != self.members.len() {
+            return Err("members contain a duplicate id".into());
+        }
+        if self.heartbeat_interval_ticks == 0 || self.heartbeat_interval_ticks >= self.election_timeout_ticks_min {
+            return Err("heartbeat interval must be at least 1 tick and below the election timeout".into());
+        }
+        let limits = [self.append_entries_max, self.append_bytes_max, self.inflight_messages_max, self.snapshot_chunk_bytes_max, self.uncommitted_entries_max];
+        if limits.contains(&0) {
+            return Err("every limit must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn quorum(&self) -> usize {
+        self.members.len() / 2 + 1
+    }
+}

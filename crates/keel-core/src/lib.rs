@@ -1,0 +1,31 @@
+//! # keel-core: Raft as a deterministic state machine
+//!
+//! `RaftCore` implements the Raft consensus algorithm (Ongaro & Ousterhout, "In Search of an
+//! Understandable Consensus Algorithm", and Ongaro's thesis) with no clock, no IO and no
+//! global randomness. Time arrives as `tick()`, messages as `step()`, client requests as
+//! `propose()` and `read_index()`; the work to do comes out as a [`Ready`]. The driver
+//! contract is in [`ready`]; `docs/RAFT.md` maps every rule of the paper to its code.
+
+pub mod config;
+mod election;
+mod invariants;
+pub mod log;
+pub mod message;
+pub mod progress;
+pub mod raft;
+mod read_index;
+pub mod ready;
+mod replication;
+mod rng;
+mod snapshot_transfer;
+pub mod state_machine;
+pub mod types;
+
+pub use config::Config;
+pub use message::{AppendResult, Message, MessageBody};
+pub use raft::{RaftCore, RestoredState, Status};
+#[cfg(feature = "fault-injection")]
+pub use raft::Faults;
+pub use ready::{ProposeError, ReadError, ReadState, Ready, SoftState, StepError};
+pub use state_machine::StateMachine;
+pub use types::{Entry, EntryKind, HardState, LogIndex, NodeId, Role, Snapshot, SnapshotMeta, Term};

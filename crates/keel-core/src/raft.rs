@@ -1,0 +1,496 @@
+//! `RaftCore`: the whole consensus algorithm as a deterministic state machine.
+//!
+//! Inputs are `tick`, `step`, `propose`, `read_index` and `compact`; output is a `Ready`
+//! (see `ready.rs` for the driver contract). Role-specific rules live in `election.rs`,
+//! `replication.rs`, `snapshot_transfer.rs` and `read_index.rs`; this file holds the state,
+//! the term checks every message passes first, and the role transitions.
+
+use crate::config::Config;
+use crate::log::RaftLog;
+use crate::message::{AppendResult, Message, MessageBody};
+use crate::progress::Progress;
+use crate::read_index::ReadQueue;
+use crate::ready::{ProposeError, ReadError, Ready, SoftState, StepError};
+use crate::rng::SplitMix64;
+use crate::types::{Entry, EntryKind, HardState, LogIndex, NodeId, Role, Snapshot, SnapshotMeta, Term};
+use std::collections::BTreeMap;
+
+/// Switches that break one rule of the paper on purpose, to prove the simulator notices.
+#[cfg(feature = "fault-injection")]
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// Break §5.4.2: commit any entry a majority stores, whatever its term.
+    pub commit_previous_term_by_counting: bool,
+    /// Break §5.2: grant a vote to every up-to-date candidate, even after voting in this term.
+    pub grant_two_votes_per_term: bool,
+}
+
+/// What a node recovers from stable storage at start.
+#[derive(Clone, Debug, Default)]
+pub struct RestoredState {
+    pub hard_state: HardState,
+    /// The latest snapshot; the driver has already restored its state machine from it.
+    pub snapshot: Option<Snapshot>,
+    /// Log entries after the snapshot, consecutive.
+    pub entries: Vec<Entry>,
+}
+
+/// What one Ready handed to the driver.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Handed {
+    last_entry: Option<(LogIndex, Term)>,
+    snapshot: Option<SnapshotMeta>,
+    applied_to: LogIndex,
+}
+
+/// A node's state in one read: for `status` endpoints and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub id: NodeId,
+    pub role: Role,
+    pub term: Term,
+    pub leader_id: Option<NodeId>,
+    pub voted_for: Option<NodeId>,
+    pub commit_index: LogIndex,
+    pub applied_index: LogIndex,
+    pub last_log_index: LogIndex,
+    pub last_log_term: Term,
+    pub snapshot_index: LogIndex,
+}
+
+pub struct RaftCore {
+    pub(crate) config: Config,
+    pub(crate) id: NodeId,
+    // Figure 2, persistent state.
+    pub(crate) current_term: Term,
+    pub(crate) voted_for: Option<NodeId>,
+    pub(crate) log: RaftLog,
+    // Volatile state.
+    pub(crate) role: Role,
+    pub(crate) leader_id: Option<NodeId>,
+    pub(crate) rng: SplitMix64,
+    pub(crate) election_elapsed_ticks: u32,
+    pub(crate) election_timeout_ticks: u32,
+    pub(crate) heartbeat_elapsed_ticks: u32,
+    /// Candidate and pre-candidate: who answered, and how.
+    pub(crate) votes: BTreeMap<NodeId, bool>,
+    /// Leader: one entry per follower (Figure 2 `nextIndex[]`, `matchIndex[]`).
+    pub(crate) progress: BTreeMap<NodeId, Progress>,
+    /// Our latest snapshot, kept to send to followers behind the compacted prefix (§7).
+    pub(crate) snapshot: Option<Snapshot>,
+    /// Follower: chunks of a snapshot being received.
+    pub(crate) incoming_snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    pub(crate) reads: ReadQueue,
+    /// Leader: entries were appended and followers should hear of them at the next `ready`.
+    pub(crate) broadcast_needed: bool,
+    // Bookkeeping towards the driver.
+    pub(crate) messages: Vec<Message>,
+    pub(crate) snapshot_to_install: Option<Snapshot>,
+    /// Highest index handed out in `committed_entries`.
+    pub(crate) applied_handed: LogIndex,
+    /// Highest index the driver confirmed applied (`advance`).
+    pub(crate) applied_index: LogIndex,
+    pub(crate) hard_state_handed: HardState,
+    pub(crate) soft_state_handed: SoftState,
+    /// What the outstanding Ready asked the driver to do, so `advance` need not trust the
+    /// (possibly emptied) bundle it gets back.
+    pub(crate) outstanding: Option<Handed>,
+    pub(crate) monotonic: crate::invariants::Monotonic,
+    #[cfg(feature = "fault-injection")]
+    pub faults: Faults,
+}
+
+impl RaftCore {
+    pub fn new(config: Config, restored: RestoredState) -> RaftCore {
+        if let Err(problem) = config.validate() {
+            panic!("invalid Raft configuration: {problem}");
+        }
+        let snapshot_meta = restored.snapshot.as_ref().map(|snapshot| snapshot.meta).unwrap_or_default();
+        let log = RaftLog::restore(snapshot_meta, restored.entries, restored.hard_state.commit_index);
+        let hard_state = HardState { commit_index: log.commit_index(), ..restored.hard_state };
+        let soft_state = SoftState { role: Role::Follower, term: hard_state.current_term, leader_id: None };
+        let mut core = RaftCore {
+            id: config.id,
+            rng: SplitMix64::new(config.random_seed),
+            config,
+            current_term: hard_state.current_term,
+            voted_for: hard_state.voted_for,
+            log,
+            role: Role::Follower,
+            leader_id: None,
+            election_elapsed_ticks: 0,
+            election_timeout_ticks: 0,
+            heartbeat_elapsed_ticks: 0,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            snapshot: restored.snapshot,
+            incoming_snapshot: None,
+            reads: ReadQueue::default(),
+            broadcast_needed: false,
+            messages: Vec::new(),
+            snapshot_to_install: None,
+            applied_handed: snapshot_meta.last_included_index,
+            applied_index: snapshot_meta.last_included_index,
+            hard_state_handed: hard_state,
+            soft_state_handed: soft_state,
+            outstanding: None,
+            monotonic: Default::default(),
+            #[cfg(feature = "fault-injection")]
+            faults: Faults::default(),
+        };
+        core.reset_election_timer();
+        core
+    }
+
+    // ----- inputs -------------------------------------------------------------------------
+
+    /// One unit of logical time.
+    pub fn tick(&mut self) {
+        match self.role {
+            Role::Leader => self.tick_leader(),
+            _ => self.tick_election(),
+        }
+        self.check_invariants();
+    }
+
+    /// A message from a peer. Term checks first (Figure 2, "All Servers"), then the role's
+    /// handler.
+    pub fn step(&mut self, message: Message) -> Result<(), StepError> {
+        if message.to != self.id {
+            return Err(StepError::UnknownNode(message.to));
+        }
+        if message.from == self.id || !self.config.members.contains(&message.from) {
+            return Err(StepError::UnknownNode(message.from));
+        }
+        if self.check_term(&message) {
+            self.dispatch(message);
+        }
+        self.check_invariants();
+        Ok(())
+    }
+
+    /// Appends a client command if we lead; returns where it will sit in the log. It is
+    /// committed when an entry with that index *and term* is applied.
+    pub fn propose(&mut self, command: Vec<u8>) -> Result<(LogIndex, Term), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader { leader_hint: self.leader_id });
+        }
+        let uncommitted = (self.log.last_index().0 - self.log.commit_index().0) as usize;
+        if uncommitted >= self.config.uncommitted_entries_max {
+            return Err(ProposeError::TooManyUncommitted);
+        }
+        let index = self.log.append_new(self.current_term, EntryKind::Command(command));
+        self.broadcast_needed = true;
+        self.check_invariants();
+        Ok((index, self.current_term))
+    }
+
+    /// Asks for a linearizable read point (thesis §6.4). The answer comes in a later
+    /// `Ready::read_states` under `request_id`.
+    pub fn read_index(&mut self, request_id: u64) -> Result<(), ReadError> {
+        if self.role != Role::Leader {
+            return Err(ReadError::NotLeader { leader_hint: self.leader_id });
+        }
+        self.request_read(request_id);
+        Ok(())
+    }
+
+    /// The driver saved a snapshot of the state machine as of `index` (≤ applied): the log
+    /// up to it may go (§7).
+    pub fn compact(&mut self, index: LogIndex, data: Vec<u8>) {
+        assert!(index <= self.applied_index, "snapshot at {index} beyond applied {}", self.applied_index);
+        if index <= self.log.snapshot_meta().last_included_index {
+            return;
+        }
+        let term = self.log.term(index).expect("applied entries are in the log");
+        let meta = SnapshotMeta { last_included_index: index, last_included_term: term };
+        self.log.compact_to(meta);
+        self.snapshot = Some(Snapshot { meta, data: std::sync::Arc::new(data) });
+        self.check_invariants();
+    }
+
+    // ----- reads of state -----------------------------------------------------------------
+
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.id,
+            role: self.role,
+            term: self.current_term,
+            leader_id: self.leader_id,
+            voted_for: self.voted_for,
+            commit_index: self.log.commit_index(),
+            applied_index: self.applied_index,
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+            snapshot_index: self.log.snapshot_meta().last_included_index,
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn current_term(&self) -> Term {
+        self.current_term
+    }
+
+    pub fn leader_id(&self) -> Option<NodeId> {
+        self.leader_id
+    }
+
+    /// The entry at `index`, if still in the log (not compacted).
+    pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
+        self.log.entry(index)
+    }
+
+    pub fn first_log_index(&self) -> LogIndex {
+        self.log.first_index()
+    }
+
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot.as_ref()
+    }
+
+    pub(crate) fn hard_state(&self) -> HardState {
+        HardState { current_term: self.current_term, voted_for: self.voted_for, commit_index: self.log.commit_index() }
+    }
+
+    pub(crate) fn soft_state(&self) -> SoftState {
+        SoftState { role: self.role, term: self.current_term, leader_id: self.leader_id }
+    }
+
+    // ----- term checks and dispatch ---------------------------------------------------------
+
+    /// Figure 2: "If RPC request or response contains term T > currentTerm: set currentTerm
+    /// = T, convert to follower." Returns false if the message is to be dropped.
+    fn check_term(&mut self, message: &Message) -> bool {
+        let is_vote_request = matches!(message.body, MessageBody::RequestVote { .. });
+        if message.term > self.current_term {
+            if is_vote_request && self.in_leader_lease() {
+                // Thesis §4.2.3: a follower that hears from a live leader ignores candidates,
+                // so a node that was partitioned away cannot disrupt the cluster on return.
+                return false;
+            }
+            match message.body {
+                MessageBody::RequestVote { pre_vote: true, .. } => {}
+                MessageBody::RequestVoteResponse { pre_vote: true, vote_granted: true } => {}
+                ref body => {
+                    let leader = body.is_from_leader().then_some(message.from);
+                    self.become_follower(message.term, leader);
+                }
+            }
+            return true;
+        }
+        if message.term < self.current_term {
+            self.answer_stale_message(message);
+            return false;
+        }
+        true
+    }
+
+    /// A message from an older term is ignored, but a stale leader or pre-candidate is told
+    /// our term so it steps down (with CheckQuorum and PreVote it would not learn otherwise).
+    fn answer_stale_message(&mut self, message: &Message) {
+        let body = match message.body {
+            MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. } => MessageBody::AppendEntriesResponse {
+                result: AppendResult::Conflict { rejected_index: LogIndex::ZERO, conflict_term: None, conflict_index: LogIndex::ZERO },
+                read_round: 0,
+            },
+            MessageBody::RequestVote { pre_vote: true, .. } => MessageBody::RequestVoteResponse { pre_vote: true, vote_granted: false },
+            _ => return,
+        };
+        self.send(message.from, body);
+    }
+
+    fn dispatch(&mut self, message: Message) {
+        let from = message.from;
+        match message.body {
+            MessageBody::RequestVote { pre_vote, last_log_index, last_log_term } => {
+                self.handle_request_vote(from, message.term, pre_vote, last_log_index, last_log_term)
+            }
+            MessageBody::RequestVoteResponse { pre_vote, vote_granted } => self.handle_vote_response(from, pre_vote, vote_granted),
+            MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, leader_commit, read_round } => {
+                if self.accept_leader(from) {
+                    self.handle_append_entries(from, prev_log_index, prev_log_term, &entries, leader_commit, read_round);
+                }
+            }
+            MessageBody::AppendEntriesResponse { result, read_round } => {
+                if self.role == Role::Leader {
+                    self.handle_append_response(from, result, read_round);
+                }
+            }
+            MessageBody::InstallSnapshot { meta, offset, data, done, read_round } => {
+                if self.accept_leader(from) {
+                    self.handle_install_snapshot(from, meta, offset, data, done, read_round);
+                }
+            }
+            MessageBody::InstallSnapshotResponse { meta, next_offset, done, read_round } => {
+                if self.role == Role::Leader {
+                    self.handle_install_snapshot_response(from, meta, next_offset, done, read_round);
+                }
+            }
+        }
+    }
+
+    /// A message from the leader of our current term. §5.2: a candidate that hears from it
+    /// returns to follower. Two leaders in one term would break Election Safety; a leader
+    /// that sees one drops the message and the simulator's invariant check reports it.
+    fn accept_leader(&mut self, from: NodeId) -> bool {
+        if self.role == Role::Leader {
+            return false;
+        }
+        if self.role != Role::Follower || self.leader_id != Some(from) {
+            self.become_follower(self.current_term, Some(from));
+        }
+        self.election_elapsed_ticks = 0;
+        true
+    }
+
+    // ----- role transitions -----------------------------------------------------------------
+
+    pub(crate) fn become_follower(&mut self, term: Term, leader_id: Option<NodeId>) {
+        assert!(term >= self.current_term, "term must never decrease");
+        if term > self.current_term {
+            self.current_term = term;
+            self.voted_for = None;
+        }
+        self.role = Role::Follower;
+        self.leader_id = leader_id;
+        self.leave_role();
+    }
+
+    pub(crate) fn leave_role(&mut self) {
+        self.votes.clear();
+        self.progress.clear();
+        self.broadcast_needed = false;
+        self.reads.fail_all(ReadError::LeadershipLost);
+        self.reset_election_timer();
+    }
+
+    pub(crate) fn reset_election_timer(&mut self) {
+        self.election_elapsed_ticks = 0;
+        self.heartbeat_elapsed_ticks = 0;
+        let min = self.config.election_timeout_ticks_min;
+        self.election_timeout_ticks = self.rng.range(min, 2 * min);
+    }
+
+    /// Thesis §4.2.3 / §9.6: we heard from a leader less than a minimum election timeout ago.
+    fn in_leader_lease(&self) -> bool {
+        self.config.check_quorum && self.leader_id.is_some() && self.election_elapsed_ticks < self.config.election_timeout_ticks_min
+    }
+
+    pub(crate) fn send(&mut self, to: NodeId, body: MessageBody) {
+        self.messages.push(Message { from: self.id, to, term: self.current_term, body });
+    }
+
+    pub(crate) fn peers(&self) -> Vec<NodeId> {
+        self.config.members.iter().copied().filter(|id| *id != self.id).collect()
+    }
+
+    // ----- Ready ----------------------------------------------------------------------------
+
+    pub fn has_ready(&self) -> bool {
+        if self.outstanding.is_some() {
+            return false;
+        }
+        self.soft_state() != self.soft_state_handed
+            || self.hard_state() != self.hard_state_handed
+            || self.snapshot_to_install.is_some()
+            || self.log.has_unstable()
+            || !self.messages.is_empty()
+            || self.broadcast_needed
+            || self.reads.has_work()
+            || self.applied_handed < self.log.commit_index()
+    }
+
+    /// Collects everything the driver must do now. Call only when `has_ready()`.
+    pub fn ready(&mut self) -> Ready {
+        assert!(self.outstanding.is_none(), "advance the previous Ready first");
+        self.flush_broadcasts();
+        let mut ready = Ready::default();
+        let soft_state = self.soft_state();
+        if soft_state != self.soft_state_handed {
+            ready.soft_state = Some(soft_state);
+            self.soft_state_handed = soft_state;
+        }
+        let hard_state = self.hard_state();
+        let vote_changed = hard_state.current_term != self.hard_state_handed.current_term || hard_state.voted_for != self.hard_state_handed.voted_for;
+        if hard_state != self.hard_state_handed {
+            ready.hard_state = Some(hard_state);
+            self.hard_state_handed = hard_state;
+        }
+        ready.snapshot = self.snapshot_to_install.take();
+        if let Some(snapshot) = &ready.snapshot {
+            self.applied_handed = self.applied_handed.max(snapshot.meta.last_included_index);
+        }
+        ready.entries = self.log.take_unstable();
+        ready.committed_entries = self.take_committed();
+        ready.read_states = self.reads.take_ready();
+        self.split_messages(&mut ready, vote_changed);
+        self.outstanding = Some(Handed {
+            last_entry: ready.entries.last().map(|entry| (entry.index, entry.term)),
+            snapshot: ready.snapshot.as_ref().map(|snapshot| snapshot.meta),
+            applied_to: self.applied_handed,
+        });
+        ready
+    }
+
+    /// Leader replication messages may leave before the disk write (thesis §10.2.1) unless
+    /// this Ready also changes term or vote; everything else waits for the write.
+    fn split_messages(&mut self, ready: &mut Ready, vote_changed: bool) {
+        for message in std::mem::take(&mut self.messages) {
+            let early = !vote_changed && self.role == Role::Leader && message.term == self.current_term && message.body.is_from_leader();
+            if early {
+                ready.messages.push(message);
+            } else {
+                ready.persisted_messages.push(message);
+            }
+        }
+    }
+
+    fn take_committed(&mut self) -> Vec<Entry> {
+        const COMMITTED_ENTRIES_PER_READY_MAX: usize = 4096;
+        let commit_index = self.log.commit_index();
+        if self.applied_handed >= commit_index {
+            return Vec::new();
+        }
+        let entries = self.log.slice(self.applied_handed.next(), commit_index, COMMITTED_ENTRIES_PER_READY_MAX, usize::MAX);
+        if let Some(last) = entries.last() {
+            self.applied_handed = last.index;
+        }
+        entries
+    }
+
+    /// The driver carried out `ready` (steps 3–7 of the contract). The bundle is handed back
+    /// by value so it cannot be carried out twice; its vectors may have been emptied.
+    pub fn advance(&mut self, ready: Ready) {
+        drop(ready);
+        let handed = self.outstanding.take().expect("advance without an outstanding Ready");
+        if let Some(meta) = handed.snapshot {
+            self.log.snapshot_persisted(meta);
+        }
+        if let Some((index, term)) = handed.last_entry {
+            self.log.persisted_to(index, term);
+        }
+        self.applied_index = self.applied_index.max(handed.applied_to);
+        if self.role == Role::Leader {
+            // Our own durable log counts towards the majority only now.
+            self.maybe_commit();
+        }
+        self.check_invariants();
+    }
+
+    /// Test and simulator hook: the current volatile and persistent state, for invariant checks.
+    pub fn log_entries_from(&self, from: LogIndex) -> Vec<Entry> {
+        let from = from.max(self.log.first_index());
+        self.log.slice(from, self.log.last_index(), usize::MAX, usize::MAX)
+    }
+
+    pub fn persisted_index(&self) -> LogIndex {
+        self.log.persisted_index()
+    }
+}

@@ -1,0 +1,97 @@
+//! The bundle of work the core hands to its driver, and the contract for carrying it out.
+//!
+//! # The driver contract
+//!
+//! A driver owns one `RaftCore` and loops:
+//!
+//! 1. Feed inputs: `tick()` once per tick of real (or simulated) time, `step(message)` for
+//!    every message from a peer, `propose(command)` and `read_index(id)` for clients.
+//! 2. When `has_ready()`, take `ready()`. Only one `Ready` is outstanding at a time; inputs
+//!    may keep arriving until it is advanced.
+//! 3. Send `ready.messages` at once. They are the leader's AppendEntries and InstallSnapshot,
+//!    which may go out while the leader's own disk write is still running (thesis §10.2.1):
+//!    the leader counts itself towards a majority only once `advance` says its log is durable.
+//! 4. Make durable, in this order: `ready.snapshot` (then restore the state machine from
+//!    it), `ready.entries` (first deleting any stored entry at or after the first new index),
+//!    `ready.hard_state`. Sync (fsync) before going on. If the write fails, stop the node:
+//!    answering after a lost write breaks Raft's safety argument.
+//! 5. Send `ready.persisted_messages`: votes and acknowledgements promise that the state they
+//!    describe is durable (Figure 2: "respond to RPCs" only after updating stable storage).
+//! 6. Apply `ready.committed_entries` to the state machine in order; answer the clients whose
+//!    proposals they are (match by index *and* term: an index whose term differs from the one
+//!    `propose` returned means that proposal was overwritten and never applied).
+//! 7. For each `ready.read_states` entry, answer the read once the state machine has applied
+//!    up to its index.
+//! 8. Call `advance(ready)`, handing the bundle back by value.
+
+use crate::message::Message;
+use crate::types::{Entry, HardState, LogIndex, NodeId, Role, Snapshot, Term};
+
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// Changed role, term or leader; for logging and for answering clients with a leader hint.
+    pub soft_state: Option<SoftState>,
+    pub hard_state: Option<HardState>,
+    pub snapshot: Option<Snapshot>,
+    pub entries: Vec<Entry>,
+    pub messages: Vec<Message>,
+    pub persisted_messages: Vec<Message>,
+    pub committed_entries: Vec<Entry>,
+    pub read_states: Vec<ReadState>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoftState {
+    pub role: Role,
+    pub term: Term,
+    pub leader_id: Option<NodeId>,
+}
+
+/// The answer to `read_index(request_id)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    pub request_id: u64,
+    /// `Ok(index)`: leadership was confirmed after the request arrived; serve the read once
+    /// applied ≥ index. `Err`: the read must be retried elsewhere.
+    pub result: Result<LogIndex, ReadError>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadError {
+    NotLeader { leader_hint: Option<NodeId> },
+    /// Leadership was lost before a majority confirmed it.
+    LeadershipLost,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProposeError {
+    NotLeader { leader_hint: Option<NodeId> },
+    /// `uncommitted_entries_max` entries are already waiting for a majority.
+    TooManyUncommitted,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepError {
+    /// The sender or the addressee is not a member of this cluster.
+    UnknownNode(NodeId),
+}
+
+impl std::fmt::Display for ProposeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProposeError::NotLeader { leader_hint } => write!(f, "not the leader (leader hint: {leader_hint:?})"),
+            ProposeError::TooManyUncommitted => write!(f, "too many uncommitted entries"),
+        }
+    }
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepError::UnknownNode(id) => write!(f, "message names node {id}, which is not a member"),
+        }
+    }
+}
+
+impl std::error::Error for StepError {}
+impl std::error::Error for ProposeError {}

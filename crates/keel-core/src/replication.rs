@@ -1,0 +1,217 @@
+//! Log replication (§5.3) and the commit rule (§5.4.2).
+//!
+//! One function, `send_append`, builds every AppendEntries a leader sends, whatever caused
+//! it: a heartbeat, a new proposal, or a follower's answer asking for more.
+
+use crate::message::{AppendResult, MessageBody};
+use crate::progress::ReplicationState;
+use crate::raft::RaftCore;
+use crate::types::{Entry, LogIndex, NodeId};
+
+/// Why an AppendEntries is being considered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Trigger {
+    /// New entries or an answer from the follower: send entries if the window allows.
+    Replicate,
+    /// The heartbeat timer: always send something, re-probe, retransmit what looks lost.
+    Heartbeat,
+    /// A ReadIndex round: always send something, so the follower's answer confirms us.
+    ReadRound,
+}
+
+impl RaftCore {
+    /// Sends what the entries appended since the last `ready` to every follower.
+    pub(crate) fn flush_broadcasts(&mut self) {
+        if self.broadcast_needed {
+            self.broadcast_needed = false;
+            for peer in self.peers() {
+                self.send_append(peer, Trigger::Replicate);
+            }
+        }
+        self.flush_read_round();
+    }
+
+    pub(crate) fn broadcast(&mut self, trigger: Trigger) {
+        for peer in self.peers() {
+            self.send_append(peer, trigger);
+        }
+    }
+
+    /// The single AppendEntries builder (§5.3). Falls back to InstallSnapshot when the
+    /// entries the follower needs were compacted away (§7).
+    pub(crate) fn send_append(&mut self, peer: NodeId, trigger: Trigger) {
+        let inflight_max = self.config.inflight_messages_max;
+        let last_index = self.log.last_index();
+        let progress = self.progress.get_mut(&peer).expect("leader tracks every peer");
+        if trigger == Trigger::Heartbeat {
+            let lost = !progress.acked_since_heartbeat;
+            progress.acked_since_heartbeat = false;
+            match progress.state {
+                ReplicationState::Probe => progress.probe_sent = false,
+                ReplicationState::Replicate if lost && !progress.inflight.is_empty() => progress.become_probe(),
+                ReplicationState::Snapshot { .. } => return self.send_snapshot_chunk(peer, lost),
+                ReplicationState::Replicate => {}
+            }
+        }
+        if let ReplicationState::Snapshot { .. } = progress.state {
+            return; // One chunk at a time; the chunk stream carries the read round too.
+        }
+        let prev_log_index = progress.next_index.prev();
+        if self.log.term(prev_log_index).is_none() {
+            return self.start_snapshot(peer);
+        }
+        let can_send = progress.can_send_entries(inflight_max);
+        let entries = if can_send && progress.next_index <= last_index {
+            self.log.slice(progress.next_index, last_index, self.config.append_entries_max, self.config.append_bytes_max)
+        } else {
+            Vec::new()
+        };
+        if entries.is_empty() && trigger == Trigger::Replicate && !matches!(progress.state, ReplicationState::Probe if can_send) {
+            return;
+        }
+        let progress = self.progress.get_mut(&peer).expect("leader tracks every peer");
+        if let Some(last) = entries.last() {
+            progress.sent_entries(last.index);
+        } else if progress.state == ReplicationState::Probe {
+            progress.probe_sent = true;
+        }
+        // A heartbeat with nothing to carry checks the log at the last acknowledged index,
+        // which cannot be rejected by a healthy follower while newer entries are in flight.
+        let prev_log_index = if entries.is_empty() { self.heartbeat_prev_index(peer) } else { prev_log_index };
+        self.send_append_message(peer, prev_log_index, entries);
+    }
+
+    fn heartbeat_prev_index(&self, peer: NodeId) -> LogIndex {
+        let progress = &self.progress[&peer];
+        match progress.state {
+            ReplicationState::Replicate if self.log.term(progress.match_index).is_some() => progress.match_index,
+            _ => progress.next_index.prev(),
+        }
+    }
+
+    fn send_append_message(&mut self, peer: NodeId, prev_log_index: LogIndex, entries: Vec<Entry>) {
+        let prev_log_term = self.log.term(prev_log_index).expect("caller checked prev_log_index is not compacted");
+        let body = MessageBody::AppendEntries {
+            prev_log_index,
+            prev_log_term,
+            entries,
+            leader_commit: self.log.commit_index(),
+            read_round: self.reads.current_round(),
+        };
+        self.send(peer, body);
+    }
+
+    /// AppendEntries receiver (Figure 2, steps 1–5; step 1 was the term check).
+    pub(crate) fn handle_append_entries(&mut self, from: NodeId, prev_log_index: LogIndex, prev_log_term: crate::types::Term, entries: &[Entry], leader_commit: LogIndex, read_round: u64) {
+        let commit_index = self.log.commit_index();
+        let result = if prev_log_index < commit_index {
+            // Our committed prefix matches the leader's log (§5.4.3, Log Matching + Leader
+            // Completeness); only the part after it needs checking. This also covers a
+            // prev_log_index inside our snapshot, whose term we no longer know.
+            let skip = (commit_index.0 - prev_log_index.0) as usize;
+            if entries.len() <= skip {
+                Ok(commit_index)
+            } else {
+                let term = self.log.term(commit_index).expect("commit index is in the log or is the snapshot's last");
+                self.log.try_append(commit_index, term, &entries[skip..])
+            }
+        } else {
+            self.log.try_append(prev_log_index, prev_log_term, entries)
+        };
+        let result = match result {
+            Ok(last_new_index) => {
+                // Step 5: commitIndex = min(leaderCommit, index of last new entry).
+                self.log.commit_to(leader_commit.min(last_new_index).max(commit_index));
+                AppendResult::Success { match_index: last_new_index }
+            }
+            Err(hint) => AppendResult::Conflict { rejected_index: prev_log_index, conflict_term: hint.conflict_term, conflict_index: hint.conflict_index },
+        };
+        self.send(from, MessageBody::AppendEntriesResponse { result, read_round });
+    }
+
+    pub(crate) fn handle_append_response(&mut self, from: NodeId, result: AppendResult, read_round: u64) {
+        self.note_follower_alive(from, read_round);
+        match result {
+            AppendResult::Success { match_index } => self.on_append_success(from, match_index),
+            AppendResult::Conflict { rejected_index, conflict_term, conflict_index } => self.on_append_conflict(from, rejected_index, conflict_term, conflict_index),
+        }
+    }
+
+    /// Any answer in our term shows the follower still accepts us: CheckQuorum and ReadIndex
+    /// count it.
+    pub(crate) fn note_follower_alive(&mut self, from: NodeId, read_round: u64) {
+        let progress = self.progress.get_mut(&from).expect("leader tracks every peer");
+        progress.recent_active = true;
+        progress.acked_since_heartbeat = true;
+        progress.read_round_acked = progress.read_round_acked.max(read_round);
+        self.advance_reads();
+    }
+
+    fn on_append_success(&mut self, from: NodeId, match_index: LogIndex) {
+        let progress = self.progress.get_mut(&from).expect("leader tracks every peer");
+        let moved = progress.record_match(match_index);
+        match progress.state {
+            ReplicationState::Probe => progress.become_replicate(),
+            ReplicationState::Snapshot { .. } => return,
+            ReplicationState::Replicate => {}
+        }
+        if moved {
+            self.maybe_commit();
+        }
+        self.send_append(from, Trigger::Replicate);
+    }
+
+    /// §5.3: "If AppendEntries fails because of log inconsistency: decrement nextIndex and
+    /// retry", skipping a whole term at a time with the follower's hint.
+    fn on_append_conflict(&mut self, from: NodeId, rejected_index: LogIndex, conflict_term: Option<crate::types::Term>, conflict_index: LogIndex) {
+        let leader_hint = conflict_term.and_then(|term| self.log.last_index_of_term(term)).map(LogIndex::next);
+        let progress = self.progress.get_mut(&from).expect("leader tracks every peer");
+        let stale = match progress.state {
+            ReplicationState::Replicate => rejected_index <= progress.match_index,
+            ReplicationState::Probe => rejected_index != progress.next_index.prev(),
+            ReplicationState::Snapshot { .. } => true,
+        };
+        if stale || rejected_index == LogIndex::ZERO {
+            return;
+        }
+        let next_index = leader_hint.unwrap_or(conflict_index).min(rejected_index).max(progress.match_index.next());
+        progress.become_probe();
+        progress.next_index = next_index;
+        self.send_append(from, Trigger::Replicate);
+    }
+
+    /// §5.4.2: commit the highest index stored on a majority, but only if that entry is
+    /// from the current term; earlier entries are then committed with it (Log Matching).
+    pub(crate) fn maybe_commit(&mut self) {
+        let mut match_indexes: Vec<LogIndex> = self.progress.values().map(|progress| progress.match_index).collect();
+        match_indexes.push(self.log.persisted_index());
+        match_indexes.sort_unstable_by(|a, b| b.cmp(a));
+        let candidate = match_indexes[self.config.quorum() - 1];
+        if candidate <= self.log.commit_index() {
+            return;
+        }
+        let current_term_entry = self.log.term(candidate) == Some(self.current_term);
+        if current_term_entry || self.fault_commit_by_counting() {
+            let had_committed_in_term = self.committed_in_current_term();
+            // Followers learn the new commit index from the next AppendEntries or heartbeat.
+            self.log.commit_to(candidate);
+            if !had_committed_in_term {
+                self.on_first_commit_in_term();
+            }
+        }
+    }
+
+    pub(crate) fn committed_in_current_term(&self) -> bool {
+        self.log.term(self.log.commit_index()) == Some(self.current_term)
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn fault_commit_by_counting(&self) -> bool {
+        self.faults.commit_previous_term_by_counting
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    fn fault_commit_by_counting(&self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,101 @@
+//! InstallSnapshot (§7, Figure 13): streaming our snapshot to a follower behind the
+//! compacted prefix, one bounded chunk per round trip, and receiving one.
+
+use crate::message::MessageBody;
+use crate::progress::ReplicationState;
+use crate::raft::RaftCore;
+use crate::types::{NodeId, Snapshot, SnapshotMeta};
+use std::sync::Arc;
+
+impl RaftCore {
+    pub(crate) fn start_snapshot(&mut self, peer: NodeId) {
+        let meta = self.snapshot.as_ref().expect("a compacted log always has a snapshot").meta;
+        let progress = self.progress.get_mut(&peer).expect("leader tracks every peer");
+        progress.inflight.clear();
+        progress.state = ReplicationState::Snapshot { meta, next_offset: 0 };
+        self.send_snapshot_chunk(peer, true);
+    }
+
+    /// Sends the chunk the follower asked for last. On a heartbeat, only if the previous
+    /// chunk seems lost (`resend`), so one chunk is in flight at a time.
+    pub(crate) fn send_snapshot_chunk(&mut self, peer: NodeId, resend: bool) {
+        let snapshot = self.snapshot.clone().expect("a compacted log always has a snapshot");
+        let progress = &self.progress[&peer];
+        let ReplicationState::Snapshot { meta, next_offset } = progress.state else {
+            unreachable!("peer is not receiving a snapshot");
+        };
+        if meta != snapshot.meta {
+            // We compacted again since the transfer began: send the newer snapshot instead.
+            return self.start_snapshot(peer);
+        }
+        if !resend {
+            return;
+        }
+        let begin = (next_offset as usize).min(snapshot.data.len());
+        let end = (begin + self.config.snapshot_chunk_bytes_max).min(snapshot.data.len());
+        let body = MessageBody::InstallSnapshot {
+            meta,
+            offset: begin as u64,
+            data: snapshot.data[begin..end].to_vec(),
+            done: end == snapshot.data.len(),
+            read_round: self.reads.current_round(),
+        };
+        self.send(peer, body);
+    }
+
+    pub(crate) fn handle_install_snapshot_response(&mut self, from: NodeId, meta: SnapshotMeta, next_offset: u64, done: bool, read_round: u64) {
+        self.note_follower_alive(from, read_round);
+        let progress = self.progress.get_mut(&from).expect("leader tracks every peer");
+        let ReplicationState::Snapshot { meta: sending, .. } = progress.state else {
+            return; // A duplicate answer after the transfer finished.
+        };
+        if sending != meta {
+            return;
+        }
+        if done {
+            progress.record_match(meta.last_included_index);
+            progress.become_replicate();
+            self.maybe_commit();
+            return self.send_append(from, crate::replication::Trigger::Replicate);
+        }
+        progress.state = ReplicationState::Snapshot { meta, next_offset };
+        self.send_snapshot_chunk(from, true);
+    }
+
+    /// InstallSnapshot receiver (Figure 13): gather chunks in order; when the last arrives,
+    /// replace the log and hand the snapshot to the driver to persist and restore.
+    pub(crate) fn handle_install_snapshot(&mut self, from: NodeId, meta: SnapshotMeta, offset: u64, data: Vec<u8>, done: bool, read_round: u64) {
+        if meta.last_included_index <= self.log.commit_index() {
+            // Our committed log already covers it.
+            self.incoming_snapshot = None;
+            return self.reply_snapshot(from, meta, 0, true, read_round);
+        }
+        if offset == 0 {
+            self.incoming_snapshot = Some((meta, Vec::new()));
+        }
+        let expected = match &self.incoming_snapshot {
+            Some((receiving, bytes)) if *receiving == meta => bytes.len() as u64,
+            _ => 0,
+        };
+        if offset != expected || self.incoming_snapshot.as_ref().is_none_or(|(receiving, _)| *receiving != meta) {
+            // A chunk from another transfer, or out of order: ask for what we need.
+            return self.reply_snapshot(from, meta, expected, false, read_round);
+        }
+        let (_, bytes) = self.incoming_snapshot.as_mut().expect("checked above");
+        bytes.extend_from_slice(&data);
+        let received = bytes.len() as u64;
+        if !done {
+            return self.reply_snapshot(from, meta, received, false, read_round);
+        }
+        let (_, bytes) = self.incoming_snapshot.take().expect("checked above");
+        let snapshot = Snapshot { meta, data: Arc::new(bytes) };
+        self.log.install_snapshot(meta);
+        self.snapshot = Some(snapshot.clone());
+        self.snapshot_to_install = Some(snapshot);
+        self.reply_snapshot(from, meta, received, true, read_round);
+    }
+
+    fn reply_snapshot(&mut self, to: NodeId, meta: SnapshotMeta, next_offset: u64, done: bool, read_round: u64) {
+        self.send(to, MessageBody::InstallSnapshotResponse { meta, next_offset, done, read_round });
+    }
+}

@@ -1,0 +1,24 @@
+//! The replicated state machine a driver applies committed entries to (§5, "replicated
+//! state machines"). The core never calls it; it lives here so every layer shares one trait.
+
+use crate::types::{Entry, LogIndex};
+
+pub trait StateMachine: Send + 'static {
+    /// What applying a command answers to the client that proposed it.
+    type Output: Clone + Send + std::fmt::Debug + 'static;
+
+    /// Applies one committed entry. Must be deterministic: every node applies the same entries
+    /// in the same order and must reach the same state. Entries arrive exactly once, in index
+    /// order; a no-op entry must still advance `applied_index`.
+    fn apply(&mut self, entry: &Entry) -> Self::Output;
+
+    /// Index of the last entry applied (or restored from a snapshot).
+    fn applied_index(&self) -> LogIndex;
+
+    /// A serialized image of the state as of `applied_index()`. Equal states give equal bytes.
+    fn snapshot(&self) -> Vec<u8>;
+
+    /// Replaces the whole state with a snapshot's image. Bad bytes are an error, not a panic:
+    /// they come from disk or the network.
+    fn restore(&mut self, data: &[u8]) -> Result<(), String>;
+}

@@ -1,0 +1,132 @@
+//! The Raft paper's vocabulary as types: terms, log indexes, node ids, entries.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A Raft term (§5.1): a logical clock that only moves forward.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Term(pub u64);
+
+/// A position in the replicated log. Index 0 is "before the first entry".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LogIndex(pub u64);
+
+/// A cluster member. Ids are chosen by the operator and never reused for a different node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeId(pub u64);
+
+impl Term {
+    pub fn next(self) -> Term {
+        Term(self.0 + 1)
+    }
+}
+
+impl LogIndex {
+    pub const ZERO: LogIndex = LogIndex(0);
+
+    pub fn next(self) -> LogIndex {
+        LogIndex(self.0 + 1)
+    }
+
+    /// The index before this one; `LogIndex(0).prev()` is a programmer error.
+    pub fn prev(self) -> LogIndex {
+        assert!(self.0 > 0, "no index before 0");
+        LogIndex(self.0 - 1)
+    }
+
+    pub fn plus(self, count: u64) -> LogIndex {
+        LogIndex(self.0 + count)
+    }
+}
+
+impl fmt::Display for Term {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Display for LogIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What an entry carries. The core never looks inside `Command`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// Appended by every new leader so that it can commit entries of earlier terms (§5.4.2, §8).
+    Noop,
+    /// An opaque command for the state machine.
+    Command(Vec<u8>),
+}
+
+/// One log entry (Figure 2: "each entry contains command for state machine, and term when
+/// entry was received by leader").
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Entry {
+    pub term: Term,
+    pub index: LogIndex,
+    pub kind: EntryKind,
+}
+
+impl Entry {
+    /// Bytes this entry counts for against per-message limits.
+    pub fn size_bytes(&self) -> usize {
+        let payload = match &self.kind {
+            EntryKind::Noop => 0,
+            EntryKind::Command(data) => data.len(),
+        };
+        payload + 24
+    }
+}
+
+/// State that must be on stable storage before the node answers any RPC (Figure 2,
+/// "Persistent state on all servers"). `commit_index` is persisted too so that a restarted
+/// node can re-apply committed entries without waiting for a leader.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    pub current_term: Term,
+    pub voted_for: Option<NodeId>,
+    pub commit_index: LogIndex,
+}
+
+/// The position a snapshot covers (§7: "last included index" and "last included term").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    pub last_included_index: LogIndex,
+    pub last_included_term: Term,
+}
+
+/// A state machine image plus the log position it reflects.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub meta: SnapshotMeta,
+    pub data: std::sync::Arc<Vec<u8>>,
+}
+
+/// The three roles of §5.1, plus the pre-candidate of PreVote (thesis §9.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Role::Follower => "Follower",
+            Role::PreCandidate => "PreCandidate",
+            Role::Candidate => "Candidate",
+            Role::Leader => "Leader",
+        };
+        f.write_str(name)
+    }
+}
