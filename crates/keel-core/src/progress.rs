@@ -26,8 +26,8 @@ pub struct Progress {
     pub inflight: VecDeque<LogIndex>,
     /// Heard from since the last check-quorum round.
     pub recent_active: bool,
-    /// Any acknowledgement since the last heartbeat; without one, a lost message is assumed.
-    pub acked_since_heartbeat: bool,
+    /// In Snapshot: a chunk was answered since the last heartbeat; if not, it is resent.
+    pub snapshot_chunk_answered: bool,
     /// Highest ReadIndex round this follower acknowledged in the current term.
     pub read_round_acked: u64,
 }
@@ -43,7 +43,7 @@ impl Progress {
             probe_sent: false,
             inflight: VecDeque::new(),
             recent_active: true,
-            acked_since_heartbeat: true,
+            snapshot_chunk_answered: true,
             read_round_acked: 0,
         }
     }

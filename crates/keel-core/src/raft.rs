@@ -197,7 +197,7 @@ impl RaftCore {
 
     /// The driver saved a snapshot of the state machine as of `index` (≤ applied): the log
     /// up to it may go (§7).
-    pub fn compact(&mut self, index: LogIndex, data: Vec<u8>) {
+    pub fn compact(&mut self, index: LogIndex, data: impl Into<std::sync::Arc<Vec<u8>>>) {
         assert!(index <= self.applied_index, "snapshot at {index} beyond applied {}", self.applied_index);
         if index <= self.log.snapshot_meta().last_included_index {
             return;
@@ -205,7 +205,7 @@ impl RaftCore {
         let term = self.log.term(index).expect("applied entries are in the log");
         let meta = SnapshotMeta { last_included_index: index, last_included_term: term };
         self.log.compact_to(meta);
-        self.snapshot = Some(Snapshot { meta, data: std::sync::Arc::new(data) });
+        self.snapshot = Some(Snapshot { meta, data: data.into() });
         self.check_invariants();
     }
 

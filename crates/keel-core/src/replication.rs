@@ -44,12 +44,14 @@ impl RaftCore {
         let last_index = self.log.last_index();
         let progress = self.progress.get_mut(&peer).expect("leader tracks every peer");
         if trigger == Trigger::Heartbeat {
-            let lost = !progress.acked_since_heartbeat;
-            progress.acked_since_heartbeat = false;
             match progress.state {
+                // Re-probe: the last probe or its answer may have been lost.
                 ReplicationState::Probe => progress.probe_sent = false,
-                ReplicationState::Replicate if lost && !progress.inflight.is_empty() => progress.become_probe(),
-                ReplicationState::Snapshot { .. } => return self.send_snapshot_chunk(peer, lost),
+                ReplicationState::Snapshot { .. } => {
+                    let resend = !progress.snapshot_chunk_answered;
+                    progress.snapshot_chunk_answered = false;
+                    return self.send_snapshot_chunk(peer, resend);
+                }
                 ReplicationState::Replicate => {}
             }
         }
@@ -75,18 +77,10 @@ impl RaftCore {
         } else if progress.state == ReplicationState::Probe {
             progress.probe_sent = true;
         }
-        // A heartbeat with nothing to carry checks the log at the last acknowledged index,
-        // which cannot be rejected by a healthy follower while newer entries are in flight.
-        let prev_log_index = if entries.is_empty() { self.heartbeat_prev_index(peer) } else { prev_log_index };
+        // A heartbeat carries the log check at `next_index - 1`: a follower that has it all
+        // answers with its match (so a lost acknowledgement is repaired and it learns the
+        // commit index); one that lost entries in flight rejects, and we probe back.
         self.send_append_message(peer, prev_log_index, entries);
-    }
-
-    fn heartbeat_prev_index(&self, peer: NodeId) -> LogIndex {
-        let progress = &self.progress[&peer];
-        match progress.state {
-            ReplicationState::Replicate if self.log.term(progress.match_index).is_some() => progress.match_index,
-            _ => progress.next_index.prev(),
-        }
     }
 
     fn send_append_message(&mut self, peer: NodeId, prev_log_index: LogIndex, entries: Vec<Entry>) {
@@ -142,7 +136,6 @@ impl RaftCore {
     pub(crate) fn note_follower_alive(&mut self, from: NodeId, read_round: u64) {
         let progress = self.progress.get_mut(&from).expect("leader tracks every peer");
         progress.recent_active = true;
-        progress.acked_since_heartbeat = true;
         progress.read_round_acked = progress.read_round_acked.max(read_round);
         self.advance_reads();
     }

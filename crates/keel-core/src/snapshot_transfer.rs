@@ -52,6 +52,7 @@ impl RaftCore {
         if sending != meta {
             return;
         }
+        progress.snapshot_chunk_answered = true;
         if done {
             progress.record_match(meta.last_included_index);
             progress.become_replicate();

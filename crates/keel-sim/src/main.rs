@@ -21,6 +21,14 @@ struct Args {
     /// Cluster size.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(3..=5))]
     nodes: u8,
+    /// Break one rule in every core, to see the simulator catch it:
+    /// `commit-previous-term` (§5.4.2) or `double-vote` (§5.2).
+    #[cfg(feature = "fault-injection")]
+    #[arg(long)]
+    inject_fault: Option<String>,
+    /// Shortest and longest pause between two fault injections, in simulated ms.
+    #[arg(long, num_args = 2, default_values_t = [200, 1500])]
+    nemesis_interval_ms: Vec<u64>,
 }
 
 fn main() -> ExitCode {
@@ -33,7 +41,19 @@ fn main() -> ExitCode {
     let mut totals = RunStats::default();
     let (mut passed, mut failed) = (0u64, 0u64);
     for seed in seeds {
-        match run_seed(SimConfig::new(seed, usize::from(args.nodes))) {
+        #[allow(unused_mut)]
+        let mut config = SimConfig::new(seed, usize::from(args.nodes));
+        config.nemesis_interval_ms = (args.nemesis_interval_ms[0], args.nemesis_interval_ms[1].max(args.nemesis_interval_ms[0]));
+        #[cfg(feature = "fault-injection")]
+        {
+            config.configure_core = match args.inject_fault.as_deref() {
+                None => None,
+                Some("commit-previous-term") => Some(|core| core.faults.commit_previous_term_by_counting = true),
+                Some("double-vote") => Some(|core| core.faults.grant_two_votes_per_term = true),
+                Some(other) => panic!("unknown fault {other:?}"),
+            };
+        }
+        match run_seed(config) {
             Ok(stats) => {
                 passed += 1;
                 add(&mut totals, &stats);

@@ -29,6 +29,8 @@ pub struct SimConfig {
     pub quiet_ms: u64,
     pub snapshot_threshold_entries: u64,
     pub linearizability_time_bound: Duration,
+    /// The nemesis acts at random intervals in this range (milliseconds).
+    pub nemesis_interval_ms: (u64, u64),
     /// Applied to every core after it is built; tests use it to switch on injected faults.
     pub configure_core: Option<fn(&mut RaftCore)>,
 }
@@ -44,6 +46,7 @@ impl SimConfig {
             quiet_ms: 5_000,
             snapshot_threshold_entries: 40,
             linearizability_time_bound: Duration::from_secs(20),
+            nemesis_interval_ms: (200, 1_500),
             configure_core: None,
         }
     }
@@ -121,6 +124,9 @@ pub struct Simulation {
     stats: RunStats,
     chaos: bool,
     ok_after_heal: u64,
+    /// Drawn per run: how many entries one AppendEntries may carry, and the slowest disk write.
+    append_entries_max: usize,
+    disk_latency_ms_max: u64,
 }
 
 fn node_id(index: usize) -> NodeId {
@@ -135,6 +141,8 @@ impl Simulation {
     pub fn new(config: SimConfig) -> Simulation {
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let network = Network::new(&mut rng);
+        let append_entries_max = [1, 2, 8, 64][rng.gen_range(0..4)];
+        let disk_latency_ms_max = [2, 10, 30][rng.gen_range(0..3)];
         let mut simulation = Simulation {
             nodes: Vec::new(),
             clients: (0..config.clients).map(|_| Client::new(rng.gen_range(0..config.nodes), config.keys)).collect(),
@@ -149,6 +157,8 @@ impl Simulation {
             stats: RunStats::default(),
             chaos: true,
             ok_after_heal: 0,
+            append_entries_max,
+            disk_latency_ms_max,
             config,
         };
         for index in 0..simulation.config.nodes {
@@ -215,7 +225,7 @@ impl Simulation {
         let mut config = Config::new(node_id(index), members);
         config.election_timeout_ticks_min = 10;
         config.heartbeat_interval_ticks = 2;
-        config.append_entries_max = 8;
+        config.append_entries_max = self.append_entries_max;
         config.inflight_messages_max = 4;
         config.snapshot_chunk_bytes_max = 64;
         config.uncommitted_entries_max = 256;
@@ -301,7 +311,7 @@ impl Simulation {
         let node = &mut self.nodes[index];
         node.inflight = Some(ready);
         let epoch = node.epoch;
-        let latency_ms = self.rng.gen_range(1..=4);
+        let latency_ms = self.rng.gen_range(1..=self.disk_latency_ms_max);
         self.schedule(latency_ms, Event::DiskDone { node: index, epoch });
         Ok(())
     }
@@ -553,7 +563,8 @@ impl Simulation {
                 self.start_node(node);
             }
         }
-        let next = self.rng.gen_range(200..=1_500);
+        let (low, high) = self.config.nemesis_interval_ms;
+        let next = self.rng.gen_range(low..=high);
         self.schedule(next, Event::Nemesis);
     }
 
@@ -563,7 +574,10 @@ impl Simulation {
         if live.is_empty() || crashed >= self.config.nodes.div_ceil(2) {
             return;
         }
-        let victim = live[self.rng.gen_range(0..live.len())];
+        // Half the time the victim is a leader: leader crashes make the interesting histories
+        // (Figure 8 of the paper is a sequence of them).
+        let leaders: Vec<usize> = live.iter().copied().filter(|i| self.nodes[*i].core.as_ref().is_some_and(|core| core.role() == Role::Leader)).collect();
+        let victim = if !leaders.is_empty() && self.rng.gen_bool(0.5) { leaders[self.rng.gen_range(0..leaders.len())] } else { live[self.rng.gen_range(0..live.len())] };
         self.crash_node(victim);
         let downtime = self.rng.gen_range(100..=3_000);
         self.schedule(downtime, Event::Restart { node: victim });
@@ -586,6 +600,17 @@ impl Simulation {
         Ok(())
     }
 
+    /// Liveness after healing: with the network whole and every node up for the quiet
+    /// period, every node must have applied everything the most advanced one applied.
+    fn check_convergence(&self) -> Result<(), String> {
+        let applied: Vec<LogIndex> = self.nodes.iter().map(|node| node.store.applied_index()).collect();
+        let highest = applied.iter().max().copied().unwrap_or_default();
+        if applied.iter().any(|index| *index != highest) {
+            return Err(format!("nodes did not converge {} ms after healing: applied indexes {applied:?}", self.config.quiet_ms));
+        }
+        Ok(())
+    }
+
     fn finish(mut self) -> Result<RunStats, String> {
         for client_index in 0..self.clients.len() {
             if let Some(op) = self.clients[client_index].current.take() {
@@ -594,6 +619,7 @@ impl Simulation {
         }
         let cores: Vec<&RaftCore> = self.nodes.iter().filter_map(|node| node.core.as_ref()).collect();
         self.checker.check_log_matching(&cores)?;
+        self.check_convergence()?;
         if self.ok_after_heal == 0 {
             return Err(format!("no client operation succeeded in the {} ms after the cluster healed", self.config.quiet_ms));
         }

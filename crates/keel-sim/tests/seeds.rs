@@ -4,7 +4,15 @@
 use keel_sim::{run_seed, SimConfig};
 
 /// Seeds that once exposed a bug, with what the bug was. They must pass forever.
-const REGRESSION_SEEDS: &[(u64, usize, &str)] = &[];
+const REGRESSION_SEEDS: &[(u64, usize, &str)] = &[
+    // A follower whose last acknowledgement was lost never learned the final commit index:
+    // heartbeats checked the log at the leader's stale match index, so the follower's answer
+    // could not move it (and a full in-flight window of lost AppendEntries was never resent).
+    (23, 3, "follower stuck one commit behind after healing"),
+    (270, 3, "follower stuck one commit behind after healing"),
+    (73, 5, "follower stuck one commit behind after healing"),
+    (212, 5, "follower stuck one commit behind after healing"),
+];
 
 fn sweep(nodes: usize, seeds: std::ops::Range<u64>) {
     keel_sim::quiet_panics();

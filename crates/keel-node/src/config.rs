@@ -1,0 +1,82 @@
+//! A node's settings in real-time units; converted to the core's ticks here.
+
+use keel_core::NodeId;
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub members: Vec<NodeId>,
+    /// One core tick per `tick_ms` of real time.
+    pub tick_ms: u64,
+    pub heartbeat_ms: u64,
+    /// Minimum election timeout; each election waits a random time in `[min, 2 * min)`.
+    pub election_timeout_ms: u64,
+    /// Take a snapshot once this many entries were applied since the last one; 0 disables.
+    pub snapshot_threshold_entries: u64,
+    pub snapshot_chunk_bytes_max: usize,
+    /// Client requests queued for the driver before new ones are refused.
+    pub requests_queued_max: usize,
+    /// Peer messages queued for the driver before new ones are dropped.
+    pub inbox_messages_max: usize,
+    pub append_entries_max: usize,
+    pub append_bytes_max: usize,
+    pub inflight_messages_max: usize,
+    pub uncommitted_entries_max: usize,
+    /// Seeds the election-timeout PRNG; `None` derives one from the clock and the node id.
+    /// Tests set it so a run replays exactly.
+    pub random_seed: Option<u64>,
+    /// Run disk writes on a dedicated thread (production: the driver keeps stepping while
+    /// a write syncs). Tests on paused tokio time set it false so writes complete inline
+    /// and the clock cannot jump while a thread is busy; the completion path is the same.
+    pub storage_on_thread: bool,
+}
+
+impl NodeConfig {
+    pub fn new(id: NodeId, members: Vec<NodeId>) -> NodeConfig {
+        NodeConfig {
+            id,
+            members,
+            tick_ms: 10,
+            heartbeat_ms: 50,
+            election_timeout_ms: 300,
+            snapshot_threshold_entries: 10_000,
+            snapshot_chunk_bytes_max: 1 << 20,
+            requests_queued_max: 16_384,
+            inbox_messages_max: 16_384,
+            append_entries_max: 1024,
+            append_bytes_max: 4 << 20,
+            inflight_messages_max: 64,
+            uncommitted_entries_max: 65_536,
+            random_seed: None,
+            storage_on_thread: true,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.tick_ms == 0 || self.heartbeat_ms < self.tick_ms || self.election_timeout_ms < 2 * self.heartbeat_ms {
+            return Err(format!(
+                "timing must satisfy 0 < tick ({} ms) <= heartbeat ({} ms) and election timeout ({} ms) >= 2 x heartbeat",
+                self.tick_ms, self.heartbeat_ms, self.election_timeout_ms
+            ));
+        }
+        if self.requests_queued_max == 0 || self.inbox_messages_max == 0 {
+            return Err("queue limits must be at least 1".into());
+        }
+        self.core_config().validate()
+    }
+
+    pub fn core_config(&self) -> keel_core::Config {
+        let mut config = keel_core::Config::new(self.id, self.members.clone());
+        config.heartbeat_interval_ticks = (self.heartbeat_ms / self.tick_ms).max(1) as u32;
+        config.election_timeout_ticks_min = (self.election_timeout_ms / self.tick_ms) as u32;
+        config.append_entries_max = self.append_entries_max;
+        config.append_bytes_max = self.append_bytes_max;
+        config.inflight_messages_max = self.inflight_messages_max;
+        config.snapshot_chunk_bytes_max = self.snapshot_chunk_bytes_max;
+        config.uncommitted_entries_max = self.uncommitted_entries_max;
+        // Different per node and per process start, so nodes don't time out in lockstep.
+        let clock_seed = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        config.random_seed = self.random_seed.unwrap_or_else(clock_seed) ^ self.id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        config
+    }
+}

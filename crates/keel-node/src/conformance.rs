@@ -1,0 +1,514 @@
+//! The storage conformance suite: every behaviour the `Storage` trait promises, checked the
+//! same way against every implementation (openraft's `Suite` does this for its stores).
+//!
+//! An implementation provides a [`Harness`] (make a fresh storage; "restart" one, which for
+//! a file storage means drop and reopen) and runs the cases, either all in one test with
+//! [`run_all`] or as one `#[test]` each with [`storage_conformance_tests!`]:
+//!
+//! ```text
+//! mod memory {
+//!     keel_node::storage_conformance_tests!(keel_node::conformance::MemoryHarness);
+//! }
+//! ```
+//!
+//! Every case checks the state both before and after a restart (after `sync`), so a file
+//! storage is tested on what it reads back from disk, not only what it holds in memory.
+//! Cases panic on failure, naming the case and the step.
+
+use crate::storage::Storage;
+use crate::storage_memory::MemoryStorage;
+use keel_core::{Entry, EntryKind, HardState, LogIndex, NodeId, RestoredState, Snapshot, SnapshotMeta, Term};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+/// Makes and restarts storages for the suite.
+pub trait Harness {
+    type Storage: Storage;
+    /// A new, empty storage.
+    fn create(&mut self) -> Self::Storage;
+    /// The same storage after a process restart. Everything synced must survive.
+    fn reopen(&mut self, storage: Self::Storage) -> Self::Storage;
+}
+
+/// `MemoryStorage` has no restart to model: `reopen` hands the same value back.
+#[derive(Default)]
+pub struct MemoryHarness;
+
+impl Harness for MemoryHarness {
+    type Storage = MemoryStorage;
+    fn create(&mut self) -> MemoryStorage {
+        MemoryStorage::new()
+    }
+    fn reopen(&mut self, storage: MemoryStorage) -> MemoryStorage {
+        storage
+    }
+}
+
+/// Generates one `#[test]` per case, each with a fresh harness from `$make_harness`.
+#[macro_export]
+macro_rules! storage_conformance_tests {
+    ($make_harness:expr) => {
+        $crate::storage_conformance_tests!(@cases $make_harness;
+            fresh_storage_is_empty, append_and_read_back, append_in_batches, append_empty_is_noop,
+            overwrite_conflicting_suffix, overwrite_whole_log, overwrite_with_longer_suffix,
+            overwrite_last_entry, hard_state_latest_wins, hard_state_and_entries_together,
+            install_snapshot_keeps_matching_suffix, install_snapshot_discards_log_on_term_mismatch,
+            install_snapshot_beyond_log_discards_log, install_snapshot_on_empty_storage_then_append,
+            compact_drops_prefix, compact_whole_log_then_append, compact_twice_keeps_latest_snapshot,
+            overwrite_after_compaction, large_and_empty_entries, reopen_then_append_continues,
+            append_with_gap_panics, append_into_snapshot_panics, compact_with_wrong_term_panics,
+            stale_snapshot_panics, random_operations_match_model);
+    };
+    (@cases $make_harness:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                let mut harness = $make_harness;
+                $crate::conformance::$case(&mut harness);
+            }
+        )*
+    };
+}
+
+/// One case of the suite.
+pub type Case<H> = fn(&mut H);
+
+/// Every case, by name, for `run_all` and for callers that want their own loop.
+pub fn cases<H: Harness>() -> Vec<(&'static str, Case<H>)> {
+    vec![
+        ("fresh_storage_is_empty", fresh_storage_is_empty::<H>),
+        ("append_and_read_back", append_and_read_back::<H>),
+        ("append_in_batches", append_in_batches::<H>),
+        ("append_empty_is_noop", append_empty_is_noop::<H>),
+        ("overwrite_conflicting_suffix", overwrite_conflicting_suffix::<H>),
+        ("overwrite_whole_log", overwrite_whole_log::<H>),
+        ("overwrite_with_longer_suffix", overwrite_with_longer_suffix::<H>),
+        ("overwrite_last_entry", overwrite_last_entry::<H>),
+        ("hard_state_latest_wins", hard_state_latest_wins::<H>),
+        ("hard_state_and_entries_together", hard_state_and_entries_together::<H>),
+        ("install_snapshot_keeps_matching_suffix", install_snapshot_keeps_matching_suffix::<H>),
+        ("install_snapshot_discards_log_on_term_mismatch", install_snapshot_discards_log_on_term_mismatch::<H>),
+        ("install_snapshot_beyond_log_discards_log", install_snapshot_beyond_log_discards_log::<H>),
+        ("install_snapshot_on_empty_storage_then_append", install_snapshot_on_empty_storage_then_append::<H>),
+        ("compact_drops_prefix", compact_drops_prefix::<H>),
+        ("compact_whole_log_then_append", compact_whole_log_then_append::<H>),
+        ("compact_twice_keeps_latest_snapshot", compact_twice_keeps_latest_snapshot::<H>),
+        ("overwrite_after_compaction", overwrite_after_compaction::<H>),
+        ("large_and_empty_entries", large_and_empty_entries::<H>),
+        ("reopen_then_append_continues", reopen_then_append_continues::<H>),
+        ("append_with_gap_panics", append_with_gap_panics::<H>),
+        ("append_into_snapshot_panics", append_into_snapshot_panics::<H>),
+        ("compact_with_wrong_term_panics", compact_with_wrong_term_panics::<H>),
+        ("stale_snapshot_panics", stale_snapshot_panics::<H>),
+        ("random_operations_match_model", random_operations_match_model::<H>),
+    ]
+}
+
+/// Runs every case with harnesses from `make_harness`, printing each name as it starts.
+pub fn run_all<H: Harness>(mut make_harness: impl FnMut() -> H) {
+    for (name, case) in cases::<H>() {
+        eprintln!("storage conformance: {name}");
+        case(&mut make_harness());
+    }
+}
+
+// ----- helpers ----------------------------------------------------------------------------
+
+/// An entry whose command names its position, so a misplaced entry shows in a diff.
+pub fn entry(index: u64, term: u64) -> Entry {
+    Entry { term: Term(term), index: LogIndex(index), kind: EntryKind::Command(format!("command {index}@{term}").into_bytes()) }
+}
+
+/// Entries `from..=to`, all in `term`.
+pub fn entries(from: u64, to: u64, term: u64) -> Vec<Entry> {
+    (from..=to).map(|index| entry(index, term)).collect()
+}
+
+fn snapshot(index: u64, term: u64) -> Snapshot {
+    let meta = SnapshotMeta { last_included_index: LogIndex(index), last_included_term: Term(term) };
+    Snapshot { meta, data: Arc::new(format!("state machine at {index}@{term}").into_bytes()) }
+}
+
+fn hard_state(term: u64, voted_for: Option<u64>, commit_index: u64) -> HardState {
+    HardState { current_term: Term(term), voted_for: voted_for.map(NodeId), commit_index: LogIndex(commit_index) }
+}
+
+/// What `initial_state` should return.
+#[derive(Clone, Debug, Default)]
+struct Expected {
+    hard_state: HardState,
+    snapshot: Option<Snapshot>,
+    entries: Vec<Entry>,
+}
+
+fn assert_state(actual: &RestoredState, expected: &Expected, step: &str) {
+    assert_eq!(actual.hard_state, expected.hard_state, "{step}: hard state");
+    assert_eq!(actual.snapshot, expected.snapshot, "{step}: snapshot");
+    let indexes = |entries: &[Entry]| entries.iter().map(|entry| entry.index.0).collect::<Vec<_>>();
+    assert_eq!(indexes(&actual.entries), indexes(&expected.entries), "{step}: entry indexes");
+    assert_eq!(actual.entries, expected.entries, "{step}: entries");
+}
+
+/// Syncs, checks the state, restarts, checks again; returns the restarted storage.
+fn check<H: Harness>(harness: &mut H, mut storage: H::Storage, expected: &Expected, step: &str) -> H::Storage {
+    storage.sync().expect("sync");
+    assert_state(&storage.initial_state().expect("initial_state"), expected, &format!("{step} (before restart)"));
+    let storage = harness.reopen(storage);
+    assert_state(&storage.initial_state().expect("initial_state"), expected, &format!("{step} (after restart)"));
+    storage
+}
+
+fn log_only(log: Vec<Entry>, hard_state: HardState) -> Expected {
+    Expected { hard_state, snapshot: None, entries: log }
+}
+
+/// A storage holding `1..=last` in term 1 with a matching hard state, synced.
+fn filled<H: Harness>(harness: &mut H, last: u64) -> H::Storage {
+    let mut storage = harness.create();
+    storage.set_hard_state(&hard_state(1, Some(1), 0)).expect("set_hard_state");
+    storage.append(&entries(1, last, 1)).expect("append");
+    storage.sync().expect("sync");
+    storage
+}
+
+fn panics(action: impl FnOnce()) -> bool {
+    catch_unwind(AssertUnwindSafe(action)).is_err()
+}
+
+// ----- append and overwrite ---------------------------------------------------------------
+
+pub fn fresh_storage_is_empty<H: Harness>(harness: &mut H) {
+    let storage = harness.create();
+    check(harness, storage, &Expected::default(), "fresh");
+}
+
+pub fn append_and_read_back<H: Harness>(harness: &mut H) {
+    let storage = filled(harness, 20);
+    check(harness, storage, &log_only(entries(1, 20, 1), hard_state(1, Some(1), 0)), "append 1..=20");
+}
+
+pub fn append_in_batches<H: Harness>(harness: &mut H) {
+    let mut storage = filled(harness, 3);
+    storage.append(&entries(4, 9, 1)).expect("append");
+    storage.append(&entries(10, 10, 1)).expect("append");
+    let mut storage = check(harness, storage, &log_only(entries(1, 10, 1), hard_state(1, Some(1), 0)), "three batches");
+    storage.append(&entries(11, 15, 1)).expect("append");
+    check(harness, storage, &log_only(entries(1, 15, 1), hard_state(1, Some(1), 0)), "a batch after restart");
+}
+
+pub fn append_empty_is_noop<H: Harness>(harness: &mut H) {
+    let mut storage = filled(harness, 5);
+    storage.append(&[]).expect("append nothing");
+    check(harness, storage, &log_only(entries(1, 5, 1), hard_state(1, Some(1), 0)), "empty append");
+}
+
+pub fn overwrite_conflicting_suffix<H: Harness>(harness: &mut H) {
+    let mut storage = filled(harness, 10);
+    storage.set_hard_state(&hard_state(2, None, 0)).expect("set_hard_state");
+    storage.append(&entries(6, 8, 2)).expect("append");
+    let expected = [entries(1, 5, 1), entries(6, 8, 2)].concat();
+    check(harness, storage, &log_only(expected, hard_state(2, None, 0)), "overwrite 6..=10 with 6..=8");
+}
+
+pub fn overwrite_whole_log<H: Harness>(harness: &mut H) {
+    let mut storage = filled(harness, 10);
+    storage.set_hard_state(&hard_state(3, None, 0)).expect("set_hard_state");
+    storage.append(&entries(1, 2, 3)).expect("append");
+    check(harness, storage, &log_only(entries(1, 2, 3), hard_state(3, None, 0)), "overwrite from index 1");
+}
+
+pub fn overwrite_with_longer_suffix<H: Harness>(harness: &mut H) {
+    let mut storage = filled(harness, 5);
+    storage.set_hard_state(&hard_state(2, None, 2)).expect("set_hard_state");
+    storage.append(&entries(3, 30, 2)).expect("append");
+    let expected = [entries(1, 2, 1), entries(3, 30, 2)].concat();
+    check(harness, storage, &log_only(expected, hard_state(2, None, 2)), "overwrite 3..=5 with 3..=30");
+}
+
+pub fn overwrite_last_entry<H: Harness>(harness: &mut H) {
+    let mut storage = filled(harness, 5);
+    storage.set_hard_state(&hard_state(2, None, 0)).expect("set_hard_state");
+    storage.append(&entries(5, 5, 2)).expect("append");
+    let expected = [entries(1, 4, 1), entries(5, 5, 2)].concat();
+    check(harness, storage, &log_only(expected, hard_state(2, None, 0)), "overwrite the last entry");
+}
+
+// ----- hard state -------------------------------------------------------------------------
+
+pub fn hard_state_latest_wins<H: Harness>(harness: &mut H) {
+    let mut storage = harness.create();
+    storage.set_hard_state(&hard_state(1, Some(4), 0)).expect("set_hard_state");
+    storage.set_hard_state(&hard_state(2, Some(7), 0)).expect("set_hard_state");
+    let mut storage = check(harness, storage, &log_only(vec![], hard_state(2, Some(7), 0)), "vote");
+    storage.set_hard_state(&hard_state(3, None, 0)).expect("set_hard_state");
+    check(harness, storage, &log_only(vec![], hard_state(3, None, 0)), "no vote");
+}
+
+pub fn hard_state_and_entries_together<H: Harness>(harness: &mut H) {
+    let mut storage = harness.create();
+    storage.append(&entries(1, 4, 2)).expect("append");
+    storage.set_hard_state(&hard_state(2, Some(1), 3)).expect("set_hard_state");
+    check(harness, storage, &log_only(entries(1, 4, 2), hard_state(2, Some(1), 3)), "one sync");
+}
+
+// ----- snapshots --------------------------------------------------------------------------
+
+pub fn install_snapshot_keeps_matching_suffix<H: Harness>(harness: &mut H) {
+    let mut storage = filled(harness, 10);
+    storage.install_snapshot(&snapshot(6, 1)).expect("install_snapshot");
+    storage.set_hard_state(&hard_state(1, Some(1), 6)).expect("set_hard_state");
+    let expected = Expected { hard_state: hard_state(1, Some(1), 6), snapshot: Some(snapshot(6, 1)), entries: entries(7, 10, 1) };
+    check(harness, storage, &expected, "install at 6@1 keeps 7..=10");
+}
+
+pub fn install_snapshot_discards_log_on_term_mismatch<H: Harness>(harness: &mut H) {
+    let mut storage = filled(harness, 10);
+    storage.install_snapshot(&snapshot(6, 2)).expect("install_snapshot");
+    storage.set_hard_state(&hard_state(2, None, 6)).expect("set_hard_state");
+    let expected = Expected { hard_state: hard_state(2, None, 6), snapshot: Some(snapshot(6, 2)), entries: vec![] };
+    let mut storage = check(harness, storage, &expected, "install at 6@2 over a term-1 log");
+    storage.append(&entries(7, 9, 2)).expect("append after install");
+    let expected = Expected { entries: entries(7, 9, 2), ..expected };
+    check(harness, storage, &expected, "append after the install");
+}
+
+pub fn install_snapshot_beyond_log_discards_log<H: Harness>(harness: &mut H) {
+    let mut storage = filled(harness, 5);
+    storage.install_snapshot(&snapshot(40, 1)).expect("install_snapshot");
+    storage.set_hard_state(&hard_state(1, Some(1), 40)).expect("set_hard_state");
+    let expected = Expected { hard_state: hard_state(1, Some(1), 40), snapshot: Some(snapshot(40, 1)), entries: vec![] };
+    check(harness, storage, &expected, "install past the log's end");
+}
+
+pub fn install_snapshot_on_empty_storage_then_append<H: Harness>(harness: &mut H) {
+    let mut storage = harness.create();
+    storage.install_snapshot(&snapshot(100, 4)).expect("install_snapshot");
+    storage.append(&entries(101, 120, 4)).expect("append");
+    storage.set_hard_state(&hard_state(4, None, 100)).expect("set_hard_state");
+    let expected = Expected { hard_state: hard_state(4, None, 100), snapshot: Some(snapshot(100, 4)), entries: entries(101, 120, 4) };
+    check(harness, storage, &expected, "install on an empty storage, then append");
+}
+
+pub fn compact_drops_prefix<H: Harness>(harness: &mut H) {
+    let mut storage = filled(harness, 30);
+    storage.compact(&snapshot(17, 1)).expect("compact");
+    let expected = Expected { hard_state: hard_state(1, Some(1), 0), snapshot: Some(snapshot(17, 1)), entries: entries(18, 30, 1) };
+    check(harness, storage, &expected, "compact to 17");
+}
+
+pub fn compact_whole_log_then_append<H: Harness>(harness: &mut H) {
+    let mut storage = filled(harness, 12);
+    storage.compact(&snapshot(12, 1)).expect("compact");
+    let expected = Expected { hard_state: hard_state(1, Some(1), 0), snapshot: Some(snapshot(12, 1)), entries: vec![] };
+    let mut storage = check(harness, storage, &expected, "compact everything");
+    storage.append(&entries(13, 14, 1)).expect("append");
+    check(harness, storage, &Expected { entries: entries(13, 14, 1), ..expected }, "append after compacting everything");
+}
+
+pub fn compact_twice_keeps_latest_snapshot<H: Harness>(harness: &mut H) {
+    let mut storage = filled(harness, 30);
+    storage.compact(&snapshot(10, 1)).expect("compact");
+    storage.compact(&snapshot(25, 1)).expect("compact");
+    let expected = Expected { hard_state: hard_state(1, Some(1), 0), snapshot: Some(snapshot(25, 1)), entries: entries(26, 30, 1) };
+    check(harness, storage, &expected, "two compactions");
+}
+
+pub fn overwrite_after_compaction<H: Harness>(harness: &mut H) {
+    let mut storage = filled(harness, 20);
+    storage.compact(&snapshot(8, 1)).expect("compact");
+    storage.set_hard_state(&hard_state(2, None, 8)).expect("set_hard_state");
+    storage.append(&entries(9, 12, 2)).expect("append");
+    let expected = Expected { hard_state: hard_state(2, None, 8), snapshot: Some(snapshot(8, 1)), entries: entries(9, 12, 2) };
+    check(harness, storage, &expected, "overwrite right after the snapshot");
+}
+
+// ----- entry shapes and restarts ----------------------------------------------------------
+
+pub fn large_and_empty_entries<H: Harness>(harness: &mut H) {
+    let mut storage = harness.create();
+    let large = |index: u64| Entry { term: Term(1), index: LogIndex(index), kind: EntryKind::Command(vec![index as u8; 5000]) };
+    let list = vec![
+        Entry { term: Term(1), index: LogIndex(1), kind: EntryKind::Noop },
+        Entry { term: Term(1), index: LogIndex(2), kind: EntryKind::Command(Vec::new()) },
+        large(3),
+        large(4),
+        Entry { term: Term(1), index: LogIndex(5), kind: EntryKind::Noop },
+    ];
+    storage.set_hard_state(&hard_state(1, None, 0)).expect("set_hard_state");
+    storage.append(&list).expect("append");
+    check(harness, storage, &log_only(list, hard_state(1, None, 0)), "noop, empty and 5000-byte commands");
+}
+
+pub fn reopen_then_append_continues<H: Harness>(harness: &mut H) {
+    let mut storage = filled(harness, 5);
+    for round in 0..5 {
+        storage = harness.reopen(storage);
+        let from = 6 + round * 5;
+        storage.append(&entries(from, from + 4, 1)).expect("append");
+        storage.sync().expect("sync");
+    }
+    check(harness, storage, &log_only(entries(1, 30, 1), hard_state(1, Some(1), 0)), "five restarts");
+}
+
+// ----- programmer errors panic ------------------------------------------------------------
+
+pub fn append_with_gap_panics<H: Harness>(harness: &mut H) {
+    let mut storage = filled(harness, 5);
+    assert!(panics(|| drop(storage.append(&entries(7, 8, 1)))), "append leaving a gap must panic");
+}
+
+pub fn append_into_snapshot_panics<H: Harness>(harness: &mut H) {
+    let mut storage = filled(harness, 10);
+    storage.compact(&snapshot(5, 1)).expect("compact");
+    assert!(panics(|| drop(storage.append(&entries(5, 6, 1)))), "append at the snapshot index must panic");
+}
+
+pub fn compact_with_wrong_term_panics<H: Harness>(harness: &mut H) {
+    let mut storage = filled(harness, 10);
+    assert!(panics(|| drop(storage.compact(&snapshot(5, 2)))), "compaction with a term the log lacks must panic");
+}
+
+pub fn stale_snapshot_panics<H: Harness>(harness: &mut H) {
+    let mut storage = filled(harness, 10);
+    storage.compact(&snapshot(6, 1)).expect("compact");
+    assert!(panics(|| drop(storage.install_snapshot(&snapshot(6, 1)))), "a snapshot that does not advance must panic");
+}
+
+// ----- model-based ------------------------------------------------------------------------
+
+/// A few hundred random operations (a fixed seed per run), compared with a plain model after
+/// each sync and restart. Operations keep to what a Raft core asks for: terms never
+/// decrease, nothing at or below the commit index is overwritten, the hard state's term is
+/// never behind the log.
+pub fn random_operations_match_model<H: Harness>(harness: &mut H) {
+    for seed in 1..=3 {
+        run_model(harness, seed, 300);
+    }
+}
+
+fn run_model<H: Harness>(harness: &mut H, seed: u64, operations: u32) {
+    let mut random = SplitMix64(seed);
+    let mut model = Model::default();
+    let mut storage = harness.create();
+    for step in 0..operations {
+        let context = format!("seed {seed} step {step}");
+        match random.below(10) {
+            0..=4 => model.append(&mut storage, &mut random),
+            5 => model.new_term(&mut storage),
+            6 => model.commit(&mut storage, &mut random),
+            7 => model.compact(&mut storage, &mut random),
+            8 => model.install(&mut storage, &mut random),
+            _ => storage = check(harness, storage, &model.expected(), &context),
+        }
+    }
+    check(harness, storage, &model.expected(), &format!("seed {seed} end"));
+}
+
+#[derive(Default)]
+struct Model {
+    hard_state: HardState,
+    snapshot: Option<Snapshot>,
+    entries: Vec<Entry>,
+}
+
+impl Model {
+    fn expected(&self) -> Expected {
+        Expected { hard_state: self.hard_state, snapshot: self.snapshot.clone(), entries: self.entries.clone() }
+    }
+
+    fn floor(&self) -> SnapshotMeta {
+        self.snapshot.as_ref().map(|snapshot| snapshot.meta).unwrap_or_default()
+    }
+
+    fn last_index(&self) -> u64 {
+        self.floor().last_included_index.0 + self.entries.len() as u64
+    }
+
+    fn term_at(&self, index: u64) -> Option<Term> {
+        let floor = self.floor();
+        if index == floor.last_included_index.0 {
+            return Some(floor.last_included_term);
+        }
+        self.entries.iter().find(|entry| entry.index.0 == index).map(|entry| entry.term)
+    }
+
+    fn append<S: Storage>(&mut self, storage: &mut S, random: &mut SplitMix64) {
+        let from_min = self.hard_state.commit_index.0.max(self.floor().last_included_index.0) + 1;
+        let from = from_min + random.below(self.last_index() + 2 - from_min);
+        let count = 1 + random.below(8);
+        let term = self.hard_state.current_term.0.max(1);
+        let new_entries: Vec<Entry> = (from..from + count).map(|index| entry(index, term)).collect();
+        self.hard_state.current_term = Term(term);
+        storage.set_hard_state(&self.hard_state).expect("set_hard_state");
+        storage.append(&new_entries).expect("append");
+        self.entries.retain(|entry| entry.index.0 < from);
+        self.entries.extend(new_entries);
+    }
+
+    fn new_term<S: Storage>(&mut self, storage: &mut S) {
+        self.hard_state.current_term = self.hard_state.current_term.next();
+        self.hard_state.voted_for = Some(NodeId(self.hard_state.current_term.0 % 3));
+        storage.set_hard_state(&self.hard_state).expect("set_hard_state");
+    }
+
+    fn commit<S: Storage>(&mut self, storage: &mut S, random: &mut SplitMix64) {
+        let commit = self.hard_state.commit_index.0;
+        self.hard_state.commit_index = LogIndex(commit + random.below(self.last_index() - commit + 1));
+        storage.set_hard_state(&self.hard_state).expect("set_hard_state");
+    }
+
+    /// Compacts to an index in `floor + 1 ..= commit`, if there is one.
+    fn compact<S: Storage>(&mut self, storage: &mut S, random: &mut SplitMix64) {
+        let floor = self.floor().last_included_index.0;
+        let commit = self.hard_state.commit_index.0;
+        if commit <= floor {
+            return;
+        }
+        let index = floor + 1 + random.below(commit - floor);
+        let snapshot = snapshot(index, self.term_at(index).expect("committed entries are stored").0);
+        storage.compact(&snapshot).expect("compact");
+        self.entries.retain(|entry| entry.index.0 > index);
+        self.snapshot = Some(snapshot);
+    }
+
+    /// Installs a leader's snapshot past the commit index: half the time with the term the
+    /// log holds there (suffix kept), else the current term (log usually discarded). The
+    /// current term is never behind any stored term, so it never goes backwards.
+    fn install<S: Storage>(&mut self, storage: &mut S, random: &mut SplitMix64) {
+        let commit = self.hard_state.commit_index.0.max(self.floor().last_included_index.0);
+        let index = commit + 1 + random.below(self.last_index() + 3 - commit);
+        let term = match self.term_at(index) {
+            Some(term) if random.below(2) == 0 => term,
+            _ => self.hard_state.current_term,
+        };
+        let snapshot = snapshot(index, term.0);
+        storage.install_snapshot(&snapshot).expect("install_snapshot");
+        if self.term_at(index) == Some(term) {
+            self.entries.retain(|entry| entry.index.0 > index);
+        } else {
+            self.entries.clear();
+        }
+        self.snapshot = Some(snapshot);
+        self.hard_state.commit_index = LogIndex(index);
+        storage.set_hard_state(&self.hard_state).expect("set_hard_state");
+    }
+}
+
+/// A small deterministic generator, so the suite needs no `rand`.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut mixed = self.0;
+        mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        mixed ^ (mixed >> 31)
+    }
+
+    /// Uniform-enough in `0..bound`; `bound` must be positive.
+    fn below(&mut self, bound: u64) -> u64 {
+        assert!(bound > 0, "empty range");
+        self.next() % bound
+    }
+}

@@ -1,0 +1,514 @@
+//! `RaftNode`: the async driver that turns a `RaftCore` into a running node.
+//!
+//! One tokio task owns the core and the state machine. It maps real time to ticks, feeds
+//! in peer messages and client requests, and carries out each `Ready` by the contract in
+//! `keel_core::ready`. Disk writes run on a dedicated storage thread, so while one write is
+//! syncing the task keeps stepping messages and queuing proposals; everything that arrived
+//! meanwhile goes to disk in the next write, with one fsync (group commit). A leader's
+//! AppendEntries leave before its own write completes (thesis §10.2.1); a follower's
+//! acknowledgement leaves only after its write is durable.
+
+use crate::config::NodeConfig;
+use crate::error::NodeError;
+use crate::storage::{Storage, StorageError};
+use crate::transport::Transport;
+use keel_core::{Entry, HardState, LogIndex, Message, NodeId, RaftCore, ReadError, Ready, Role, Snapshot, SnapshotMeta, StateMachine, Status, Term};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, error, info, warn};
+
+/// Messages and requests handled per wake-up before the driver writes and sends (a bound on
+/// batch size, so one flood cannot starve ticks).
+const INPUTS_PER_TURN_MAX: usize = 4096;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// ReadIndex (thesis §6.4): reflects every write acknowledged before the read began.
+    Linearizable,
+    /// This node's applied state, however old.
+    Stale,
+}
+
+type ReadFn<SM> = Box<dyn FnOnce(Result<(LogIndex, &SM), NodeError>) + Send>;
+type ProposeReply<SM> = oneshot::Sender<Result<(LogIndex, <SM as StateMachine>::Output), NodeError>>;
+
+enum Request<SM: StateMachine> {
+    Propose { command: Vec<u8>, reply: ProposeReply<SM> },
+    Read { consistency: Consistency, run: ReadFn<SM> },
+}
+
+/// A node's state for status endpoints, updated by the driver after every turn.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub raft: Status,
+    /// Set once the node stopped, with the reason.
+    pub stopped: Option<String>,
+}
+
+/// The client side of a running node; cheap to clone.
+pub struct RaftHandle<SM: StateMachine> {
+    id: NodeId,
+    requests: mpsc::Sender<Request<SM>>,
+    status: watch::Receiver<NodeStatus>,
+    shutdown: Arc<watch::Sender<bool>>,
+}
+
+impl<SM: StateMachine> Clone for RaftHandle<SM> {
+    fn clone(&self) -> Self {
+        RaftHandle { id: self.id, requests: self.requests.clone(), status: self.status.clone(), shutdown: self.shutdown.clone() }
+    }
+}
+
+impl<SM: StateMachine> RaftHandle<SM> {
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Proposes `command`; resolves with its log index and the state machine's answer once
+    /// applied. Callers bound the wait with a timeout; a timed-out write's outcome is unknown.
+    pub async fn propose(&self, command: Vec<u8>) -> Result<(LogIndex, SM::Output), NodeError> {
+        let (reply, response) = oneshot::channel();
+        self.submit(Request::Propose { command, reply })?;
+        response.await.unwrap_or(Err(NodeError::Stopped))
+    }
+
+    /// Runs `read` against the state machine at the given consistency; returns the applied
+    /// index it saw and its result.
+    pub async fn read<R: Send + 'static>(&self, consistency: Consistency, read: impl FnOnce(&SM) -> R + Send + 'static) -> Result<(LogIndex, R), NodeError> {
+        let (reply, response) = oneshot::channel();
+        let run: ReadFn<SM> = Box::new(move |state| {
+            let _ = reply.send(state.map(|(index, machine)| (index, read(machine))));
+        });
+        self.submit(Request::Read { consistency, run })?;
+        response.await.unwrap_or(Err(NodeError::Stopped))
+    }
+
+    fn submit(&self, request: Request<SM>) -> Result<(), NodeError> {
+        self.requests.try_send(request).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => NodeError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => NodeError::Stopped,
+        })
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change (for waiting on a leader in tests and CLIs).
+    pub fn watch_status(&self) -> watch::Receiver<NodeStatus> {
+        self.status.clone()
+    }
+
+    /// Asks the driver to stop after its current turn.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// Everything `RaftNode::start` hands back.
+pub struct RaftNode<SM: StateMachine> {
+    pub handle: RaftHandle<SM>,
+    /// Where transports deliver this node's inbound peer messages.
+    pub inbox: mpsc::Sender<Message>,
+    /// Resolves when the driver has stopped.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+enum StorageJob {
+    Write { snapshot: Option<Snapshot>, entries: Vec<Entry>, hard_state: Option<HardState> },
+    Compact(Snapshot),
+}
+
+enum StorageDone {
+    Written,
+    Compacted(Snapshot),
+}
+
+/// Where storage jobs run: see `NodeConfig::storage_on_thread`.
+enum StorageRunner {
+    Thread(std::sync::mpsc::Sender<StorageJob>),
+    Inline(Box<dyn Storage + Send>),
+}
+
+impl<SM: StateMachine> RaftNode<SM> {
+    /// Recovers from `storage`, restores `state_machine` (which must be empty) from the
+    /// latest snapshot, and starts the driver task and the storage thread.
+    pub fn start<S, T>(config: NodeConfig, storage: S, mut state_machine: SM, transport: T) -> Result<RaftNode<SM>, StartError>
+    where
+        S: Storage + Send + 'static,
+        T: Transport,
+    {
+        config.validate().map_err(StartError::Config)?;
+        let restored = storage.initial_state().map_err(StartError::Storage)?;
+        if let Some(snapshot) = &restored.snapshot {
+            state_machine.restore(&snapshot.data).map_err(StartError::Snapshot)?;
+        }
+        let snapshot_index = restored.snapshot.as_ref().map(|snapshot| snapshot.meta.last_included_index).unwrap_or_default();
+        info!("[NODE {}] starting: term {}, {} log entries after snapshot {}", config.id, restored.hard_state.current_term, restored.entries.len(), snapshot_index);
+        let core = RaftCore::new(config.core_config(), restored);
+        let (inbox, inbox_receiver) = mpsc::channel(config.inbox_messages_max);
+        let (requests, request_receiver) = mpsc::channel(config.requests_queued_max);
+        let (status_sender, status) = watch::channel(NodeStatus { raft: core.status(), stopped: None });
+        let (shutdown, shutdown_receiver) = watch::channel(false);
+        let (storage, done_receiver) = if config.storage_on_thread {
+            let (jobs, done_receiver) = spawn_storage_thread(config.id, storage);
+            (StorageRunner::Thread(jobs), done_receiver)
+        } else {
+            (StorageRunner::Inline(Box::new(storage)), mpsc::unbounded_channel().1)
+        };
+        let driver = Driver {
+            id: config.id,
+            core,
+            state_machine,
+            transport,
+            storage,
+            completed: std::collections::VecDeque::new(),
+            inflight: None,
+            proposals: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            reads_waiting_apply: Vec::new(),
+            next_read_id: 0,
+            snapshot_index,
+            snapshot_in_progress: false,
+            status: status_sender,
+            config: config.clone(),
+        };
+        let task = tokio::spawn(driver.run(inbox_receiver, request_receiver, done_receiver, shutdown_receiver));
+        let handle = RaftHandle { id: config.id, requests, status, shutdown: Arc::new(shutdown) };
+        Ok(RaftNode { handle, inbox, task })
+    }
+}
+
+#[derive(Debug)]
+pub enum StartError {
+    Config(String),
+    Storage(StorageError),
+    Snapshot(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(problem) => write!(f, "invalid configuration: {problem}"),
+            StartError::Storage(error) => write!(f, "cannot recover from storage: {error}"),
+            StartError::Snapshot(problem) => write!(f, "cannot restore the state machine from the snapshot: {problem}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// The storage thread: carries out writes in order; any error stops it, and so the node.
+fn spawn_storage_thread<S: Storage + Send + 'static>(id: NodeId, mut storage: S) -> (std::sync::mpsc::Sender<StorageJob>, mpsc::UnboundedReceiver<Result<StorageDone, StorageError>>) {
+    let (jobs, job_receiver) = std::sync::mpsc::channel::<StorageJob>();
+    let (done, done_receiver) = mpsc::unbounded_channel();
+    let body = move || {
+        for job in job_receiver {
+            let result = run_storage_job(&mut storage, job);
+            let failed = result.is_err();
+            if done.send(result).is_err() || failed {
+                break;
+            }
+        }
+    };
+    std::thread::Builder::new().name(format!("keel-storage-{id}")).spawn(body).expect("spawning the storage thread");
+    (jobs, done_receiver)
+}
+
+/// Contract step 4: snapshot, entries, hard state, then one sync for all of them.
+fn run_storage_job<S: Storage + ?Sized>(storage: &mut S, job: StorageJob) -> Result<StorageDone, StorageError> {
+    match job {
+        StorageJob::Write { snapshot, entries, hard_state } => {
+            if let Some(snapshot) = &snapshot {
+                storage.install_snapshot(snapshot)?;
+            }
+            storage.append(&entries)?;
+            if let Some(hard_state) = &hard_state {
+                storage.set_hard_state(hard_state)?;
+            }
+            storage.sync()?;
+            Ok(StorageDone::Written)
+        }
+        StorageJob::Compact(snapshot) => {
+            storage.compact(&snapshot)?;
+            storage.sync()?;
+            Ok(StorageDone::Compacted(snapshot))
+        }
+    }
+}
+
+struct Driver<SM: StateMachine, T: Transport> {
+    id: NodeId,
+    core: RaftCore,
+    state_machine: SM,
+    transport: T,
+    storage: StorageRunner,
+    /// Writes finished inline, waiting to be handled like the thread's completions.
+    completed: std::collections::VecDeque<Result<StorageDone, StorageError>>,
+    /// The Ready whose write is on the storage thread.
+    inflight: Option<Ready>,
+    proposals: BTreeMap<LogIndex, (Term, ProposeReply<SM>)>,
+    reads: BTreeMap<u64, ReadFn<SM>>,
+    reads_waiting_apply: Vec<(LogIndex, ReadFn<SM>)>,
+    next_read_id: u64,
+    snapshot_index: LogIndex,
+    snapshot_in_progress: bool,
+    status: watch::Sender<NodeStatus>,
+    config: NodeConfig,
+}
+
+impl<SM: StateMachine, T: Transport> Driver<SM, T> {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<Message>,
+        mut requests: mpsc::Receiver<Request<SM>>,
+        mut storage_done: mpsc::UnboundedReceiver<Result<StorageDone, StorageError>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut ticker = tokio::time::interval(Duration::from_millis(self.config.tick_ms));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop_reason = loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break "shut down".to_string(),
+                done = storage_done.recv(), if matches!(self.storage, StorageRunner::Thread(_)) => match done {
+                    Some(done) => self.completed.push_back(done),
+                    None => break "storage thread ended".to_string(),
+                },
+                _ = ticker.tick() => self.core.tick(),
+                Some(message) = inbox.recv() => {
+                    self.step(message);
+                    for _ in 0..INPUTS_PER_TURN_MAX {
+                        let Ok(message) = inbox.try_recv() else { break };
+                        self.step(message);
+                    }
+                }
+                Some(request) = requests.recv() => {
+                    self.on_request(request);
+                    for _ in 0..INPUTS_PER_TURN_MAX {
+                        let Ok(request) = requests.try_recv() else { break };
+                        self.on_request(request);
+                    }
+                }
+            }
+            if let Err(error) = self.drive() {
+                break format!("storage failed: {error}");
+            }
+            self.publish_status(None);
+        };
+        self.stop(stop_reason);
+    }
+
+    fn stop(&mut self, reason: String) {
+        if reason == "shut down" {
+            info!("[NODE {}] stopped: {reason}", self.id);
+        } else {
+            error!("[NODE {}] stopping: {reason}", self.id);
+        }
+        for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
+            let _ = reply.send(Err(NodeError::Stopped));
+        }
+        let reads = std::mem::take(&mut self.reads).into_values().chain(std::mem::take(&mut self.reads_waiting_apply).into_iter().map(|(_, run)| run));
+        for run in reads {
+            run(Err(NodeError::Stopped));
+        }
+        self.publish_status(Some(reason));
+    }
+
+    fn step(&mut self, message: Message) {
+        if let Err(error) = self.core.step(message) {
+            warn!("[NODE {}] dropped a peer message: {error}", self.id);
+        }
+    }
+
+    fn on_request(&mut self, request: Request<SM>) {
+        match request {
+            Request::Propose { command, reply } => match self.core.propose(command) {
+                Ok((index, term)) => {
+                    self.proposals.insert(index, (term, reply));
+                }
+                Err(keel_core::ProposeError::NotLeader { leader_hint }) => {
+                    let _ = reply.send(Err(NodeError::NotLeader { leader_hint }));
+                }
+                Err(keel_core::ProposeError::TooManyUncommitted) => {
+                    let _ = reply.send(Err(NodeError::Overloaded));
+                }
+            },
+            Request::Read { consistency: Consistency::Stale, run } => run(Ok((self.state_machine.applied_index(), &self.state_machine))),
+            Request::Read { consistency: Consistency::Linearizable, run } => {
+                self.next_read_id += 1;
+                match self.core.read_index(self.next_read_id) {
+                    Ok(()) => {
+                        self.reads.insert(self.next_read_id, run);
+                    }
+                    Err(error) => run(Err(read_error(error))),
+                }
+            }
+        }
+    }
+
+    /// Contract steps 2–3 (take a Ready, send what may leave now, start the write), then
+    /// the completions of finished writes, until there is nothing left to do.
+    fn drive(&mut self) -> Result<(), StorageError> {
+        loop {
+            if self.inflight.is_none() && self.core.has_ready() {
+                self.start_ready();
+            }
+            let Some(done) = self.completed.pop_front() else { return Ok(()) };
+            self.on_storage_done(done?);
+        }
+    }
+
+    fn start_ready(&mut self) {
+        let mut ready = self.core.ready();
+        if let Some(soft_state) = ready.soft_state {
+            self.log_soft_state(soft_state.role, soft_state.term, soft_state.leader_id);
+        }
+        for message in std::mem::take(&mut ready.messages) {
+            self.transport.send(message);
+        }
+        let needs_disk = ready.snapshot.is_some() || !ready.entries.is_empty() || ready.hard_state.is_some();
+        let job = StorageJob::Write { snapshot: ready.snapshot.clone(), entries: std::mem::take(&mut ready.entries), hard_state: ready.hard_state };
+        self.inflight = Some(ready);
+        if needs_disk {
+            self.submit(job);
+        } else {
+            self.completed.push_back(Ok(StorageDone::Written));
+        }
+    }
+
+    fn submit(&mut self, job: StorageJob) {
+        match &mut self.storage {
+            StorageRunner::Thread(jobs) => {
+                if jobs.send(job).is_err() {
+                    error!("[NODE {}] storage thread is gone", self.id);
+                }
+            }
+            StorageRunner::Inline(storage) => {
+                let result = run_storage_job(storage.as_mut(), job);
+                self.completed.push_back(result);
+            }
+        }
+    }
+
+    fn on_storage_done(&mut self, done: StorageDone) {
+        match done {
+            StorageDone::Written => self.on_persisted(),
+            StorageDone::Compacted(snapshot) => {
+                let meta = snapshot.meta;
+                self.core.compact(meta.last_included_index, snapshot.data);
+                self.snapshot_in_progress = false;
+                info!("[NODE {}] snapshot taken at index {} (term {}); log compacted", self.id, meta.last_included_index, meta.last_included_term);
+            }
+        }
+    }
+
+    /// Contract steps 4 (restore) to 8, once the write is durable.
+    fn on_persisted(&mut self) {
+        let mut ready = self.inflight.take().expect("a write was in flight");
+        if let Some(snapshot) = &ready.snapshot {
+            self.restore_snapshot(snapshot.meta, &snapshot.data);
+        }
+        for message in std::mem::take(&mut ready.persisted_messages) {
+            self.transport.send(message);
+        }
+        for entry in std::mem::take(&mut ready.committed_entries) {
+            self.apply(&entry);
+        }
+        for read_state in std::mem::take(&mut ready.read_states) {
+            let Some(run) = self.reads.remove(&read_state.request_id) else { continue };
+            match read_state.result {
+                Ok(index) => self.reads_waiting_apply.push((index, run)),
+                Err(error) => run(Err(read_error(error))),
+            }
+        }
+        self.core.advance(ready);
+        self.serve_reads();
+        self.maybe_snapshot();
+    }
+
+    fn restore_snapshot(&mut self, meta: SnapshotMeta, data: &[u8]) {
+        if let Err(problem) = self.state_machine.restore(data) {
+            // The bytes were checked by the transport and storage; a bad image here is a bug.
+            panic!("[NODE {}] cannot restore snapshot at {}: {problem}", self.id, meta.last_included_index);
+        }
+        info!("[NODE {}] installed snapshot from the leader at index {} (term {})", self.id, meta.last_included_index, meta.last_included_term);
+        self.snapshot_index = meta.last_included_index;
+        // Proposals inside the snapshot: we cannot tell whether ours was the entry applied.
+        let covered: Vec<LogIndex> = self.proposals.range(..=meta.last_included_index).map(|(index, _)| *index).collect();
+        for index in covered {
+            let (_, reply) = self.proposals.remove(&index).expect("listed above");
+            let _ = reply.send(Err(NodeError::OutcomeUnknown));
+        }
+    }
+
+    /// Contract step 6: apply, and answer the proposer if this entry is its (same term).
+    fn apply(&mut self, entry: &Entry) {
+        let output = self.state_machine.apply(entry);
+        if let Some((term, reply)) = self.proposals.remove(&entry.index) {
+            let result = if term == entry.term { Ok((entry.index, output)) } else { Err(NodeError::Dropped) };
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Contract step 7: a confirmed read runs once the state machine caught up to it.
+    fn serve_reads(&mut self) {
+        let applied = self.state_machine.applied_index();
+        let waiting = std::mem::take(&mut self.reads_waiting_apply);
+        for (index, run) in waiting {
+            if index <= applied {
+                run(Ok((applied, &self.state_machine)));
+            } else {
+                self.reads_waiting_apply.push((index, run));
+            }
+        }
+    }
+
+    /// §7: snapshot once enough was applied since the last one. The image is taken here;
+    /// writing it runs on the storage thread, and the core drops its log prefix afterwards.
+    fn maybe_snapshot(&mut self) {
+        let threshold = self.config.snapshot_threshold_entries;
+        let applied = self.state_machine.applied_index();
+        if threshold == 0 || self.snapshot_in_progress || applied.0 < self.snapshot_index.0 + threshold {
+            return;
+        }
+        let Some(term) = self.core.entry(applied).map(|entry| entry.term) else { return };
+        let meta = SnapshotMeta { last_included_index: applied, last_included_term: term };
+        let snapshot = Snapshot { meta, data: Arc::new(self.state_machine.snapshot()) };
+        self.snapshot_in_progress = true;
+        self.snapshot_index = applied;
+        self.submit(StorageJob::Compact(snapshot));
+    }
+
+    fn log_soft_state(&self, role: Role, term: Term, leader_id: Option<NodeId>) {
+        match role {
+            Role::Leader => info!("[NODE {}] became LEADER for term {term}", self.id),
+            Role::Candidate => info!("[NODE {}] became CANDIDATE for term {term}", self.id),
+            Role::PreCandidate => debug!("[NODE {}] pre-vote campaign for term {}", self.id, term.next()),
+            Role::Follower => match leader_id {
+                Some(leader) => info!("[NODE {}] FOLLOWER in term {term}, leader is node {leader}", self.id),
+                None => info!("[NODE {}] FOLLOWER in term {term}, no leader known", self.id),
+            },
+        }
+    }
+
+    fn publish_status(&self, stopped: Option<String>) {
+        let status = NodeStatus { raft: self.core.status(), stopped };
+        self.status.send_if_modified(|current| {
+            if *current == status {
+                return false;
+            }
+            *current = status;
+            true
+        });
+    }
+}
+
+fn read_error(error: ReadError) -> NodeError {
+    match error {
+        ReadError::NotLeader { leader_hint } => NodeError::NotLeader { leader_hint },
+        ReadError::LeadershipLost => NodeError::LeadershipLost,
+    }
+}

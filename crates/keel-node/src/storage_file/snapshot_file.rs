@@ -1,0 +1,126 @@
+//! Snapshot files, `<data dir>/snapshot-<index:020>-<term:020>.snap` (zero-padded decimal
+//! `last_included_index` and `last_included_term`), each written whole with
+//! `write_atomically`. The one with the highest index is the snapshot; older ones are
+//! deleted once a newer one is durable.
+//!
+//! ```text
+//! offset  size        field
+//!      0     8        magic "KEELSNP1"
+//!      8     8        last_included_index, u64 LE
+//!     16     8        last_included_term, u64 LE
+//!     24     8        data_bytes, u64 LE
+//!     32     4        crc32c of the data, u32 LE
+//!     36     4        crc32c of bytes 0..36, u32 LE
+//!     40     data_bytes  the state machine image
+//! ```
+//!
+//! The index and term in the header must match the file name.
+
+use super::atomic;
+use crate::storage::StorageError;
+use keel_core::{LogIndex, Snapshot, SnapshotMeta, Term};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const MAGIC: &[u8; 8] = b"KEELSNP1";
+const HEADER_BYTES: usize = 40;
+const HEADER_CHECKSUMMED_BYTES: usize = 36;
+const PREFIX: &str = "snapshot-";
+const SUFFIX: &str = ".snap";
+
+pub fn file_name(meta: SnapshotMeta) -> String {
+    format!("{PREFIX}{:020}-{:020}{SUFFIX}", meta.last_included_index.0, meta.last_included_term.0)
+}
+
+/// The snapshot position a file name stands for, if it is a snapshot file name.
+pub fn parse_file_name(name: &str) -> Option<SnapshotMeta> {
+    let middle = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
+    let (index, term) = middle.split_once('-')?;
+    if index.len() != 20 || term.len() != 20 {
+        return None;
+    }
+    Some(SnapshotMeta { last_included_index: LogIndex(index.parse().ok()?), last_included_term: Term(term.parse().ok()?) })
+}
+
+pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(HEADER_BYTES + snapshot.data.len());
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&snapshot.meta.last_included_index.0.to_le_bytes());
+    bytes.extend_from_slice(&snapshot.meta.last_included_term.0.to_le_bytes());
+    bytes.extend_from_slice(&(snapshot.data.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&crc32c::crc32c(&snapshot.data).to_le_bytes());
+    bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
+    assert_eq!(bytes.len(), HEADER_BYTES);
+    bytes.extend_from_slice(&snapshot.data);
+    bytes
+}
+
+pub fn decode(path: &Path, bytes: &[u8]) -> Result<Snapshot, StorageError> {
+    let corruption = |offset: usize, reason: String| StorageError::corruption(path, offset as u64, reason);
+    if bytes.len() < HEADER_BYTES {
+        return Err(corruption(0, format!("snapshot file is {} bytes, shorter than its header", bytes.len())));
+    }
+    if &bytes[0..8] != MAGIC {
+        return Err(corruption(0, "bad snapshot magic".to_string()));
+    }
+    if crc32c::crc32c(&bytes[..HEADER_CHECKSUMMED_BYTES]) != read_u32(&bytes[36..40]) {
+        return Err(corruption(36, "snapshot header checksum mismatch".to_string()));
+    }
+    let data_bytes = read_u64(&bytes[24..32]);
+    if data_bytes != (bytes.len() - HEADER_BYTES) as u64 {
+        return Err(corruption(24, format!("header says {data_bytes} data bytes, file holds {}", bytes.len() - HEADER_BYTES)));
+    }
+    let data = &bytes[HEADER_BYTES..];
+    if crc32c::crc32c(data) != read_u32(&bytes[32..36]) {
+        return Err(corruption(HEADER_BYTES, "snapshot data checksum mismatch".to_string()));
+    }
+    let meta = SnapshotMeta { last_included_index: LogIndex(read_u64(&bytes[8..16])), last_included_term: Term(read_u64(&bytes[16..24])) };
+    Ok(Snapshot { meta, data: Arc::new(data.to_vec()) })
+}
+
+/// Writes `snapshot` durably and returns its path.
+pub fn store(dir: &Path, snapshot: &Snapshot) -> Result<PathBuf, StorageError> {
+    let bytes = encode(snapshot);
+    let path = atomic::write_atomically(dir, &file_name(snapshot.meta), &bytes)?;
+    debug_assert_eq!(decode(&path, &bytes).ok().as_ref(), Some(snapshot));
+    Ok(path)
+}
+
+/// The newest snapshot in `dir` (verified whole), after deleting any older snapshot files.
+pub fn load_latest(dir: &Path) -> Result<Option<Snapshot>, StorageError> {
+    let mut found: Vec<(SnapshotMeta, String)> = Vec::new();
+    for name in atomic::list_files(dir)? {
+        if let Some(meta) = parse_file_name(&name) {
+            found.push((meta, name));
+        }
+    }
+    found.sort_by_key(|(meta, _)| meta.last_included_index);
+    let Some((meta, name)) = found.pop() else { return Ok(None) };
+    let path = dir.join(&name);
+    let snapshot = decode(&path, &atomic::read_file(&path)?)?;
+    if snapshot.meta != meta {
+        return Err(StorageError::corruption(&path, 8, format!("header says {:?}, file name says {meta:?}", snapshot.meta)));
+    }
+    remove_older_than(dir, meta)?;
+    Ok(Some(snapshot))
+}
+
+/// Deletes every snapshot file in `dir` other than the one for `keep`.
+pub fn remove_older_than(dir: &Path, keep: SnapshotMeta) -> Result<(), StorageError> {
+    for name in atomic::list_files(dir)? {
+        let Some(meta) = parse_file_name(&name) else { continue };
+        if meta != keep {
+            assert!(meta.last_included_index <= keep.last_included_index, "removing a newer snapshot than the one kept");
+            atomic::remove_file(&dir.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
+fn read_u32(bytes: &[u8]) -> u32 {
+    u32::from_le_bytes(bytes.try_into().expect("4 bytes"))
+}
+
+fn read_u64(bytes: &[u8]) -> u64 {
+    u64::from_le_bytes(bytes.try_into().expect("8 bytes"))
+}

@@ -1,0 +1,400 @@
+//! The HTTP transport over real loopback sockets: `RaftNode` + `FileStorage` + `KvStore`
+//! clusters talking through `HttpTransport` and `raft_routes`, and raw requests checking
+//! what the route accepts and refuses.
+//!
+//! No sleeps as synchronisation: every wait polls a condition, bounded by `WAIT_MAX` (with
+//! a message saying what it waited for) inside a whole-test `TEST_MAX` hang guard.
+
+use axum::Router;
+use keel_core::{LogIndex, Message, MessageBody, NodeId, Role, Term};
+use keel_kv::{Command, CommandResult, KvStore};
+use keel_node::transport_http::MESSAGES_PATH;
+use keel_node::{raft_routes, Consistency, Envelope, FileStorage, FileStorageConfig, HttpTransport, HttpTransportConfig, NodeConfig, NodeStatus, RaftHandle, RaftNode, StorageError, Transport, PROTOCOL_VERSION};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
+
+const CLUSTER_ID: &str = "http-cluster-test";
+const BODY_BYTES_MAX: usize = 16 << 20;
+/// One condition may take this long (elections, catch-up on a loaded 2-core machine).
+const WAIT_MAX: Duration = Duration::from_secs(30);
+/// The whole test, as a hang guard.
+const TEST_MAX: Duration = Duration::from_secs(180);
+const POLL_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Runs `test` under the hang guard, logging as `RUST_LOG` says (e.g. `keel_node=debug`).
+async fn guarded(test: impl Future<Output = ()>) {
+    let filter = tracing_subscriber::EnvFilter::from_default_env();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    tokio::time::timeout(TEST_MAX, test).await.expect("the test hung");
+}
+
+/// Polls `condition` until it holds; panics naming `what` after `WAIT_MAX`.
+async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let polling = async {
+        let mut poll = tokio::time::interval(POLL_INTERVAL);
+        while !condition() {
+            poll.tick().await;
+        }
+    };
+    if tokio::time::timeout(WAIT_MAX, polling).await.is_err() {
+        panic!("timed out after {WAIT_MAX:?} waiting for {what}");
+    }
+}
+
+/// An axum server that can be stopped like a dying process: listener and connections closed.
+struct Server {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    fn spawn(listener: TcpListener, router: Router) -> Server {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let _ = stopped.await;
+        });
+        let task = tokio::spawn(async move { serving.await.expect("serving") });
+        Server { stop, task }
+    }
+
+    /// Closes the listener and every connection (graceful: idle keep-alive connections
+    /// close at once); aborts if that takes long.
+    async fn kill(self) {
+        let _ = self.stop.send(());
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(5), self.task).await.is_err() {
+            abort.abort();
+        }
+    }
+}
+
+struct Running {
+    handle: RaftHandle<KvStore>,
+    driver: JoinHandle<()>,
+    server: Server,
+}
+
+/// Three nodes, each with a data directory and a fixed address that survive restarts.
+struct Cluster {
+    addresses: BTreeMap<NodeId, SocketAddr>,
+    dirs: BTreeMap<NodeId, TempDir>,
+    nodes: BTreeMap<NodeId, Running>,
+    snapshot_threshold_entries: u64,
+}
+
+impl Cluster {
+    async fn start(size: u64, snapshot_threshold_entries: u64) -> Cluster {
+        let mut listeners = BTreeMap::new();
+        for id in 1..=size {
+            listeners.insert(NodeId(id), TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+        }
+        let addresses = listeners.iter().map(|(id, listener)| (*id, listener.local_addr().expect("address"))).collect();
+        let dirs = listeners.keys().map(|id| (*id, tempfile::tempdir().expect("tempdir"))).collect();
+        let mut cluster = Cluster { addresses, dirs, nodes: BTreeMap::new(), snapshot_threshold_entries };
+        for (id, listener) in listeners {
+            cluster.launch(id, listener).await;
+        }
+        cluster
+    }
+
+    fn node_config(&self, id: NodeId) -> NodeConfig {
+        let mut config = NodeConfig::new(id, self.addresses.keys().copied().collect());
+        config.tick_ms = 10;
+        config.heartbeat_ms = 30;
+        config.election_timeout_ms = 150;
+        config.snapshot_threshold_entries = self.snapshot_threshold_entries;
+        config.random_seed = Some(0x5eed_0000 + id.0);
+        config
+    }
+
+    async fn launch(&mut self, id: NodeId, listener: TcpListener) {
+        let storage = open_storage(self.dirs[&id].path()).await;
+        let peers = self.addresses.iter().map(|(peer, address)| (*peer, address.to_string())).collect();
+        let transport = HttpTransport::new(id, CLUSTER_ID.to_string(), peers, HttpTransportConfig::default());
+        let node = RaftNode::start(self.node_config(id), storage, KvStore::new(), transport).expect("start node");
+        let server = Server::spawn(listener, raft_routes(id, CLUSTER_ID.to_string(), node.inbox.clone(), BODY_BYTES_MAX));
+        self.nodes.insert(id, Running { handle: node.handle, driver: node.task, server });
+    }
+
+    /// Stops the driver and the server, as if the process died; the directory stays.
+    async fn kill(&mut self, id: NodeId) {
+        let running = self.nodes.remove(&id).expect("node is running");
+        running.handle.shutdown();
+        running.driver.await.expect("driver task");
+        running.server.kill().await;
+    }
+
+    /// Starts `id` again from its directory, on its old address.
+    async fn restart(&mut self, id: NodeId) {
+        let address = self.addresses[&id];
+        let mut listener = None;
+        wait_for(&format!("node {id}'s address {address} to be free again"), || {
+            listener = std::net::TcpListener::bind(address).ok();
+            listener.is_some()
+        })
+        .await;
+        let listener = listener.expect("bound");
+        listener.set_nonblocking(true).expect("nonblocking");
+        self.launch(id, TcpListener::from_std(listener).expect("tokio listener")).await;
+    }
+
+    async fn stop_all(mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.kill(id).await;
+        }
+    }
+
+    fn handle(&self, id: NodeId) -> &RaftHandle<KvStore> {
+        &self.nodes[&id].handle
+    }
+
+    fn status(&self, id: NodeId) -> NodeStatus {
+        self.handle(id).status()
+    }
+
+    /// Waits until the running nodes agree on one leader in one term, and returns it.
+    async fn wait_for_leader(&self) -> NodeId {
+        let mut leader = None;
+        wait_for("the running nodes to agree on one leader", || {
+            leader = agreed_leader(self.nodes.values().map(|running| running.handle.status()).collect());
+            leader.is_some()
+        })
+        .await;
+        let leader = leader.expect("agreed");
+        let leaders = self.nodes.values().filter(|running| running.handle.status().raft.role == Role::Leader).count();
+        assert_eq!(leaders, 1, "exactly one leader");
+        leader
+    }
+
+    async fn wait_for_applied(&self, index: LogIndex) {
+        for (id, running) in &self.nodes {
+            wait_for(&format!("node {id} to apply index {index}"), || running.handle.status().raft.applied_index >= index).await;
+        }
+    }
+
+    /// Every running node's key-value pairs (stale reads of its own state machine).
+    async fn contents(&self) -> BTreeMap<NodeId, BTreeMap<String, Vec<u8>>> {
+        let mut contents = BTreeMap::new();
+        for (id, running) in &self.nodes {
+            contents.insert(*id, read_all(&running.handle).await);
+        }
+        contents
+    }
+}
+
+/// Opens the directory, waiting for a stopped node's storage thread to release its lock
+/// (`RaftNode::task` resolves before that thread has dropped the storage).
+async fn open_storage(dir: &Path) -> FileStorage {
+    let mut storage = None;
+    let mut last_error = String::new();
+    let opened = tokio::time::timeout(WAIT_MAX, async {
+        let mut poll = tokio::time::interval(POLL_INTERVAL);
+        loop {
+            match FileStorage::open(dir, FileStorageConfig::default()) {
+                Ok(opened) => return storage = Some(opened),
+                Err(error @ StorageError::Locked { .. }) => last_error = error.to_string(),
+                Err(error) => panic!("cannot open {}: {error}", dir.display()),
+            }
+            poll.tick().await;
+        }
+    })
+    .await;
+    assert!(opened.is_ok(), "cannot open {}: {last_error}", dir.display());
+    storage.expect("opened")
+}
+
+fn agreed_leader(statuses: Vec<NodeStatus>) -> Option<NodeId> {
+    let first = statuses.first()?.raft;
+    let leader = first.leader_id?;
+    let agreed = statuses.iter().all(|status| status.raft.term == first.term && status.raft.leader_id == Some(leader));
+    let leads = statuses.iter().any(|status| status.raft.id == leader && status.raft.role == Role::Leader);
+    (agreed && leads).then_some(leader)
+}
+
+async fn read_all(handle: &RaftHandle<KvStore>) -> BTreeMap<String, Vec<u8>> {
+    let read = handle.read(Consistency::Stale, |kv| kv.iter().map(|(key, value)| (key.clone(), value.clone())).collect());
+    read.await.expect("stale read").1
+}
+
+fn set(key: &str, value: &str) -> Vec<u8> {
+    Command::Set { key: key.to_string(), value: value.as_bytes().to_vec() }.encode().expect("valid command")
+}
+
+/// Proposes `count` sets `{prefix}-{i}` concurrently through `leader`; all must succeed.
+/// Returns the highest log index among them and the pairs written.
+async fn write_keys(leader: &RaftHandle<KvStore>, prefix: &str, count: usize) -> (LogIndex, BTreeMap<String, Vec<u8>>) {
+    let mut proposals = JoinSet::new();
+    let mut written = BTreeMap::new();
+    for i in 0..count {
+        let (key, value) = (format!("{prefix}-{i:04}"), format!("value {i} of {prefix}"));
+        let command = set(&key, &value);
+        written.insert(key, value.into_bytes());
+        let leader = leader.clone();
+        proposals.spawn(async move { leader.propose(command).await });
+    }
+    let mut last_index = LogIndex(0);
+    while let Some(joined) = proposals.join_next().await {
+        let (index, result) = joined.expect("proposal task").expect("proposal succeeds");
+        assert_eq!(result, CommandResult::Set);
+        last_index = last_index.max(index);
+    }
+    (last_index, written)
+}
+
+fn assert_all_equal(contents: &BTreeMap<NodeId, BTreeMap<String, Vec<u8>>>, expected: &BTreeMap<String, Vec<u8>>) {
+    for (id, content) in contents {
+        assert_eq!(content.len(), expected.len(), "node {id} holds {} keys, expected {}", content.len(), expected.len());
+        assert!(content == expected, "node {id}'s contents differ from what was written");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_one_leader_and_replicate_a_thousand_writes() {
+    guarded(async {
+        let cluster = Cluster::start(3, 10_000).await;
+        let leader = cluster.wait_for_leader().await;
+        let (last_index, written) = write_keys(cluster.handle(leader), "key", 1000).await;
+        assert_eq!(written.len(), 1000);
+        cluster.wait_for_applied(last_index).await;
+        assert_all_equal(&cluster.contents().await, &written);
+        for id in cluster.nodes.keys() {
+            assert_eq!(cluster.status(*id).stopped, None, "node {id} is still running");
+        }
+        cluster.stop_all().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_follower_catches_up_by_snapshot() {
+    guarded(async {
+        let mut cluster = Cluster::start(3, 100).await;
+        let leader = cluster.wait_for_leader().await;
+        let follower = *cluster.nodes.keys().find(|id| **id != leader).expect("a follower");
+
+        let (last_index, mut written) = write_keys(cluster.handle(leader), "before", 50).await;
+        cluster.wait_for_applied(last_index).await;
+        let follower_before = cluster.status(follower).raft;
+        assert_eq!(follower_before.snapshot_index, LogIndex(0), "too few entries for a snapshot yet");
+        cluster.kill(follower).await;
+
+        let (last_index, more) = write_keys(cluster.handle(leader), "while-down", 250).await;
+        written.extend(more);
+        cluster.wait_for_applied(last_index).await;
+        // Once the leader's log starts after the follower's, only a snapshot can catch it up.
+        let leader_handle = cluster.handle(leader).clone();
+        wait_for("the leader to compact past the follower's log", || leader_handle.status().raft.snapshot_index > follower_before.last_log_index).await;
+        let leader_snapshot = leader_handle.status().raft.snapshot_index;
+
+        cluster.restart(follower).await;
+        let recovered = cluster.status(follower).raft;
+        assert_eq!(recovered.last_log_index, follower_before.last_log_index, "the follower recovered its log from disk");
+        assert_eq!(recovered.snapshot_index, LogIndex(0));
+        let follower_handle = cluster.handle(follower).clone();
+        wait_for("the follower to install the leader's snapshot", || follower_handle.status().raft.snapshot_index >= leader_snapshot).await;
+        cluster.wait_for_applied(last_index).await;
+        assert_all_equal(&cluster.contents().await, &written);
+
+        // And it keeps up through ordinary AppendEntries afterwards.
+        let (last_index, more) = write_keys(cluster.handle(leader), "after", 20).await;
+        written.extend(more);
+        cluster.wait_for_applied(last_index).await;
+        assert_all_equal(&cluster.contents().await, &written);
+        cluster.stop_all().await;
+    })
+    .await;
+}
+
+fn vote_request(from: u64, to: u64) -> Message {
+    let body = MessageBody::RequestVote { pre_vote: false, last_log_index: LogIndex(9), last_log_term: Term(3) };
+    Message { from: NodeId(from), to: NodeId(to), term: Term(1000), body }
+}
+
+/// A route for node 1 whose inbox the test holds, so "not stepped" is checked exactly: the
+/// route forwards before it answers, so after the answer the inbox says what got through.
+async fn bare_route(body_bytes_max: usize) -> (String, mpsc::Receiver<Message>, Server) {
+    let (inbox, inbox_receiver) = mpsc::channel(16);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}{MESSAGES_PATH}", listener.local_addr().expect("address"));
+    let server = Server::spawn(listener, raft_routes(NodeId(1), CLUSTER_ID.to_string(), inbox, body_bytes_max));
+    (url, inbox_receiver, server)
+}
+
+async fn post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> reqwest::StatusCode {
+    client.post(url).body(body).send().await.expect("request").status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_refuses_other_clusters_garbage_and_oversize_bodies() {
+    guarded(async {
+        let (url, mut inbox, server) = bare_route(1024).await;
+        let client = reqwest::Client::builder().no_proxy().build().expect("client");
+        let empty = |inbox: &mut mpsc::Receiver<Message>| matches!(inbox.try_recv(), Err(mpsc::error::TryRecvError::Empty));
+
+        let other_cluster = Envelope::encode("some-other-cluster", vec![vote_request(2, 1)]);
+        assert_eq!(post(&client, &url, other_cluster).await, reqwest::StatusCode::FORBIDDEN);
+        assert!(empty(&mut inbox), "a message from another cluster is never stepped");
+
+        assert_eq!(post(&client, &url, vec![0xff; 64]).await, reqwest::StatusCode::BAD_REQUEST);
+        let future_protocol = Envelope { protocol_version: PROTOCOL_VERSION + 1, cluster_id: CLUSTER_ID.to_string(), messages: vec![vote_request(2, 1)] };
+        let future_protocol = postcard::to_allocvec(&future_protocol).expect("encode");
+        assert_eq!(post(&client, &url, future_protocol).await, reqwest::StatusCode::BAD_REQUEST);
+        assert_eq!(post(&client, &url, vec![0; 4096]).await, reqwest::StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(empty(&mut inbox), "nothing refused reached the inbox");
+
+        let ours = Envelope::encode(CLUSTER_ID, vec![vote_request(2, 1), vote_request(2, 3), vote_request(3, 1)]);
+        assert_eq!(post(&client, &url, ours).await, reqwest::StatusCode::NO_CONTENT);
+        assert_eq!(inbox.try_recv().ok(), Some(vote_request(2, 1)));
+        assert_eq!(inbox.try_recv().ok(), Some(vote_request(3, 1)), "the message for node 3 was dropped, the rest kept in order");
+        assert!(empty(&mut inbox));
+
+        drop(inbox);
+        let response = client.post(&url).body(Envelope::encode(CLUSTER_ID, vec![vote_request(2, 1)])).send().await.expect("request");
+        assert_eq!(response.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE, "the node behind the route stopped");
+        assert_eq!(response.headers().get("connection").map(|value| value.as_bytes()), Some(&b"close"[..]));
+        server.kill().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transport_delivers_many_messages_in_order_across_batches() {
+    guarded(async {
+        let (url, mut inbox, server) = bare_route(BODY_BYTES_MAX).await;
+        let address = url.trim_start_matches("http://").trim_end_matches(MESSAGES_PATH).to_string();
+        let peers = BTreeMap::from([(NodeId(1), address), (NodeId(2), "127.0.0.1:1".to_string())]);
+        let config = HttpTransportConfig { batch_messages_max: 7, ..HttpTransportConfig::default() };
+        let transport = HttpTransport::new(NodeId(2), CLUSTER_ID.to_string(), peers, config);
+        let total = 500u64;
+        let mut received = Vec::new();
+        let mut sent = 0;
+        // The bare route's inbox holds 16, so send in rounds the inbox can take.
+        while sent < total {
+            let round = (total - sent).min(16);
+            for term in sent..sent + round {
+                transport.send(Message { term: Term(term), ..vote_request(2, 1) });
+            }
+            transport.send(vote_request(2, 2)); // to itself: dropped
+            transport.send(vote_request(2, 9)); // unknown: dropped
+            sent += round;
+            for _ in 0..round {
+                let message = tokio::time::timeout(WAIT_MAX, inbox.recv()).await.expect("delivery").expect("inbox open");
+                received.push(message.term.0);
+            }
+        }
+        assert_eq!(received, (0..total).collect::<Vec<_>>(), "one peer's messages arrive in the order sent");
+        assert!(inbox.try_recv().is_err(), "nothing addressed to itself or to an unknown node went out");
+
+        drop(transport);
+        server.kill().await;
+    })
+    .await;
+}

@@ -1,0 +1,207 @@
+//! `RaftNode`s over the in-memory transport, on paused tokio time: every timeout fires
+//! exactly when the simulated clock says, so these tests are deterministic and instant.
+
+use keel_core::{LogIndex, NodeId, Role, Term};
+use keel_kv::{Command, KvStore};
+use keel_node::{Consistency, FileStorage, FileStorageConfig, MemoryNetwork, MemoryStorage, NodeConfig, NodeError, RaftHandle, RaftNode, Storage};
+use std::time::Duration;
+
+const MEMBERS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
+
+fn config(id: NodeId, snapshot_threshold_entries: u64) -> NodeConfig {
+    let mut config = NodeConfig::new(id, MEMBERS.to_vec());
+    config.random_seed = Some(42);
+    config.storage_on_thread = false;
+    config.snapshot_threshold_entries = snapshot_threshold_entries;
+    config
+}
+
+struct Cluster {
+    network: MemoryNetwork,
+    handles: Vec<Option<RaftHandle<KvStore>>>,
+    threshold: u64,
+}
+
+impl Cluster {
+    fn new(threshold: u64) -> Cluster {
+        let mut cluster = Cluster { network: MemoryNetwork::new(), handles: vec![None, None, None], threshold };
+        for id in MEMBERS {
+            cluster.start(id, MemoryStorage::new());
+        }
+        cluster
+    }
+
+    fn start<S: Storage + Send + 'static>(&mut self, id: NodeId, storage: S) {
+        let node = RaftNode::start(config(id, self.threshold), storage, KvStore::new(), self.network.transport(id)).expect("node starts");
+        self.network.register(id, node.inbox.clone());
+        self.handles[id.0 as usize - 1] = Some(node.handle);
+    }
+
+    fn stop(&mut self, id: NodeId) {
+        if let Some(handle) = self.handles[id.0 as usize - 1].take() {
+            handle.shutdown();
+        }
+    }
+
+    fn handle(&self, id: NodeId) -> &RaftHandle<KvStore> {
+        self.handles[id.0 as usize - 1].as_ref().expect("node is running")
+    }
+
+    fn leaders(&self) -> Vec<(NodeId, Term)> {
+        self.handles.iter().flatten().map(|handle| handle.status().raft).filter(|status| status.role == Role::Leader).map(|status| (status.id, status.term)).collect()
+    }
+
+    /// Lets simulated time pass until exactly one leader (among `among`) exists.
+    async fn wait_for_leader(&self, among: &[NodeId]) -> NodeId {
+        for _ in 0..1_000 {
+            let leaders: Vec<NodeId> = self.leaders().into_iter().map(|(id, _)| id).filter(|id| among.contains(id)).collect();
+            if leaders.len() == 1 {
+                return leaders[0];
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no single leader after 10 simulated seconds: {:?}", self.leaders());
+    }
+
+    async fn wait_for_applied(&self, id: NodeId, index: LogIndex) {
+        for _ in 0..3_000 {
+            if self.handle(id).status().raft.applied_index >= index {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("node {id} never applied {index}: {:?}", self.handle(id).status());
+    }
+}
+
+fn set(key: &str, value: &str) -> Vec<u8> {
+    Command::Set { key: key.into(), value: value.as_bytes().to_vec() }.encode().unwrap()
+}
+
+async fn value_at(handle: &RaftHandle<KvStore>, key: &'static str) -> Option<Vec<u8>> {
+    handle.read(Consistency::Stale, move |kv| kv.get(key).map(<[u8]>::to_vec)).await.unwrap().1
+}
+
+// §5.2: with no leader, an election timeout fires and one node wins.
+#[tokio::test(start_paused = true)]
+async fn election_timeout_fires_and_one_leader_wins() {
+    let cluster = Cluster::new(0);
+    let start = tokio::time::Instant::now();
+    let leader = cluster.wait_for_leader(&MEMBERS).await;
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(300), "no election before the minimum timeout ({waited:?})");
+    assert_eq!(cluster.leaders().len(), 1, "Election Safety");
+    assert!(MEMBERS.contains(&leader));
+}
+
+// §5.2: heartbeats keep followers from starting elections.
+#[tokio::test(start_paused = true)]
+async fn heartbeats_keep_the_leader_in_place() {
+    let cluster = Cluster::new(0);
+    let leader = cluster.wait_for_leader(&MEMBERS).await;
+    let term = cluster.handle(leader).status().raft.term;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(cluster.leaders(), vec![(leader, term)], "same leader, same term after 30 s of heartbeats");
+}
+
+// §5.1 + CheckQuorum: an isolated leader steps down; on return it sees the higher term.
+#[tokio::test(start_paused = true)]
+async fn isolated_leader_steps_down_and_rejoins_as_follower() {
+    let cluster = Cluster::new(0);
+    let old_leader = cluster.wait_for_leader(&MEMBERS).await;
+    let old_term = cluster.handle(old_leader).status().raft.term;
+    cluster.network.isolate(old_leader);
+    let others: Vec<NodeId> = MEMBERS.into_iter().filter(|id| *id != old_leader).collect();
+    let new_leader = cluster.wait_for_leader(&others).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_ne!(cluster.handle(old_leader).status().raft.role, Role::Leader, "CheckQuorum made the isolated leader step down");
+    cluster.network.heal();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let status = cluster.handle(old_leader).status().raft;
+    assert_eq!(status.role, Role::Follower);
+    assert!(status.term > old_term);
+    assert_eq!(status.leader_id, Some(new_leader));
+}
+
+// Proposals on a follower fail fast with the leader hint; on the leader they apply.
+#[tokio::test(start_paused = true)]
+async fn proposals_apply_on_the_leader_and_redirect_on_followers() {
+    let cluster = Cluster::new(0);
+    let leader = cluster.wait_for_leader(&MEMBERS).await;
+    let follower = MEMBERS.into_iter().find(|id| *id != leader).unwrap();
+    let refused = cluster.handle(follower).propose(set("k", "v")).await;
+    assert_eq!(refused.unwrap_err(), NodeError::NotLeader { leader_hint: Some(leader) });
+    let (index, _) = cluster.handle(leader).propose(set("k", "v with spaces")).await.unwrap();
+    let (read_index, value) = cluster.handle(leader).read(Consistency::Linearizable, |kv| kv.get("k").map(<[u8]>::to_vec)).await.unwrap();
+    assert!(read_index >= index);
+    assert_eq!(value.as_deref(), Some(&b"v with spaces"[..]));
+}
+
+// A follower that missed everything catches up through heartbeats/AppendEntries.
+#[tokio::test(start_paused = true)]
+async fn follower_catches_up_from_empty() {
+    let cluster = Cluster::new(0);
+    let leader = cluster.wait_for_leader(&MEMBERS).await;
+    let lagging = MEMBERS.into_iter().find(|id| *id != leader).unwrap();
+    cluster.network.isolate(lagging);
+    let mut last = LogIndex(0);
+    for n in 0..200 {
+        last = cluster.handle(leader).propose(set(&format!("key{n}"), "x")).await.unwrap().0;
+    }
+    cluster.network.heal();
+    cluster.wait_for_applied(lagging, last).await;
+    assert_eq!(value_at(cluster.handle(lagging), "key199").await.as_deref(), Some(&b"x"[..]));
+}
+
+// §7: a follower behind the leader's snapshot is brought up with InstallSnapshot.
+#[tokio::test(start_paused = true)]
+async fn follower_catches_up_via_snapshot() {
+    let cluster = Cluster::new(50);
+    let leader = cluster.wait_for_leader(&MEMBERS).await;
+    let lagging = MEMBERS.into_iter().find(|id| *id != leader).unwrap();
+    cluster.network.isolate(lagging);
+    let mut last = LogIndex(0);
+    for n in 0..300 {
+        last = cluster.handle(leader).propose(set(&format!("key{n}"), &n.to_string())).await.unwrap().0;
+    }
+    assert!(cluster.handle(leader).status().raft.snapshot_index > LogIndex(200), "the leader compacted its log");
+    cluster.network.heal();
+    cluster.wait_for_applied(lagging, last).await;
+    let status = cluster.handle(lagging).status().raft;
+    assert!(status.snapshot_index > LogIndex(0), "caught up through a snapshot: {status:?}");
+    assert_eq!(value_at(cluster.handle(lagging), "key7").await.as_deref(), Some(&b"7"[..]));
+}
+
+// Restart restores term, vote, log and state machine from the data directory.
+#[tokio::test(start_paused = true)]
+async fn restart_restores_term_vote_log_and_state() {
+    let directories: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let open = |n: usize| FileStorage::open(directories[n].path(), FileStorageConfig::default()).unwrap();
+    let mut cluster = Cluster { network: MemoryNetwork::new(), handles: vec![None, None, None], threshold: 30 };
+    for (n, id) in MEMBERS.into_iter().enumerate() {
+        cluster.start(id, open(n));
+    }
+    let leader = cluster.wait_for_leader(&MEMBERS).await;
+    let mut last = LogIndex(0);
+    for n in 0..100 {
+        last = cluster.handle(leader).propose(set(&format!("key{n}"), "v")).await.unwrap().0;
+    }
+    for id in MEMBERS {
+        cluster.wait_for_applied(id, last).await;
+    }
+    let before: Vec<_> = MEMBERS.iter().map(|id| cluster.handle(*id).status().raft).collect();
+    for id in MEMBERS {
+        cluster.stop(id);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for (n, id) in MEMBERS.into_iter().enumerate() {
+        cluster.start(id, open(n));
+        let status = cluster.handle(id).status().raft;
+        assert_eq!(status.term, before[n].term, "term survives restart");
+        assert_eq!(status.voted_for, before[n].voted_for, "vote survives restart");
+        assert!(status.last_log_index >= last, "log survives restart");
+    }
+    let leader = cluster.wait_for_leader(&MEMBERS).await;
+    cluster.wait_for_applied(leader, last).await;
+    assert_eq!(value_at(cluster.handle(leader), "key99").await.as_deref(), Some(&b"v"[..]));
+}
