@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info};
 
 /// Messages and requests handled per wake-up before the driver writes and sends (a bound on
 /// batch size, so one flood cannot starve ticks).
@@ -128,8 +128,10 @@ enum StorageDone {
 
 /// Where storage jobs run: see `NodeConfig::storage_on_thread`.
 enum StorageRunner {
-    Thread(std::sync::mpsc::Sender<StorageJob>),
+    Thread(std::sync::mpsc::Sender<StorageJob>, std::thread::JoinHandle<()>),
     Inline(Box<dyn Storage + Send>),
+    /// After the driver stopped.
+    Stopped,
 }
 
 impl<SM: StateMachine> RaftNode<SM> {
@@ -153,8 +155,8 @@ impl<SM: StateMachine> RaftNode<SM> {
         let (status_sender, status) = watch::channel(NodeStatus { raft: core.status(), stopped: None });
         let (shutdown, shutdown_receiver) = watch::channel(false);
         let (storage, done_receiver) = if config.storage_on_thread {
-            let (jobs, done_receiver) = spawn_storage_thread(config.id, storage);
-            (StorageRunner::Thread(jobs), done_receiver)
+            let (jobs, thread, done_receiver) = spawn_storage_thread(config.id, storage);
+            (StorageRunner::Thread(jobs, thread), done_receiver)
         } else {
             (StorageRunner::Inline(Box::new(storage)), mpsc::unbounded_channel().1)
         };
@@ -201,7 +203,9 @@ impl std::fmt::Display for StartError {
 impl std::error::Error for StartError {}
 
 /// The storage thread: carries out writes in order; any error stops it, and so the node.
-fn spawn_storage_thread<S: Storage + Send + 'static>(id: NodeId, mut storage: S) -> (std::sync::mpsc::Sender<StorageJob>, mpsc::UnboundedReceiver<Result<StorageDone, StorageError>>) {
+type StorageThread = (std::sync::mpsc::Sender<StorageJob>, std::thread::JoinHandle<()>, mpsc::UnboundedReceiver<Result<StorageDone, StorageError>>);
+
+fn spawn_storage_thread<S: Storage + Send + 'static>(id: NodeId, mut storage: S) -> StorageThread {
     let (jobs, job_receiver) = std::sync::mpsc::channel::<StorageJob>();
     let (done, done_receiver) = mpsc::unbounded_channel();
     let body = move || {
@@ -213,8 +217,8 @@ fn spawn_storage_thread<S: Storage + Send + 'static>(id: NodeId, mut storage: S)
             }
         }
     };
-    std::thread::Builder::new().name(format!("keel-storage-{id}")).spawn(body).expect("spawning the storage thread");
-    (jobs, done_receiver)
+    let thread = std::thread::Builder::new().name(format!("keel-storage-{id}")).spawn(body).expect("spawning the storage thread");
+    (jobs, thread, done_receiver)
 }
 
 /// Contract step 4: snapshot, entries, hard state, then one sync for all of them.
@@ -273,7 +277,7 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break "shut down".to_string(),
-                done = storage_done.recv(), if matches!(self.storage, StorageRunner::Thread(_)) => match done {
+                done = storage_done.recv(), if matches!(self.storage, StorageRunner::Thread(..)) => match done {
                     Some(done) => self.completed.push_back(done),
                     None => break "storage thread ended".to_string(),
                 },
@@ -299,6 +303,12 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
             self.publish_status(None);
         };
         self.stop(stop_reason);
+        // Wait for the storage thread to finish its last write and release the data
+        // directory, so a restart in the same process finds it unlocked.
+        if let StorageRunner::Thread(jobs, thread) = std::mem::replace(&mut self.storage, StorageRunner::Stopped) {
+            drop(jobs);
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
     }
 
     fn stop(&mut self, reason: String) {
@@ -319,7 +329,8 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
 
     fn step(&mut self, message: Message) {
         if let Err(error) = self.core.step(message) {
-            warn!("[NODE {}] dropped a peer message: {error}", self.id);
+            // Debug, not warn: a misconfigured peer would otherwise flood the log every heartbeat.
+            debug!("[NODE {}] dropped a peer message: {error}", self.id);
         }
     }
 
@@ -381,7 +392,7 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
 
     fn submit(&mut self, job: StorageJob) {
         match &mut self.storage {
-            StorageRunner::Thread(jobs) => {
+            StorageRunner::Thread(jobs, _) => {
                 if jobs.send(job).is_err() {
                     error!("[NODE {}] storage thread is gone", self.id);
                 }
@@ -390,6 +401,7 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
                 let result = run_storage_job(storage.as_mut(), job);
                 self.completed.push_back(result);
             }
+            StorageRunner::Stopped => {}
         }
     }
 
