@@ -171,7 +171,7 @@ impl RaftCore {
 
     /// Appends a client command if we lead; returns where it will sit in the log. It is
     /// committed when an entry with that index *and term* is applied.
-    pub fn propose(&mut self, command: Vec<u8>) -> Result<(LogIndex, Term), ProposeError> {
+    pub fn propose(&mut self, command: impl Into<bytes::Bytes>) -> Result<(LogIndex, Term), ProposeError> {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader { leader_hint: self.leader_id });
         }
@@ -179,7 +179,7 @@ impl RaftCore {
         if uncommitted >= self.config.uncommitted_entries_max {
             return Err(ProposeError::TooManyUncommitted);
         }
-        let index = self.log.append_new(self.current_term, EntryKind::Command(command));
+        let index = self.log.append_new(self.current_term, EntryKind::Command(command.into()));
         self.broadcast_needed = true;
         self.check_invariants();
         Ok((index, self.current_term))

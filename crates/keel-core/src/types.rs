@@ -1,5 +1,6 @@
 //! The Raft paper's vocabulary as types: terms, log indexes, node ids, entries.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -63,7 +64,7 @@ pub enum EntryKind {
     /// Appended by every new leader so that it can commit entries of earlier terms (§5.4.2, §8).
     Noop,
     /// An opaque command for the state machine.
-    Command(Vec<u8>),
+    Command(Bytes),
 }
 
 /// One log entry (Figure 2: "each entry contains command for state machine, and term when

@@ -90,7 +90,7 @@ mod tests {
     use keel_core::Term;
 
     fn entry(index: u64, command: &Command) -> Entry {
-        Entry { term: Term(1), index: LogIndex(index), kind: EntryKind::Command(command.encode().unwrap()) }
+        Entry { term: Term(1), index: LogIndex(index), kind: EntryKind::Command(command.encode().unwrap().into()) }
     }
 
     #[test]

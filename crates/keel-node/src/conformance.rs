@@ -116,7 +116,7 @@ pub fn run_all<H: Harness>(mut make_harness: impl FnMut() -> H) {
 
 /// An entry whose command names its position, so a misplaced entry shows in a diff.
 pub fn entry(index: u64, term: u64) -> Entry {
-    Entry { term: Term(term), index: LogIndex(index), kind: EntryKind::Command(format!("command {index}@{term}").into_bytes()) }
+    Entry { term: Term(term), index: LogIndex(index), kind: EntryKind::Command(format!("command {index}@{term}").into_bytes().into()) }
 }
 
 /// Entries `from..=to`, all in `term`.
@@ -326,10 +326,10 @@ pub fn overwrite_after_compaction<H: Harness>(harness: &mut H) {
 
 pub fn large_and_empty_entries<H: Harness>(harness: &mut H) {
     let mut storage = harness.create();
-    let large = |index: u64| Entry { term: Term(1), index: LogIndex(index), kind: EntryKind::Command(vec![index as u8; 5000]) };
+    let large = |index: u64| Entry { term: Term(1), index: LogIndex(index), kind: EntryKind::Command(vec![index as u8; 5000].into()) };
     let list = vec![
         Entry { term: Term(1), index: LogIndex(1), kind: EntryKind::Noop },
-        Entry { term: Term(1), index: LogIndex(2), kind: EntryKind::Command(Vec::new()) },
+        Entry { term: Term(1), index: LogIndex(2), kind: EntryKind::Command(Default::default()) },
         large(3),
         large(4),
         Entry { term: Term(1), index: LogIndex(5), kind: EntryKind::Noop },

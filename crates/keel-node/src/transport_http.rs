@@ -410,7 +410,7 @@ mod tests {
 
     #[test]
     fn envelope_round_trip_and_checks() {
-        let entry = Entry { term: Term(1), index: LogIndex(4), kind: EntryKind::Command(b"set".to_vec()) };
+        let entry = Entry { term: Term(1), index: LogIndex(4), kind: EntryKind::Command(b"set".to_vec().into()) };
         let body = MessageBody::AppendEntries { prev_log_index: LogIndex(3), prev_log_term: Term(1), entries: vec![entry], leader_commit: LogIndex(3), read_round: 7 };
         let messages = vec![heartbeat(2), Message { from: NodeId(1), to: NodeId(2), term: Term(2), body }, chunk(10)];
         let bytes = Envelope::encode("alpha", messages.clone());

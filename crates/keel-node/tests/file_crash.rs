@@ -15,7 +15,7 @@ fn config() -> FileStorageConfig {
 }
 
 fn entry(index: u64, term: u64) -> Entry {
-    Entry { term: Term(term), index: LogIndex(index), kind: EntryKind::Command(format!("command {index}@{term}").into_bytes()) }
+    Entry { term: Term(term), index: LogIndex(index), kind: EntryKind::Command(format!("command {index}@{term}").into_bytes().into()) }
 }
 
 fn hard_state(term: u64) -> HardState {
@@ -344,7 +344,7 @@ fn segments_roll_at_the_size_limit_and_are_named_by_first_index() {
 fn an_entry_larger_than_a_segment_gets_a_segment_of_its_own() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut storage = FileStorage::open(dir.path(), config()).expect("open");
-    let large = Entry { term: Term(1), index: LogIndex(2), kind: EntryKind::Command(vec![1; 1000]) };
+    let large = Entry { term: Term(1), index: LogIndex(2), kind: EntryKind::Command(vec![1; 1000].into()) };
     storage.append(&[entry(1, 1), large.clone(), entry(3, 1)]).expect("append");
     storage.sync().expect("sync");
     assert_eq!(storage.segment_paths().len(), 3);
@@ -358,7 +358,7 @@ fn an_entry_over_the_record_limit_is_an_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let small_records = FileStorageConfig { record_bytes_max: 100, ..config() };
     let mut storage = FileStorage::open(dir.path(), small_records).expect("open");
-    let large = Entry { term: Term(1), index: LogIndex(1), kind: EntryKind::Command(vec![1; 200]) };
+    let large = Entry { term: Term(1), index: LogIndex(1), kind: EntryKind::Command(vec![1; 200].into()) };
     match storage.append(&[large]) {
         Err(StorageError::EntryTooLarge { index, .. }) => assert_eq!(index, LogIndex(1)),
         other => panic!("expected EntryTooLarge, got {other:?}"),

@@ -472,7 +472,7 @@ pub fn noop(index: u64, term: u64) -> Entry {
 }
 
 pub fn command(index: u64, term: u64, data: &str) -> Entry {
-    Entry { term: Term(term), index: LogIndex(index), kind: EntryKind::Command(data.as_bytes().to_vec()) }
+    Entry { term: Term(term), index: LogIndex(index), kind: EntryKind::Command(data.as_bytes().to_vec().into()) }
 }
 
 pub fn soft(role: Role, term: u64, leader_id: Option<u64>) -> SoftState {

@@ -137,7 +137,7 @@ fn decode_payload(payload: &[u8]) -> Result<Entry, String> {
     let index = LogIndex(read_u64(&payload[9..17]));
     let kind = match payload[17] {
         KIND_NOOP => EntryKind::Noop,
-        KIND_COMMAND => EntryKind::Command(decode_command(&payload[18..])?),
+        KIND_COMMAND => EntryKind::Command(decode_command(&payload[18..])?.into()),
         other => return Err(format!("unknown entry kind {other}")),
     };
     let entry = Entry { term, index, kind };
@@ -167,7 +167,7 @@ mod tests {
     use super::*;
 
     fn command(index: u64, data: &[u8]) -> Entry {
-        Entry { term: Term(3), index: LogIndex(index), kind: EntryKind::Command(data.to_vec()) }
+        Entry { term: Term(3), index: LogIndex(index), kind: EntryKind::Command(data.to_vec().into()) }
     }
 
     #[test]
