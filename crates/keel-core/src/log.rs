@@ -155,7 +155,10 @@ impl RaftLog {
 
     /// The last index at which this log holds `term`, if any (leader side of the conflict hint).
     pub fn last_index_of_term(&self, term: Term) -> Option<LogIndex> {
-        self.entries.iter().rev().find(|entry| entry.term == term).map(|entry| entry.index)
+        let in_entries = self.entries.iter().rev().find(|entry| entry.term == term).map(|entry| entry.index);
+        // The snapshot's last entry counts too: otherwise a term ending exactly at the
+        // snapshot would send the leader back into the snapshot and a needless transfer.
+        in_entries.or((self.snapshot.last_included_term == term && self.snapshot.last_included_index > LogIndex::ZERO).then_some(self.snapshot.last_included_index))
     }
 
     /// Removes `index` and everything after it. Committed entries are never removed (§5.4).
@@ -288,6 +291,16 @@ mod tests {
         let mut log = log_with_terms(&[1, 1, 2, 2]);
         log.install_snapshot(SnapshotMeta { last_included_index: LogIndex(3), last_included_term: Term(5) });
         assert_eq!(log.last_index(), LogIndex(3), "mismatching log discarded");
+    }
+
+    #[test]
+    fn last_index_of_term_sees_the_snapshot_boundary() {
+        let mut log = log_with_terms(&[1, 1, 2, 3]);
+        log.commit_to(LogIndex(3));
+        log.compact_to(SnapshotMeta { last_included_index: LogIndex(3), last_included_term: Term(2) });
+        assert_eq!(log.last_index_of_term(Term(2)), Some(LogIndex(3)));
+        assert_eq!(log.last_index_of_term(Term(3)), Some(LogIndex(4)));
+        assert_eq!(log.last_index_of_term(Term(1)), None, "compacted away");
     }
 
     #[test]
