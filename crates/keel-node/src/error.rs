@@ -15,8 +15,8 @@ pub enum NodeError {
     /// The node stopped (shutdown or a storage failure) while the request was in flight:
     /// it may or may not have been applied.
     Stopped,
-    /// The request was proposed, but its fate is unknown (e.g. a snapshot replaced the
-    /// entries around it). It may or may not have been applied.
+    /// The request was proposed, but its fate is unknown: leadership was lost before it
+    /// committed, or a snapshot replaced the entries around it. It may or may not be applied.
     OutcomeUnknown,
 }
 

@@ -376,6 +376,9 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
         let mut ready = self.core.ready();
         if let Some(soft_state) = ready.soft_state {
             self.log_soft_state(soft_state.role, soft_state.term, soft_state.leader_id);
+            if soft_state.role != Role::Leader {
+                self.fail_proposals_on_step_down();
+            }
         }
         for message in std::mem::take(&mut ready.messages) {
             self.transport.send(message);
@@ -439,6 +442,17 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
         self.core.advance(ready);
         self.serve_reads();
         self.maybe_snapshot();
+    }
+
+    /// A deposed leader's pending proposals may still be committed by the next leader, or
+    /// overwritten: answer now, with "outcome unknown", rather than leave clients waiting.
+    fn fail_proposals_on_step_down(&mut self) {
+        if !self.proposals.is_empty() {
+            info!("[NODE {}] no longer leader: {} pending proposals end with an unknown outcome", self.id, self.proposals.len());
+        }
+        for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
+            let _ = reply.send(Err(NodeError::OutcomeUnknown));
+        }
     }
 
     fn restore_snapshot(&mut self, meta: SnapshotMeta, data: &[u8]) {

@@ -205,3 +205,22 @@ async fn restart_restores_term_vote_log_and_state() {
     cluster.wait_for_applied(leader, last).await;
     assert_eq!(value_at(cluster.handle(leader), "key99").await.as_deref(), Some(&b"v"[..]));
 }
+
+// A leader that loses leadership answers its pending proposals at once: the outcome is
+// unknown (the next leader may still commit them), and the client is not left waiting.
+#[tokio::test(start_paused = true)]
+async fn pending_proposals_fail_fast_when_leadership_is_lost() {
+    let cluster = Cluster::new(0);
+    let leader = cluster.wait_for_leader(&MEMBERS).await;
+    cluster.network.isolate(leader);
+    let handle = cluster.handle(leader).clone();
+    let started = tokio::time::Instant::now();
+    let result = handle.propose(set("k", "v")).await;
+    assert_eq!(result.unwrap_err(), NodeError::OutcomeUnknown);
+    assert_eq!(result_outcome(NodeError::OutcomeUnknown), keel_node::Outcome::Unknown);
+    assert!(started.elapsed() < Duration::from_secs(2), "answered once CheckQuorum deposed the leader, not at a client timeout");
+}
+
+fn result_outcome(error: NodeError) -> keel_node::Outcome {
+    error.outcome()
+}
