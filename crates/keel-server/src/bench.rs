@@ -1,0 +1,270 @@
+//! `keel bench`: a load generator to trust, in the spirit of `etcdctl check perf` and
+//! redis-benchmark. Closed-loop clients (each waits for its answer before the next request)
+//! against the leader's v1 API; latency per operation in an HDR histogram; a progress bar
+//! while it runs; a table or JSON at the end.
+
+use crate::client::{normalize_endpoint, Client};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Concurrent clients, each with its own connection.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// How long to run, e.g. `10s`, `500ms`, `1m`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Fraction of operations that are reads (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.0)]
+    pub ratio_reads: f64,
+    /// Keys are `bench-0` .. `bench-(N-1)`, chosen uniformly.
+    #[arg(long, default_value_t = 1000)]
+    pub key_space: u64,
+    /// Bytes per written value.
+    #[arg(long, default_value_t = 16)]
+    pub value_size: usize,
+    /// Read with `stale` consistency instead of `linearizable` (ReadIndex).
+    #[arg(long)]
+    pub stale_reads: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len()));
+    let value: f64 = number.parse().map_err(|_| format!("bad duration {text:?}: expected e.g. 10s, 500ms, 2m"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        _ => return Err(format!("bad duration unit in {text:?}: use ms, s or m")),
+    };
+    if !(seconds > 0.0 && seconds <= 3600.0) {
+        return Err("duration must be between 1ms and 1h".into());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Results of one kind of operation.
+struct Tally {
+    latency_us: Histogram<u64>,
+    errors: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally { latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"), errors: BTreeMap::new() }
+    }
+
+    fn merge(&mut self, other: &Tally) {
+        self.latency_us.add(&other.latency_us).expect("same bounds");
+        for (kind, count) in &other.errors {
+            *self.errors.entry(kind.clone()).or_default() += count;
+        }
+    }
+
+    fn summary(&self, elapsed: Duration) -> serde_json::Value {
+        let ms = |quantile: f64| self.latency_us.value_at_quantile(quantile) as f64 / 1000.0;
+        json!({
+            "ops": self.latency_us.len(),
+            "ops_per_s": (self.latency_us.len() as f64 / elapsed.as_secs_f64()).round(),
+            "errors": self.errors,
+            "latency_ms": { "p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "p99.9": ms(0.999), "max": self.latency_us.max() as f64 / 1000.0 },
+        })
+    }
+}
+
+/// A tiny per-client PRNG (xorshift64*): the load pattern needs no cryptographic quality.
+struct Dice(u64);
+
+impl Dice {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+pub async fn run(endpoints: &[String], args: BenchArgs) -> Result<(), String> {
+    if args.clients == 0 || args.key_space == 0 || !(0.0..=1.0).contains(&args.ratio_reads) {
+        return Err("--clients and --key-space must be at least 1, --ratio-reads within 0..1".into());
+    }
+    let mut discovery = Client::new(endpoints, Duration::from_secs(10));
+    let (leader_id, leader_addr, _) = discovery.leader().await.map_err(|error| format!("no leader: {error}"))?;
+    let base = format!("http://{}", normalize_endpoint(&leader_addr));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .map_err(|error| format!("http client: {error}"))?;
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let workers: Vec<_> = (0..args.clients).map(|n| tokio::spawn(worker(n as u64, http.clone(), base.clone(), args.clone(), deadline, done.clone()))).collect();
+    let progress = progress_bar(&args, done.clone(), started);
+    let (mut writes, mut reads) = (Tally::new(), Tally::new());
+    for worker in workers {
+        let (worker_writes, worker_reads) = worker.await.map_err(|error| format!("client task failed: {error}"))?;
+        writes.merge(&worker_writes);
+        reads.merge(&worker_reads);
+    }
+    let elapsed = started.elapsed();
+    if let Some(progress) = progress {
+        progress.finish_and_clear();
+    }
+    let report = json!({
+        "leader": { "id": leader_id, "address": leader_addr },
+        "clients": args.clients,
+        "duration_s": elapsed.as_secs_f64(),
+        "ratio_reads": args.ratio_reads,
+        "key_space": args.key_space,
+        "value_size": args.value_size,
+        "read_consistency": if args.stale_reads { "stale" } else { "linearizable" },
+        "writes": writes.summary(elapsed),
+        "reads": reads.summary(elapsed),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+async fn worker(n: u64, http: reqwest::Client, base: String, args: BenchArgs, deadline: Instant, done: Arc<AtomicU64>) -> (Tally, Tally) {
+    let (mut writes, mut reads) = (Tally::new(), Tally::new());
+    let mut dice = Dice(0x9E37_79B9_7F4A_7C15 ^ (n + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+    let value = vec![b'v'; args.value_size];
+    let consistency = if args.stale_reads { "stale" } else { "linearizable" };
+    while Instant::now() < deadline {
+        let key = format!("bench-{}", dice.next() % args.key_space);
+        let is_read = dice.unit() < args.ratio_reads;
+        let request = if is_read {
+            http.get(format!("{base}/v1/kv/{key}?consistency={consistency}"))
+        } else {
+            http.put(format!("{base}/v1/kv/{key}")).body(value.clone())
+        };
+        let began = Instant::now();
+        let outcome = match request.send().await {
+            Ok(response) if response.status().is_success() || (is_read && response.status() == reqwest::StatusCode::NOT_FOUND) => {
+                let _ = response.bytes().await;
+                Ok(())
+            }
+            Ok(response) => Err(format!("http {}", response.status().as_u16())),
+            Err(error) if error.is_timeout() => Err("timeout".to_string()),
+            Err(_) => Err("connection".to_string()),
+        };
+        let tally = if is_read { &mut reads } else { &mut writes };
+        match outcome {
+            Ok(()) => {
+                tally.latency_us.saturating_record(began.elapsed().as_micros().max(1) as u64);
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(kind) => *tally.errors.entry(kind).or_default() += 1,
+        }
+    }
+    (writes, reads)
+}
+
+fn progress_bar(args: &BenchArgs, done: Arc<AtomicU64>, started: Instant) -> Option<ProgressBar> {
+    if args.json {
+        return None;
+    }
+    let total_ms = args.duration.as_millis() as u64;
+    let bar = ProgressBar::new(total_ms);
+    bar.set_style(ProgressStyle::with_template("{bar:40} {elapsed}/{msg}").expect("valid template"));
+    let ticker = bar.clone();
+    let duration = args.duration;
+    tokio::spawn(async move {
+        while !ticker.is_finished() {
+            let elapsed = started.elapsed();
+            let rate = done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64().max(0.001);
+            ticker.set_position((elapsed.as_millis() as u64).min(total_ms));
+            ticker.set_message(format!("{}s  {rate:.0} ops/s", duration.as_secs()));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    Some(bar)
+}
+
+fn print_table(report: &serde_json::Value) {
+    println!(
+        "keel bench: {} clients for {:.1} s against leader {} ({}), {:.0}% reads ({}), {} keys, {}-byte values",
+        report["clients"],
+        report["duration_s"].as_f64().unwrap_or_default(),
+        report["leader"]["id"],
+        report["leader"]["address"].as_str().unwrap_or_default(),
+        report["ratio_reads"].as_f64().unwrap_or_default() * 100.0,
+        report["read_consistency"].as_str().unwrap_or_default(),
+        report["key_space"],
+        report["value_size"],
+    );
+    println!("{:<7} {:>9} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}", "", "ops", "ops/s", "errors", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms");
+    for kind in ["writes", "reads"] {
+        let row = &report[kind];
+        let errors: u64 = row["errors"].as_object().map(|map| map.values().filter_map(|v| v.as_u64()).sum()).unwrap_or_default();
+        let latency = &row["latency_ms"];
+        println!(
+            "{:<7} {:>9} {:>10} {:>8} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            kind,
+            row["ops"],
+            row["ops_per_s"],
+            errors,
+            latency["p50"].as_f64().unwrap_or_default(),
+            latency["p90"].as_f64().unwrap_or_default(),
+            latency["p99"].as_f64().unwrap_or_default(),
+            latency["p99.9"].as_f64().unwrap_or_default(),
+            latency["max"].as_f64().unwrap_or_default(),
+        );
+        if let Some(kinds) = row["errors"].as_object().filter(|map| !map.is_empty()) {
+            println!("        errors by kind: {}", serde_json::Value::Object(kinds.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("10h").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn tallies_merge_counts_and_errors() {
+        let mut a = Tally::new();
+        a.latency_us.record(100).unwrap();
+        a.errors.insert("http 503".into(), 2);
+        let mut b = Tally::new();
+        b.latency_us.record(300).unwrap();
+        b.errors.insert("http 503".into(), 1);
+        a.merge(&b);
+        assert_eq!(a.latency_us.len(), 2);
+        assert_eq!(a.errors["http 503"], 3);
+        let summary = a.summary(Duration::from_secs(1));
+        assert_eq!(summary["ops"], 2);
+        assert_eq!(summary["ops_per_s"], 2.0);
+    }
+}

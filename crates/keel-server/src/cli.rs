@@ -1,0 +1,342 @@
+//! The `keel` command line: `keel serve` runs a node; the other subcommands are clients.
+//!
+//! Exit codes: 0 success; 1 the request failed (key not found, compare-and-set mismatch,
+//! refused, cluster unavailable); 2 bad usage or a node that cannot start; 3 a write whose
+//! outcome is unknown (it may or may not have been applied).
+
+use crate::client::{Client, ClientError, DEFAULT_ENDPOINTS};
+use crate::config::{ServeArgs, ServerConfig};
+use crate::server::Server;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::Value;
+use std::io::Write;
+use std::time::Duration;
+use tracing::info;
+
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_OUTCOME_UNKNOWN: u8 = 3;
+
+#[derive(Parser, Debug)]
+#[command(name = "keel", version, about = "keel: a strongly consistent, replicated key-value store built on Raft.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: CommandLine,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CommandLine {
+    /// Run a node: serves the client API and peer traffic on one address.
+    Serve(ServeArgs),
+    /// Set KEY to VALUE.
+    Put {
+        #[command(flatten)]
+        client: ClientArgs,
+        key: String,
+        value: String,
+    },
+    /// Print the value of KEY (exit code 1 if it does not exist).
+    Get {
+        #[command(flatten)]
+        client: ClientArgs,
+        key: String,
+        /// `linearizable` reads through the leader (ReadIndex); `stale` reads any node's applied state.
+        #[arg(long, value_enum, default_value_t = ReadConsistency::Linearizable)]
+        consistency: ReadConsistency,
+    },
+    /// Delete KEY; prints 1 if it existed, else 0.
+    Del {
+        #[command(flatten)]
+        client: ClientArgs,
+        key: String,
+    },
+    /// Compare-and-set: set KEY to --value (or delete it) only if it currently holds --expected (or is --absent).
+    Cas {
+        #[command(flatten)]
+        client: ClientArgs,
+        key: String,
+        /// The value KEY must hold now.
+        #[arg(long, required_unless_present = "absent", conflicts_with = "absent")]
+        expected: Option<String>,
+        /// KEY must not exist now.
+        #[arg(long)]
+        absent: bool,
+        /// The new value.
+        #[arg(long, required_unless_present = "delete", conflicts_with = "delete")]
+        value: Option<String>,
+        /// Delete KEY instead of setting a new value.
+        #[arg(long)]
+        delete: bool,
+    },
+    /// A table of every endpoint's status (like `etcdctl endpoint status -w table`).
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Load the cluster and report throughput and latency percentiles (reads and writes).
+    Bench {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        bench: crate::bench::BenchArgs,
+    },
+    /// Print the current leader.
+    Leader {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print only the leader's id.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Nodes to talk to, comma separated; leader hints are followed from there.
+    #[arg(long, env = "KEEL_ENDPOINTS", value_delimiter = ',', default_value = DEFAULT_ENDPOINTS)]
+    pub endpoints: Vec<String>,
+    /// Give up after this long, retries included.
+    #[arg(long, env = "KEEL_TIMEOUT_MS", default_value_t = 10_000, value_name = "MS")]
+    pub timeout_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReadConsistency {
+    Linearizable,
+    Stale,
+}
+
+/// clap's error, on one line (its usage block dropped), for exit code 2.
+pub fn one_line_usage_error(error: &clap::Error) -> String {
+    let rendered = error.render().to_string();
+    let before_usage = rendered.split("\nUsage:").next().unwrap_or(&rendered);
+    let text = before_usage.split_whitespace().collect::<Vec<_>>().join(" ");
+    format!("keel: {text} (see --help)")
+}
+
+/// `keel serve`: runs until SIGTERM or ctrl-c (exit 0) or until the node fails (exit 1).
+pub async fn serve(args: ServeArgs) -> u8 {
+    let config = match ServerConfig::resolve(args) {
+        Ok(config) => config,
+        Err(problem) => return start_failure(&problem),
+    };
+    if let Err(problem) = crate::logging::init(config.id, config.log_format, &config.log_level) {
+        return start_failure(&problem);
+    }
+    let listener = match tokio::net::TcpListener::bind(&config.listen).await {
+        Ok(listener) => listener,
+        Err(error) => return start_failure(&format!("cannot listen on {}: {error}", config.listen)),
+    };
+    let id = config.id;
+    let mut server = match Server::start(config, listener).await {
+        Ok(server) => server,
+        Err(problem) => return start_failure(&problem),
+    };
+    let result = tokio::select! {
+        signal = shutdown_signal() => {
+            info!("[NODE {id}] received {signal}");
+            server.shutdown().await
+        }
+        result = server.stopped() => result,
+    };
+    match result {
+        Ok(()) => 0,
+        Err(problem) => {
+            eprintln!("keel serve: node {id} failed: {problem}");
+            EXIT_FAILED
+        }
+    }
+}
+
+fn start_failure(problem: &str) -> u8 {
+    eprintln!("keel serve: {}", problem.split_whitespace().collect::<Vec<_>>().join(" "));
+    EXIT_USAGE
+}
+
+async fn shutdown_signal() -> &'static str {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
+}
+
+/// Runs a client subcommand; returns the exit code.
+pub async fn run_client(command: CommandLine) -> u8 {
+    let result = match command {
+        CommandLine::Serve(_) => unreachable!("serve is not a client command"),
+        CommandLine::Put { client, key, value } => put(&client, &key, &value).await,
+        CommandLine::Get { client, key, consistency } => get(&client, &key, consistency).await,
+        CommandLine::Del { client, key } => del(&client, &key).await,
+        CommandLine::Cas { client, key, expected, value, .. } => cas(&client, &key, expected.as_deref(), value.as_deref()).await,
+        CommandLine::Status { client } => return status(&client).await,
+        CommandLine::Bench { client, bench } => {
+            return match crate::bench::run(&client.endpoints, bench).await {
+                Ok(()) => 0,
+                Err(problem) => {
+                    eprintln!("keel bench: {problem}");
+                    EXIT_FAILED
+                }
+            };
+        }
+        CommandLine::Leader { client, quiet } => leader(&client, quiet).await,
+    };
+    match result {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("keel: {error}");
+            match error {
+                ClientError::OutcomeUnknown(_) => EXIT_OUTCOME_UNKNOWN,
+                _ => EXIT_FAILED,
+            }
+        }
+    }
+}
+
+fn client(args: &ClientArgs) -> Client {
+    Client::new(&args.endpoints, Duration::from_millis(args.timeout_ms))
+}
+
+async fn put(args: &ClientArgs, key: &str, value: &str) -> Result<(), ClientError> {
+    client(args).put(key, value.as_bytes()).await?;
+    println!("OK");
+    Ok(())
+}
+
+async fn get(args: &ClientArgs, key: &str, consistency: ReadConsistency) -> Result<(), ClientError> {
+    let value = client(args).get(key, consistency == ReadConsistency::Stale).await?.ok_or(ClientError::NotFound)?;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(&value).and_then(|()| stdout.write_all(b"\n"));
+    Ok(())
+}
+
+async fn del(args: &ClientArgs, key: &str) -> Result<(), ClientError> {
+    let existed = client(args).delete(key).await?;
+    println!("{}", u8::from(existed));
+    Ok(())
+}
+
+async fn cas(args: &ClientArgs, key: &str, expected: Option<&str>, value: Option<&str>) -> Result<(), ClientError> {
+    let outcome = client(args).cas(key, expected, value).await?;
+    if outcome.succeeded {
+        println!("OK");
+        return Ok(());
+    }
+    let current = match outcome.current {
+        Some(current) => format!("{current:?}"),
+        None => "absent".to_string(),
+    };
+    Err(ClientError::Refused { status: 409, code: "cas_failed".into(), message: format!("compare-and-set failed: the current value is {current}") })
+}
+
+async fn leader(args: &ClientArgs, quiet: bool) -> Result<(), ClientError> {
+    let (id, address, term) = client(args).leader().await?;
+    if quiet {
+        println!("{id}");
+    } else {
+        println!("node {id} at {address} leads (term {term})");
+    }
+    Ok(())
+}
+
+async fn status(args: &ClientArgs) -> u8 {
+    let client = client(args);
+    let answers = probe_all(&client).await;
+    let header = ["ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST LOG", "SNAPSHOT", "ERRORS"];
+    let rows: Vec<Vec<String>> = client.endpoints().iter().zip(&answers).map(|(endpoint, answer)| status_row(endpoint, answer)).collect();
+    print!("{}", render_table(&header, &rows));
+    if answers.iter().all(Result::is_ok) {
+        0
+    } else {
+        EXIT_FAILED
+    }
+}
+
+/// Every endpoint at once; answers in endpoint order.
+async fn probe_all(client: &Client) -> Vec<Result<Value, String>> {
+    let probes: Vec<_> = client.endpoints().iter().map(|endpoint| tokio::spawn(client.status_of(endpoint))).collect();
+    let mut answers = Vec::new();
+    for probe in probes {
+        answers.push(probe.await.unwrap_or_else(|error| Err(format!("probe failed: {error}"))));
+    }
+    answers
+}
+
+fn status_row(endpoint: &str, answer: &Result<Value, String>) -> Vec<String> {
+    let field = |status: &Value, name: &str| match &status[name] {
+        Value::Null => "-".to_string(),
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    match answer {
+        Ok(status) => {
+            let errors = status["stopped"].as_str().map(|reason| format!("stopped: {reason}")).unwrap_or_default();
+            let mut row = vec![endpoint.to_string()];
+            row.extend(["id", "role", "term", "leader_id", "commit_index", "applied_index", "last_log_index", "snapshot_index"].iter().map(|name| field(status, name)));
+            row.push(errors);
+            row
+        }
+        Err(problem) => {
+            let mut row = vec![endpoint.to_string()];
+            row.extend(std::iter::repeat_n("-".to_string(), 8));
+            row.push(problem.clone());
+            row
+        }
+    }
+}
+
+/// An ASCII table in etcdctl's `-w table` style.
+pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|title| title.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line: String = widths.iter().map(|width| format!("+{}", "-".repeat(width + 2))).collect::<String>() + "+\n";
+    let render_row = |cells: Vec<String>| -> String {
+        let mut text = String::new();
+        for (width, cell) in widths.iter().zip(cells) {
+            let padding = width - cell.chars().count();
+            text.push_str(&format!("| {}{} ", cell, " ".repeat(padding)));
+        }
+        text + "|\n"
+    };
+    let mut table = line.clone();
+    table.push_str(&render_row(header.iter().map(|title| title.to_string()).collect()));
+    table.push_str(&line);
+    for row in rows {
+        table.push_str(&render_row(row.clone()));
+    }
+    table.push_str(&line);
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn usage_errors_are_one_line() {
+        let error = Cli::try_parse_from(["keel", "serve", "--bogus"]).unwrap_err();
+        let line = one_line_usage_error(&error);
+        assert!(!line.contains('\n') && line.contains("--bogus"), "{line}");
+        let error = Cli::try_parse_from(["keel", "cas", "k", "--value", "v"]).unwrap_err();
+        assert!(one_line_usage_error(&error).contains("--expected"), "says what is missing");
+    }
+
+    #[test]
+    fn table_is_aligned() {
+        let table = render_table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()]]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 5);
+        assert!(lines.iter().all(|line| line.len() == lines[0].len()), "{table}");
+        assert_eq!(lines[1], "| A   | LONGER |");
+    }
+}

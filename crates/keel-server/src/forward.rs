@@ -1,0 +1,98 @@
+//! v1 requests that need the leader, received by a follower, are proxied to the leader as
+//! they came (method, path and query, `Content-Type`, body) and its answer is passed back
+//! (status, body, and the `Content-Type`, `Retry-After` and `X-Keel-Index` headers).
+//!
+//! The proxied request carries `X-Keel-Forwarded-By: <this node's id>`. A node receiving a
+//! forwarded request never forwards it again: if it is not the leader (any more) it answers
+//! 421 `not_leader` with its own hint, which the first node passes back. So a request
+//! travels at most one extra hop, and clients following `leader_addr` converge.
+//!
+//! When the proxying itself fails, the outcome depends on how far the request got: a
+//! connection that could not be opened carried nothing (`not_applied`); a timeout or a
+//! connection broken mid-request may have delivered a write (`unknown`).
+
+use crate::api_error::ApiError;
+use crate::server::{AppState, Incoming};
+use axum::http::{header, HeaderMap, HeaderName, StatusCode};
+use axum::response::{IntoResponse, Response};
+use keel_core::NodeId;
+use keel_node::Outcome;
+use std::time::Duration;
+use tracing::debug;
+
+pub const FORWARDED_HEADER: &str = "x-keel-forwarded-by";
+pub const INDEX_HEADER: &str = "x-keel-index";
+
+/// The leader answers a timed-out request itself after `request_timeout`; wait a little
+/// longer for that answer before giving up on the hop.
+const FORWARD_MARGIN: Duration = Duration::from_secs(1);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The client followers use to reach the leader: kept-alive connections, never a proxy.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Some(Duration::from_secs(30)))
+        .no_proxy()
+        .build()
+        .expect("building the forwarding HTTP client")
+}
+
+pub(crate) async fn proxy(state: &AppState, leader: NodeId, incoming: &Incoming, is_write: bool) -> Response {
+    let Some(address) = state.address_of(leader) else {
+        return ApiError::no_leader().into_response();
+    };
+    let path = incoming.uri.path_and_query().map(|path| path.as_str()).unwrap_or("/");
+    debug!("[NODE {}] forwarding {} {path} to the leader, node {leader} at {address}", state.id, incoming.method);
+    let mut request = state
+        .forward_client
+        .request(incoming.method.clone(), format!("http://{address}{path}"))
+        .timeout(state.request_timeout + FORWARD_MARGIN)
+        .header(FORWARDED_HEADER, state.id.to_string())
+        .body(incoming.body.clone());
+    if let Some(content_type) = incoming.headers.get(header::CONTENT_TYPE) {
+        request = request.header(header::CONTENT_TYPE, content_type.clone());
+    }
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(error) => return forward_failure(state, leader, address, &error, is_write).into_response(),
+    };
+    let status = response.status();
+    let mut headers = HeaderMap::new();
+    for name in [header::CONTENT_TYPE, header::RETRY_AFTER, HeaderName::from_static(INDEX_HEADER)] {
+        if let Some(value) = response.headers().get(&name) {
+            headers.insert(name, value.clone());
+        }
+    }
+    match response.bytes().await {
+        Ok(body) => (status, headers, body).into_response(),
+        Err(error) => forward_failure(state, leader, address, &error, is_write).into_response(),
+    }
+}
+
+fn forward_failure(state: &AppState, leader: NodeId, address: String, error: &reqwest::Error, is_write: bool) -> ApiError {
+    let detail = error_chain(error);
+    let error = if error.is_connect() {
+        ApiError::unavailable("leader_unreachable", format!("cannot reach the leader, node {leader} at {address}: {detail}"))
+    } else if error.is_timeout() {
+        ApiError::timeout(is_write)
+    } else {
+        let outcome = if is_write { Outcome::Unknown } else { Outcome::NotApplied };
+        ApiError::new(StatusCode::BAD_GATEWAY, "forward_failed", format!("forwarding to the leader, node {leader} at {address}, failed: {detail}")).with_outcome(outcome)
+    };
+    debug!("[NODE {}] {}", state.id, error.message);
+    error.with_leader(Some(leader), Some(address))
+}
+
+/// `reqwest`'s message hides the cause ("error sending request"); add the sources.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,422 @@
+//! `Server`: one keel node behind one HTTP listener.
+//!
+//! The listener serves three things: the v1 client API (`api_v1.rs`), the seed's client API
+//! (`api_seed.rs`) and the peers' `POST /raft/messages` (`keel_node::raft_routes`).
+//!
+//! # Shutdown
+//!
+//! [`Server::shutdown`] (SIGTERM or ctrl-c in `keel serve`), or the node stopping by itself
+//! (a storage failure), runs the same steps:
+//! 1. New key-value requests are refused with 503 `shutting_down` (`outcome: not_applied`).
+//!    Peer traffic keeps flowing, so requests already in flight can still commit.
+//! 2. Wait for the requests in flight to finish, at most the request timeout plus a second.
+//! 3. Close the HTTP server gracefully (stop accepting, finish open requests; at most
+//!    `HTTP_CLOSE_WAIT`).
+//! 4. Stop the node's driver and wait for it.
+
+use crate::api_error::ApiError;
+use crate::config::ServerConfig;
+use crate::{api_seed, api_v1};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post, put};
+use axum::{Extension, Router};
+use keel_core::{LogIndex, NodeId, Role};
+use keel_kv::{Command, CommandResult, KvStore, KEY_BYTES_MAX};
+use keel_node::{Consistency, FileStorage, FileStorageConfig, HttpTransport, HttpTransportConfig, NodeError, RaftHandle, RaftNode};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch, Notify};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+/// Room for JSON syntax and escaping around the values in a JSON request body.
+pub const JSON_OVERHEAD_BYTES: usize = 64 * 1024;
+/// How long a graceful HTTP close may take before open connections are dropped.
+const HTTP_CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// Extra wait for in-flight requests at shutdown, beyond the request timeout.
+const DRAIN_MARGIN: Duration = Duration::from_secs(1);
+
+/// Everything the handlers share.
+pub(crate) struct AppState {
+    pub id: NodeId,
+    pub address: String,
+    pub cluster_id: String,
+    pub peers: BTreeMap<NodeId, String>,
+    pub handle: RaftHandle<KvStore>,
+    pub request_timeout: Duration,
+    pub value_bytes_max: usize,
+    pub forward_client: reqwest::Client,
+    draining: AtomicBool,
+    inflight: InFlight,
+}
+
+/// Why a request handled on this node failed.
+pub(crate) enum Failure {
+    Node(NodeError),
+    Timeout,
+}
+
+/// Where a v1 request that needs the leader is served.
+pub(crate) enum Route {
+    Local,
+    Forward(NodeId),
+}
+
+impl AppState {
+    pub fn address_of(&self, id: NodeId) -> Option<String> {
+        self.peers.get(&id).cloned()
+    }
+
+    /// Proposes `command` and waits (at most the request timeout) until it is applied.
+    pub async fn propose(&self, command: &Command) -> Result<(LogIndex, CommandResult), Failure> {
+        let bytes = command.encode().expect("commands are validated before they are proposed");
+        match tokio::time::timeout(self.request_timeout, self.handle.propose(bytes)).await {
+            Ok(result) => result.map_err(Failure::Node),
+            Err(_) => Err(Failure::Timeout),
+        }
+    }
+
+    pub async fn read<R: Send + 'static>(&self, consistency: Consistency, read: impl FnOnce(&KvStore) -> R + Send + 'static) -> Result<(LogIndex, R), Failure> {
+        match tokio::time::timeout(self.request_timeout, self.handle.read(consistency, read)).await {
+            Ok(result) => result.map_err(Failure::Node),
+            Err(_) => Err(Failure::Timeout),
+        }
+    }
+
+    pub fn failure(&self, failure: Failure, is_write: bool) -> ApiError {
+        match failure {
+            Failure::Node(error) => ApiError::from_node(error, is_write, |id| self.address_of(id)),
+            Failure::Timeout => {
+                let leader = self.handle.status().raft.leader_id;
+                ApiError::timeout(is_write).with_leader(leader, leader.and_then(|id| self.address_of(id)))
+            }
+        }
+    }
+
+    /// v1: serve here if this node leads (or the request was already forwarded once, so a
+    /// stale leader hint cannot bounce it around), else forward to the known leader.
+    pub fn route(&self, forwarded: bool) -> Result<Route, ApiError> {
+        let status = self.handle.status();
+        if let Some(reason) = status.stopped {
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopped", format!("this node has stopped: {reason}")));
+        }
+        if forwarded || status.raft.role == Role::Leader {
+            return Ok(Route::Local);
+        }
+        match status.raft.leader_id {
+            Some(leader) if leader != self.id => Ok(Route::Forward(leader)),
+            _ => Err(ApiError::no_leader()),
+        }
+    }
+}
+
+/// A request's method, URI, headers and body, kept so it can be forwarded as it came.
+/// The body was read under the route's [`BodyLimit`] (413 past it).
+pub(crate) struct Incoming {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Incoming {
+    /// Set by a follower that forwarded this request to us.
+    pub fn forwarded(&self) -> bool {
+        self.headers.contains_key(crate::forward::FORWARDED_HEADER)
+    }
+}
+
+/// The largest body a route accepts, set on the route as an `Extension` layer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BodyLimit(pub usize);
+
+/// For routes without a `BodyLimit` (whose bodies are ignored).
+const BODY_BYTES_MAX_DEFAULT: usize = 64 * 1024;
+/// An oversize body is read and discarded up to this many bytes (and `DRAIN_WAIT`) before
+/// the 413 goes out. Closing a connection with unread bytes makes the kernel reset it,
+/// and a client still sending would then see the reset instead of the 413. Nothing read
+/// here is kept, so memory stays bounded by the limit.
+const DRAIN_BYTES_MAX: u64 = 16 << 20;
+const DRAIN_WAIT: Duration = Duration::from_secs(2);
+
+impl<S: Send + Sync> FromRequest<S> for Incoming {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, _state: &S) -> Result<Incoming, ApiError> {
+        let limit = request.extensions().get::<BodyLimit>().map_or(BODY_BYTES_MAX_DEFAULT, |limit| limit.0);
+        let (parts, body) = request.into_parts();
+        let body = read_body(&parts.headers, body, limit).await?;
+        Ok(Incoming { method: parts.method, uri: parts.uri, headers: parts.headers, body })
+    }
+}
+
+/// Reads at most `limit` bytes; a larger body (declared or actual) is refused with 413
+/// before more than `limit` bytes are kept.
+async fn read_body(headers: &HeaderMap, mut body: axum::body::Body, limit: usize) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let declared: Option<u64> = headers.get(axum::http::header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()).and_then(|value| value.parse().ok());
+    let too_large = |size: String| ApiError::too_large(format!("request body is {size} bytes; this route's limit is {limit} bytes (see --value-bytes-max)"));
+    if let Some(declared) = declared.filter(|declared| *declared > limit as u64) {
+        // With `Expect: 100-continue` the client waits for us before sending: nothing to drain.
+        let expects_continue = headers.get(axum::http::header::EXPECT).is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if !expects_continue && declared <= DRAIN_BYTES_MAX {
+            drain(body).await;
+        }
+        return Err(too_large(declared.to_string()));
+    }
+    let mut buffer = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| ApiError::bad_request(format!("cannot read the request body: {error}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        if buffer.len() + data.len() > limit {
+            drain(body).await;
+            return Err(too_large(format!("over {limit}")));
+        }
+        buffer.extend_from_slice(&data);
+    }
+    Ok(buffer.freeze())
+}
+
+async fn drain(mut body: axum::body::Body) {
+    use http_body_util::BodyExt;
+    let discard = async {
+        let mut discarded = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            discarded += frame.data_ref().map_or(0, |data| data.len() as u64);
+            if discarded > DRAIN_BYTES_MAX {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_WAIT, discard).await;
+}
+
+/// A key from the path, percent-decoded and checked: 1 to `KEY_BYTES_MAX` bytes of UTF-8.
+pub(crate) struct Key(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Key {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Key, ApiError> {
+        let Path(key) = Path::<String>::from_request_parts(parts, state).await.map_err(|rejection| ApiError::bad_request(format!("bad key in the path: {}", rejection.body_text())))?;
+        check_key(&key)?;
+        Ok(Key(key))
+    }
+}
+
+pub(crate) fn check_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() {
+        return Err(ApiError::bad_request("key must not be empty"));
+    }
+    if key.len() > KEY_BYTES_MAX {
+        return Err(ApiError::bad_request(format!("key is {} bytes; the limit is {KEY_BYTES_MAX}", key.len())));
+    }
+    Ok(())
+}
+
+/// Counts key-value requests in flight, so shutdown can wait for them.
+#[derive(Default)]
+struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+struct InFlightGuard<'a>(&'a InFlight);
+
+impl InFlight {
+    fn enter(&self) -> InFlightGuard<'_> {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self)
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            // Created before the check: a wake-up between the check and the await is kept.
+            let idle = self.idle.notified();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+async fn track_kv_request(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    // Counted before the check (both SeqCst): either shutdown sees this request in flight
+    // and waits for it, or this request sees the shutdown and is refused.
+    let guard = state.inflight.enter();
+    if state.draining.load(Ordering::SeqCst) {
+        drop(guard);
+        let refusal = ApiError::unavailable("shutting_down", "this node is shutting down; retry on another node");
+        let leader = state.handle.status().raft.leader_id.filter(|leader| *leader != state.id);
+        return refusal.with_leader(leader, leader.and_then(|id| state.address_of(id))).into_response();
+    }
+    let response = next.run(request).await;
+    drop(guard);
+    response
+}
+
+async fn unknown_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "unknown_route", format!("no route for {method} {}; see docs/API.md", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{method} is not allowed on {}", uri.path()))
+}
+
+async fn empty_key() -> ApiError {
+    ApiError::bad_request("key must not be empty")
+}
+
+fn router(state: Arc<AppState>, raft_routes: Router) -> Router {
+    let value_limit = Extension(BodyLimit(state.value_bytes_max));
+    let json_limit = Extension(BodyLimit(2 * state.value_bytes_max + JSON_OVERHEAD_BYTES));
+    let submit_limit = Extension(BodyLimit(state.value_bytes_max + KEY_BYTES_MAX + JSON_OVERHEAD_BYTES));
+    let kv = Router::new()
+        .route("/v1/kv/{key}", put(api_v1::put_value).get(api_v1::get_value).delete(api_v1::delete_value).layer(value_limit))
+        .route("/v1/kv/{key}/cas", post(api_v1::compare_and_set).layer(json_limit))
+        .route("/v1/kv/", any(empty_key))
+        .route("/client/submit", post(api_seed::submit).layer(submit_limit))
+        .route("/client/read/{key}", get(api_seed::read))
+        .layer(middleware::from_fn_with_state(state.clone(), track_kv_request));
+    let info = Router::new()
+        .route("/v1/status", get(api_v1::status))
+        .route("/v1/cluster", get(api_v1::cluster))
+        .route("/client/leader", get(api_seed::leader))
+        .route("/client/status", get(api_seed::status));
+    kv.merge(info).with_state(state).merge(raft_routes).fallback(unknown_route).method_not_allowed_fallback(method_not_allowed)
+}
+
+/// A running node and its HTTP server.
+pub struct Server {
+    id: NodeId,
+    handle: RaftHandle<KvStore>,
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    supervisor: JoinHandle<Result<(), String>>,
+}
+
+impl Server {
+    /// Opens the data directory, starts the node and serves on `listener` (already bound,
+    /// so tests can bind port 0 first and then tell every node the real addresses).
+    pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Server, String> {
+        let local_addr = listener.local_addr().map_err(|error| format!("cannot read the listener's address: {error}"))?;
+        let storage = FileStorage::open(&config.data_dir, FileStorageConfig::default()).map_err(|error| format!("cannot open data dir {}: {error}", config.data_dir.display()))?;
+        let transport_config = HttpTransportConfig::default();
+        let transport = HttpTransport::new(config.id, config.cluster_id.clone(), config.peers.clone(), transport_config.clone());
+        let node = RaftNode::start(config.node_config(), storage, KvStore::new(), transport).map_err(|error| error.to_string())?;
+        let raft_routes = keel_node::raft_routes(config.id, config.cluster_id.clone(), node.inbox.clone(), transport_config.body_bytes_max);
+        let state = Arc::new(AppState {
+            id: config.id,
+            address: config.advertised_address().to_string(),
+            cluster_id: config.cluster_id.clone(),
+            peers: config.peers.clone(),
+            handle: node.handle.clone(),
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            value_bytes_max: config.value_bytes_max,
+            forward_client: crate::forward::client(),
+            draining: AtomicBool::new(false),
+            inflight: InFlight::default(),
+        });
+        let (http_stop, http_stopped) = oneshot::channel::<()>();
+        let app = router(state.clone(), raft_routes);
+        let http_state = state.clone();
+        let http = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = http_stopped.await;
+            });
+            if let Err(error) = serve.await {
+                error!("[NODE {}] HTTP server failed: {error}", http_state.id);
+            }
+        });
+        info!("[NODE {}] serving clients and peers on {local_addr} (cluster {:?}, members {})", config.id, config.cluster_id, describe_peers(&config.peers));
+        let (stop, stop_requested) = watch::channel(false);
+        let handle = node.handle.clone();
+        let supervisor = tokio::spawn(supervise(state, node, http, http_stop, stop_requested));
+        Ok(Server { id: config.id, handle, local_addr, stop, supervisor })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn handle(&self) -> &RaftHandle<KvStore> {
+        &self.handle
+    }
+
+    /// Graceful stop (see the module doc). `Err` if the node had already failed.
+    pub async fn shutdown(self) -> Result<(), String> {
+        let _ = self.stop.send(true);
+        self.supervisor.await.map_err(|error| format!("server task failed: {error}"))?
+    }
+
+    /// Resolves when the server stops on its own: the node failed (`Err` with the reason).
+    pub async fn stopped(&mut self) -> Result<(), String> {
+        (&mut self.supervisor).await.map_err(|error| format!("server task failed: {error}"))?
+    }
+}
+
+fn describe_peers(peers: &BTreeMap<NodeId, String>) -> String {
+    peers.iter().map(|(id, address)| format!("{id}={address}")).collect::<Vec<_>>().join(",")
+}
+
+async fn supervise(state: Arc<AppState>, node: RaftNode<KvStore>, http: JoinHandle<()>, http_stop: oneshot::Sender<()>, mut stop_requested: watch::Receiver<bool>) -> Result<(), String> {
+    let id = state.id;
+    let mut status = node.handle.watch_status();
+    let failure = tokio::select! {
+        _ = stop_requested.changed() => None,
+        reason = node_stopped(&mut status) => Some(reason),
+    };
+    match &failure {
+        None => info!("[NODE {id}] shutting down: refusing new requests, finishing those in flight"),
+        Some(reason) => error!("[NODE {id}] the node stopped ({reason}); closing the server"),
+    }
+    state.draining.store(true, Ordering::SeqCst);
+    if tokio::time::timeout(state.request_timeout + DRAIN_MARGIN, state.inflight.wait_idle()).await.is_err() {
+        warn!("[NODE {id}] {} requests still in flight after the request timeout; closing anyway", state.inflight.count.load(Ordering::SeqCst));
+    }
+    let _ = http_stop.send(());
+    let http_abort = http.abort_handle();
+    if tokio::time::timeout(HTTP_CLOSE_WAIT, http).await.is_err() {
+        warn!("[NODE {id}] HTTP connections still open after {HTTP_CLOSE_WAIT:?}; dropping them");
+        http_abort.abort();
+    }
+    node.handle.shutdown();
+    if let Err(error) = node.task.await {
+        error!("[NODE {id}] the node's driver task failed: {error}");
+    }
+    info!("[NODE {id}] stopped");
+    failure.map_or(Ok(()), Err)
+}
+
+async fn node_stopped(status: &mut watch::Receiver<keel_node::NodeStatus>) -> String {
+    loop {
+        if let Some(reason) = status.borrow_and_update().stopped.clone() {
+            return reason;
+        }
+        if status.changed().await.is_err() {
+            return "the node's driver ended".to_string();
+        }
+    }
+}

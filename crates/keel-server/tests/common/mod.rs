@@ -1,0 +1,323 @@
+//! A cluster of real `keel serve` processes for the integration tests, and HTTP helpers.
+//!
+//! Every wait polls a condition and has a deadline that only guards against hangs; no test
+//! sleeps in the hope that something happened meanwhile.
+
+#![allow(dead_code)]
+
+use keel_core::{Entry, EntryKind};
+use keel_kv::{Command, KvStore};
+use keel_node::{FileStorage, FileStorageConfig, Storage};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_keel");
+/// Hang guard for waits that normally take well under a second.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Polls `check` until it returns `Some`, panicking with `what` after `deadline`.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(started.elapsed() < deadline, "timed out after {deadline:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Ports below Linux's ephemeral range (32768+), so they do not collide with the source
+/// ports of outgoing connections; checked free by binding them.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let seed = std::process::id() as u64 * 7919 + clock / 1000;
+    loop {
+        let counter = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = 20_000 + ((seed + counter * 104_729) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+pub struct Node {
+    pub id: u64,
+    pub port: u16,
+    pub child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: BTreeMap<u64, Node>,
+    pub extra_args: Vec<String>,
+    pub http: reqwest::Client,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|error| panic!("not JSON ({error}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Asserts an error reply in the documented shape and returns its `error` code.
+    pub fn error_code(&self) -> String {
+        let json = self.json();
+        for field in ["error", "message", "leader_hint", "leader_addr", "outcome"] {
+            assert!(json.get(field).is_some(), "error reply without {field:?}: {json}");
+        }
+        json["error"].as_str().expect("error is a string").to_string()
+    }
+}
+
+impl Cluster {
+    /// Starts `size` nodes and waits for a leader.
+    pub async fn start(size: u64, extra_args: &[&str]) -> Cluster {
+        let cluster = Cluster::spawn(size, extra_args);
+        cluster.wait_for_leader().await;
+        cluster
+    }
+
+    /// Starts the processes without waiting for anything.
+    pub fn spawn(size: u64, extra_args: &[&str]) -> Cluster {
+        let nodes = (1..=size).map(|id| (id, Node { id, port: free_port(), child: None })).collect();
+        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(15)).build().unwrap();
+        let mut cluster = Cluster { dir: tempfile::tempdir().unwrap(), nodes, extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(), http };
+        for id in 1..=size {
+            cluster.start_node(id);
+        }
+        cluster
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes.values().filter(|node| node.child.is_some()).map(|node| node.id).collect()
+    }
+
+    pub fn addr(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.nodes[&id].port)
+    }
+
+    pub fn endpoints(&self) -> String {
+        self.ids().iter().map(|id| self.addr(*id)).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn peers(&self) -> String {
+        self.ids().iter().map(|id| format!("{id}={}", self.addr(*id))).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}"))
+    }
+
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}.log"))
+    }
+
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+
+    pub fn start_node(&mut self, id: u64) {
+        assert!(self.nodes[&id].child.is_none(), "node {id} already runs");
+        let log = File::options().create(true).append(true).open(self.log_path(id)).unwrap();
+        let child = std::process::Command::new(BINARY)
+            .arg("serve")
+            .args(["--id", &id.to_string(), "--data-dir", self.data_dir(id).to_str().unwrap(), "--peers", &self.peers()])
+            .args(&self.extra_args)
+            .env("KEEL_LOG_LEVEL", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning keel serve");
+        self.nodes.get_mut(&id).unwrap().child = Some(child);
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill_node(&mut self, id: u64) {
+        let mut child = self.nodes.get_mut(&id).unwrap().child.take().expect("node runs");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM; waits for the exit and returns its code.
+    pub fn terminate_node(&mut self, id: u64) -> Option<i32> {
+        let mut child = self.nodes.get_mut(&id).unwrap().child.take().expect("node runs");
+        let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if started.elapsed() > WAIT {
+                child.kill().unwrap();
+                panic!("node {id} did not exit within {WAIT:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub async fn call(&self, id: u64, method: Method, path: &str, body: Option<Vec<u8>>) -> Reply {
+        self.call_at(&self.addr(id), method, path, body).await
+    }
+
+    pub async fn call_at(&self, address: &str, method: Method, path: &str, body: Option<Vec<u8>>) -> Reply {
+        let mut request = self.http.request(method.clone(), format!("http://{address}{path}"));
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request.send().await.unwrap_or_else(|error| panic!("{method} {address}{path}: {error}"));
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.unwrap().to_vec();
+        Reply { status, headers, body }
+    }
+
+    pub async fn try_status(&self, id: u64) -> Option<Value> {
+        let response = self.http.get(format!("http://{}/v1/status", self.addr(id))).timeout(Duration::from_secs(2)).send().await.ok()?;
+        response.json().await.ok()
+    }
+
+    pub async fn status(&self, id: u64) -> Value {
+        self.call(id, Method::GET, "/v1/status", None).await.json()
+    }
+
+    /// The leader every running node agrees on (and which says it leads).
+    pub async fn wait_for_leader(&self) -> u64 {
+        self.wait_for_leader_among(&self.running()).await
+    }
+
+    pub async fn wait_for_leader_among(&self, ids: &[u64]) -> u64 {
+        eventually("one leader that every running node knows", WAIT, || async {
+            let mut leaders = Vec::new();
+            for id in ids {
+                let status = self.try_status(*id).await?;
+                leaders.push((status["leader_id"].as_u64()?, status["term"].as_u64()?));
+            }
+            let (leader, term) = leaders[0];
+            if leaders.iter().any(|other| *other != (leader, term)) || !ids.contains(&leader) {
+                return None;
+            }
+            let leader_status = self.try_status(leader).await?;
+            (leader_status["role"] == "leader" && leader_status["term"].as_u64() == Some(term)).then_some(leader)
+        })
+        .await
+    }
+
+    pub async fn followers(&self) -> (u64, Vec<u64>) {
+        let leader = self.wait_for_leader().await;
+        (leader, self.running().into_iter().filter(|id| *id != leader).collect())
+    }
+
+    /// Waits until every running node applied the same index, which is at least `index`;
+    /// returns it.
+    pub async fn wait_for_applied(&self, index: u64) -> u64 {
+        let ids = self.running();
+        eventually(&format!("every node applied index {index}"), WAIT, || async {
+            let mut applied = Vec::new();
+            for id in &ids {
+                let status = self.try_status(*id).await?;
+                applied.push((status["applied_index"].as_u64()?, status["last_log_index"].as_u64()?));
+            }
+            let first = applied[0];
+            (first.0 >= index && first.0 == first.1 && applied.iter().all(|other| *other == first)).then_some(first.0)
+        })
+        .await
+    }
+
+    /// This node's own value, without asking the leader.
+    pub async fn stale_get(&self, id: u64, key: &str) -> Option<Vec<u8>> {
+        let reply = self.call(id, Method::GET, &format!("/v1/kv/{}?consistency=stale", keel_server::client::encode_key(key)), None).await;
+        match reply.status {
+            StatusCode::OK => Some(reply.body),
+            StatusCode::NOT_FOUND => None,
+            other => panic!("stale read on node {id}: {other} {}", reply.text()),
+        }
+    }
+
+    pub fn client(&self) -> keel_server::client::Client {
+        let endpoints: Vec<String> = self.ids().iter().map(|id| self.addr(*id)).collect();
+        keel_server::client::Client::new(&endpoints, Duration::from_secs(15))
+    }
+
+    /// Stops every node with SIGTERM (asserting a clean exit) and reads each one's log from
+    /// its data directory.
+    pub fn stop_and_read_logs(&mut self) -> BTreeMap<u64, Vec<Entry>> {
+        for id in self.running() {
+            assert_eq!(self.terminate_node(id), Some(0), "node {id} exits cleanly on SIGTERM");
+        }
+        self.ids().into_iter().map(|id| (id, read_log(&self.data_dir(id)))).collect()
+    }
+
+    /// `keel` as a client, with this cluster's endpoints.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(BINARY).args(args).env("KEEL_ENDPOINTS", self.endpoints()).env("KEEL_TIMEOUT_MS", "15000").output().expect("running keel")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in self.nodes.values_mut() {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for id in self.ids() {
+                eprintln!("----- node {id} log -----\n{}", self.log(id));
+            }
+        }
+    }
+}
+
+/// A stopped node's log, as its storage recovers it (no snapshot expected in these tests).
+pub fn read_log(dir: &std::path::Path) -> Vec<Entry> {
+    let storage = FileStorage::open(dir, FileStorageConfig::default()).unwrap_or_else(|error| panic!("opening {}: {error}", dir.display()));
+    let state = storage.initial_state().unwrap();
+    assert!(state.snapshot.is_none(), "these tests keep the whole log");
+    state.entries
+}
+
+/// The state a log leads to when every entry in it is applied.
+pub fn replay(entries: &[Entry]) -> KvStore {
+    use keel_core::StateMachine;
+    let mut store = KvStore::new();
+    for entry in entries {
+        store.apply(entry);
+    }
+    store
+}
+
+pub fn decode(entry: &Entry) -> Option<Command> {
+    match &entry.kind {
+        EntryKind::Noop => None,
+        EntryKind::Command(bytes) => Some(Command::decode(bytes).expect("a valid command")),
+    }
+}
