@@ -149,6 +149,7 @@ impl<SM: StateMachine> RaftNode<SM> {
         }
         let snapshot_index = restored.snapshot.as_ref().map(|snapshot| snapshot.meta.last_included_index).unwrap_or_default();
         info!("[NODE {}] starting: term {}, {} log entries after snapshot {}", config.id, restored.hard_state.current_term, restored.entries.len(), snapshot_index);
+        let hard_state_saved = restored.hard_state;
         let core = RaftCore::new(config.core_config(), restored);
         let (inbox, inbox_receiver) = mpsc::channel(config.inbox_messages_max);
         let (requests, request_receiver) = mpsc::channel(config.requests_queued_max);
@@ -174,6 +175,7 @@ impl<SM: StateMachine> RaftNode<SM> {
             next_read_id: 0,
             snapshot_index,
             snapshot_in_progress: false,
+            hard_state_saved,
             status: status_sender,
             config: config.clone(),
         };
@@ -259,6 +261,8 @@ struct Driver<SM: StateMachine, T: Transport> {
     next_read_id: u64,
     snapshot_index: LogIndex,
     snapshot_in_progress: bool,
+    /// The last hard state handed to storage (see `must_save`).
+    hard_state_saved: HardState,
     status: watch::Sender<NodeStatus>,
     config: NodeConfig,
 }
@@ -383,14 +387,32 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
         for message in std::mem::take(&mut ready.messages) {
             self.transport.send(message);
         }
-        let needs_disk = ready.snapshot.is_some() || !ready.entries.is_empty() || ready.hard_state.is_some();
-        let job = StorageJob::Write { snapshot: ready.snapshot.clone(), entries: std::mem::take(&mut ready.entries), hard_state: ready.hard_state };
+        let hard_state = ready.hard_state.filter(|hard_state| self.must_save(hard_state));
+        let needs_disk = ready.snapshot.is_some() || !ready.entries.is_empty() || hard_state.is_some();
+        let job = StorageJob::Write { snapshot: ready.snapshot.clone(), entries: std::mem::take(&mut ready.entries), hard_state };
         self.inflight = Some(ready);
         if needs_disk {
             self.submit(job);
         } else {
             self.completed.push_back(Ok(StorageDone::Written));
         }
+    }
+
+    /// Term and vote must be durable before any message that depends on them (Figure 2).
+    /// The commit index need not be: a restarted node learns it again from the leader, and
+    /// saving it only shortens the wait to re-apply. Rewriting the hard-state file costs
+    /// several fsyncs, so a commit-only change is saved once per `COMMIT_SAVE_INTERVAL`
+    /// entries instead of on every write.
+    fn must_save(&mut self, hard_state: &HardState) -> bool {
+        const COMMIT_SAVE_INTERVAL: u64 = 1024;
+        let saved = self.hard_state_saved;
+        let vote_changed = hard_state.current_term != saved.current_term || hard_state.voted_for != saved.voted_for;
+        let commit_far_ahead = hard_state.commit_index.0 >= saved.commit_index.0 + COMMIT_SAVE_INTERVAL;
+        if vote_changed || commit_far_ahead {
+            self.hard_state_saved = *hard_state;
+            return true;
+        }
+        false
     }
 
     fn submit(&mut self, job: StorageJob) {
