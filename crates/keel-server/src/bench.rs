@@ -222,8 +222,8 @@ fn print_table(report: &serde_json::Value) {
         println!(
             "{:<7} {:>9} {:>10} {:>8} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
             kind,
-            row["ops"],
-            row["ops_per_s"],
+            row["ops"].as_u64().unwrap_or_default(),
+            row["ops_per_s"].as_f64().unwrap_or_default() as u64,
             errors,
             latency["p50"].as_f64().unwrap_or_default(),
             latency["p90"].as_f64().unwrap_or_default(),

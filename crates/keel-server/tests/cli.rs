@@ -75,3 +75,24 @@ async fn cli_put_get_survives_killing_the_leader() {
     assert_eq!(nowhere.status.code(), Some(1));
     assert!(stderr(&nowhere).contains("unavailable"), "{}", stderr(&nowhere));
 }
+
+/// `keel bench` loads the cluster and reports what it measured; `--json` is machine-readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_reports_reads_writes_and_percentiles() {
+    let cluster = Cluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    let output = cluster.cli(&["bench", "--clients", "4", "--duration", "400ms", "--ratio-reads", "0.5", "--key-space", "10", "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&output)).expect("--json prints one JSON document");
+    for kind in ["writes", "reads"] {
+        let row = &report[kind];
+        assert!(row["ops"].as_u64().unwrap() > 0, "{kind}: {report}");
+        assert_eq!(row["errors"], serde_json::json!({}), "{kind}: {report}");
+        let latency = &row["latency_ms"];
+        let (p50, p99, max) = (latency["p50"].as_f64().unwrap(), latency["p99"].as_f64().unwrap(), latency["max"].as_f64().unwrap());
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "percentiles are ordered: {latency}");
+    }
+    assert_eq!(report["clients"], 4);
+    let usage = cluster.cli(&["bench", "--duration", "forever"]);
+    assert_eq!(usage.status.code(), Some(2), "a bad duration is a usage error");
+}
