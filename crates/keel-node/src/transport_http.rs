@@ -278,7 +278,7 @@ async fn describe_answer(response: reqwest::Response) -> String {
 }
 
 /// `reqwest`'s own message hides the cause ("error sending request"); add the sources.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -85,14 +85,6 @@ fn forward_failure(state: &AppState, leader: NodeId, address: String, error: &re
     error.with_leader(Some(leader), Some(address))
 }
 
-/// `reqwest`'s message hides the cause ("error sending request"); add the sources.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+/// `reqwest`'s message hides the cause ("error sending request"); the transport's helper
+/// adds the sources.
+pub use keel_node::transport_http::error_chain;
