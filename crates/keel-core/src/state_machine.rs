@@ -18,6 +18,14 @@ pub trait StateMachine: Send + 'static {
     /// A serialized image of the state as of `applied_index()`. Equal states give equal bytes.
     fn snapshot(&self) -> Vec<u8>;
 
+    /// The same image, produced later on another thread: the driver calls this on its own
+    /// task and runs the returned closure on the storage thread, so writes stop only for what
+    /// this method does (for a map: a copy of it), not for serializing and writing it.
+    fn snapshot_job(&self) -> Box<dyn FnOnce() -> Vec<u8> + Send> {
+        let image = self.snapshot();
+        Box::new(move || image)
+    }
+
     /// Replaces the whole state with a snapshot's image. Bad bytes are an error, not a panic:
     /// they come from disk or the network.
     fn restore(&mut self, data: &[u8]) -> Result<(), String>;

@@ -78,6 +78,12 @@ impl StateMachine for KvStore {
         postcard::to_allocvec(self).expect("serializing to a Vec cannot fail")
     }
 
+    /// Copies the map now (the only pause writes see); serializes it on the caller's thread.
+    fn snapshot_job(&self) -> Box<dyn FnOnce() -> Vec<u8> + Send> {
+        let copy = self.clone();
+        Box::new(move || copy.snapshot())
+    }
+
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
         *self = postcard::from_bytes(data).map_err(|error| format!("corrupt snapshot image: {error}"))?;
         Ok(())
@@ -122,5 +128,8 @@ mod tests {
         assert_eq!(restored.snapshot(), image, "equal states give equal bytes");
         assert!(restored.restore(b"garbage").is_err());
         assert_eq!(restored, store, "a failed restore leaves the state untouched");
+        let job = store.snapshot_job();
+        store.apply(&entry(4, &Command::Set { key: "later".into(), value: b"x".to_vec() }));
+        assert_eq!(job(), image, "a snapshot job captures the state when it was made");
     }
 }

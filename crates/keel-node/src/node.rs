@@ -118,7 +118,8 @@ pub struct RaftNode<SM: StateMachine> {
 
 enum StorageJob {
     Write { snapshot: Option<Snapshot>, entries: Vec<Entry>, hard_state: Option<HardState> },
-    Compact(Snapshot),
+    /// Our own snapshot: build the image (`make`), save it, then drop the log it covers.
+    Compact { meta: SnapshotMeta, make: Box<dyn FnOnce() -> Vec<u8> + Send> },
 }
 
 enum StorageDone {
@@ -237,7 +238,8 @@ fn run_storage_job<S: Storage + ?Sized>(storage: &mut S, job: StorageJob) -> Res
             storage.sync()?;
             Ok(StorageDone::Written)
         }
-        StorageJob::Compact(snapshot) => {
+        StorageJob::Compact { meta, make } => {
+            let snapshot = Snapshot { meta, data: Arc::new(make()) };
             storage.compact(&snapshot)?;
             storage.sync()?;
             Ok(StorageDone::Compacted(snapshot))
@@ -524,10 +526,10 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
         }
         let Some(term) = self.core.entry(applied).map(|entry| entry.term) else { return };
         let meta = SnapshotMeta { last_included_index: applied, last_included_term: term };
-        let snapshot = Snapshot { meta, data: Arc::new(self.state_machine.snapshot()) };
+        let make = self.state_machine.snapshot_job();
         self.snapshot_in_progress = true;
         self.snapshot_index = applied;
-        self.submit(StorageJob::Compact(snapshot));
+        self.submit(StorageJob::Compact { meta, make });
     }
 
     fn log_soft_state(&self, role: Role, term: Term, leader_id: Option<NodeId>) {
