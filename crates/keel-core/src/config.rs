@@ -23,6 +23,8 @@ pub struct Config {
     pub snapshot_chunk_bytes_max: usize,
     /// Proposals refused once this many entries are appended but not yet committed.
     pub uncommitted_entries_max: usize,
+    /// ReadIndex requests waiting for confirmation before new ones are refused.
+    pub read_requests_max: usize,
     /// Seeds the core's private PRNG (randomized election timeouts).
     pub random_seed: u64,
 }
@@ -41,6 +43,7 @@ impl Config {
             inflight_messages_max: 64,
             snapshot_chunk_bytes_max: 1 << 20,
             uncommitted_entries_max: 8192,
+            read_requests_max: 65_536,
             random_seed: id.0,
         }
     }
@@ -58,7 +61,7 @@ impl Config {
         if self.heartbeat_interval_ticks == 0 || self.heartbeat_interval_ticks >= self.election_timeout_ticks_min {
             return Err("heartbeat interval must be at least 1 tick and below the election timeout".into());
         }
-        let limits = [self.append_entries_max, self.append_bytes_max, self.inflight_messages_max, self.snapshot_chunk_bytes_max, self.uncommitted_entries_max];
+        let limits = [self.append_entries_max, self.append_bytes_max, self.inflight_messages_max, self.snapshot_chunk_bytes_max, self.uncommitted_entries_max, self.read_requests_max];
         if limits.contains(&0) {
             return Err("every limit must be at least 1".into());
         }

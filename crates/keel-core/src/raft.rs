@@ -191,6 +191,9 @@ impl RaftCore {
         if self.role != Role::Leader {
             return Err(ReadError::NotLeader { leader_hint: self.leader_id });
         }
+        if self.reads.pending_count() >= self.config.read_requests_max {
+            return Err(ReadError::TooManyPending);
+        }
         self.request_read(request_id);
         Ok(())
     }

@@ -32,6 +32,11 @@ impl ReadQueue {
         self.round
     }
 
+    /// Reads accepted and not yet answered.
+    pub fn pending_count(&self) -> usize {
+        self.waiting_for_commit.len() + self.unassigned.len() + self.in_round.len()
+    }
+
     pub fn has_work(&self) -> bool {
         !self.unassigned.is_empty() || !self.ready.is_empty()
     }

@@ -61,6 +61,8 @@ pub enum ReadError {
     NotLeader { leader_hint: Option<NodeId> },
     /// Leadership was lost before a majority confirmed it.
     LeadershipLost,
+    /// `read_requests_max` reads are already waiting for confirmation.
+    TooManyPending,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

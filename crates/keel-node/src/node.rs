@@ -560,5 +560,6 @@ fn read_error(error: ReadError) -> NodeError {
     match error {
         ReadError::NotLeader { leader_hint } => NodeError::NotLeader { leader_hint },
         ReadError::LeadershipLost => NodeError::LeadershipLost,
+        ReadError::TooManyPending => NodeError::Overloaded,
     }
 }

@@ -410,7 +410,7 @@ impl Simulation {
                         node.reads.insert(read_id, request);
                     }
                     Err(ReadError::NotLeader { leader_hint }) => self.reply(request, Reply::NotLeader(leader_hint)),
-                    Err(ReadError::LeadershipLost) => self.reply(request, Reply::NotApplied),
+                    Err(ReadError::LeadershipLost | ReadError::TooManyPending) => self.reply(request, Reply::NotApplied),
                 }
             }
         }
