@@ -446,11 +446,10 @@ impl Simulation {
         if self.now_ms + CLIENT_TIMEOUT_MS + 500 > self.config.chaos_ms + self.config.quiet_ms {
             return; // Let every operation finish before the end.
         }
-        let (key, op) = workload::next_op(&mut self.rng, &self.clients[client_index], self.config.keys, &mut self.next_value, self.now_ms);
+        let op = workload::next_op(&mut self.rng, &self.clients[client_index], self.config.keys, &mut self.next_value, self.now_ms);
         let client = &mut self.clients[client_index];
         client.op_seq += 1;
         let request = Request { client: client_index, op_seq: client.op_seq, key: op.key.clone(), command: workload::command_for(&op) };
-        let _ = key;
         client.current = Some(op);
         let (target, op_seq) = (client.target, client.op_seq);
         let delay = self.rng.gen_range(1..=3);

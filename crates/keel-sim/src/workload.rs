@@ -49,7 +49,7 @@ pub fn decode_value(bytes: &[u8]) -> u32 {
 }
 
 /// Picks the next operation: 35% reads, 35% writes (a tenth of them deletes), 30% CAS.
-pub fn next_op(rng: &mut ChaCha8Rng, client: &Client, keys: usize, next_value: &mut u32, now: u64) -> (usize, PendingOp) {
+pub fn next_op(rng: &mut ChaCha8Rng, client: &Client, keys: usize, next_value: &mut u32, now: u64) -> PendingOp {
     let key = rng.gen_range(0..keys);
     let roll = rng.gen_range(0..100);
     let mut fresh = || {
@@ -64,7 +64,7 @@ pub fn next_op(rng: &mut ChaCha8Rng, client: &Client, keys: usize, next_value: &
         let expected = if rng.gen_bool(0.8) { client.last_seen[key] } else { None };
         OpKind::Cas { expected, new: fresh() }
     };
-    (key, PendingOp { key: key_name(key), invoked_at: now, kind })
+    PendingOp { key: key_name(key), invoked_at: now, kind }
 }
 
 pub fn command_for(op: &PendingOp) -> Option<Command> {
