@@ -202,20 +202,22 @@ impl Simulation {
         self.finish()
     }
 
+    /// Runs one event. Only node and invariant events can fail the run.
     fn handle(&mut self, event: Event) -> Result<(), String> {
         match event {
-            Event::Tick { node, epoch } => self.on_tick(node, epoch),
-            Event::Deliver(message) => self.on_deliver(message),
-            Event::DiskDone { node, epoch } => self.on_disk_done(node, epoch),
-            Event::ClientArrive { node, request } => self.on_client_arrive(node, request),
-            Event::ClientReply { client, op_seq, reply } => Ok(self.on_client_reply(client, op_seq, reply)),
-            Event::ClientTimeout { client, op_seq } => Ok(self.on_client_timeout(client, op_seq)),
-            Event::ClientStart { client } => Ok(self.on_client_start(client)),
-            Event::Nemesis => Ok(self.on_nemesis()),
-            Event::Restart { node } => Ok(self.start_node(node)),
-            Event::CheckLogs => self.on_check_logs(),
-            Event::EndChaos => Ok(self.on_end_chaos()),
+            Event::Tick { node, epoch } => return self.on_tick(node, epoch),
+            Event::Deliver(message) => return self.on_deliver(message),
+            Event::DiskDone { node, epoch } => return self.on_disk_done(node, epoch),
+            Event::ClientArrive { node, request } => return self.on_client_arrive(node, request),
+            Event::CheckLogs => return self.on_check_logs(),
+            Event::ClientReply { client, op_seq, reply } => self.on_client_reply(client, op_seq, reply),
+            Event::ClientTimeout { client, op_seq } => self.on_client_timeout(client, op_seq),
+            Event::ClientStart { client } => self.on_client_start(client),
+            Event::Nemesis => self.on_nemesis(),
+            Event::Restart { node } => self.start_node(node),
+            Event::EndChaos => self.on_end_chaos(),
         }
+        Ok(())
     }
 
     // ----- nodes ----------------------------------------------------------------------------
