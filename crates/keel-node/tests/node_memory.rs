@@ -224,3 +224,53 @@ async fn pending_proposals_fail_fast_when_leadership_is_lost() {
 fn result_outcome(error: NodeError) -> keel_node::Outcome {
     error.outcome()
 }
+
+/// Storage whose `sync` starts failing once `fail` is set, like a disk that went bad.
+struct FailingStorage {
+    inner: MemoryStorage,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Storage for FailingStorage {
+    fn initial_state(&self) -> Result<keel_core::RestoredState, keel_node::StorageError> {
+        self.inner.initial_state()
+    }
+    fn append(&mut self, entries: &[keel_core::Entry]) -> Result<(), keel_node::StorageError> {
+        self.inner.append(entries)
+    }
+    fn set_hard_state(&mut self, hard_state: &keel_core::HardState) -> Result<(), keel_node::StorageError> {
+        self.inner.set_hard_state(hard_state)
+    }
+    fn install_snapshot(&mut self, snapshot: &keel_core::Snapshot) -> Result<(), keel_node::StorageError> {
+        self.inner.install_snapshot(snapshot)
+    }
+    fn compact(&mut self, snapshot: &keel_core::Snapshot) -> Result<(), keel_node::StorageError> {
+        self.inner.compact(snapshot)
+    }
+    fn sync(&mut self) -> Result<(), keel_node::StorageError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            let source = std::io::Error::other("simulated disk failure");
+            return Err(keel_node::StorageError::Io { operation: "fsync", path: "/simulated".into(), source });
+        }
+        self.inner.sync()
+    }
+}
+
+// A node that cannot persist stops rather than acknowledge a write it may lose.
+#[tokio::test(start_paused = true)]
+async fn a_node_whose_disk_fails_stops_instead_of_answering() {
+    let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut cluster = Cluster { network: MemoryNetwork::new(), handles: vec![None, None, None], threshold: 0 };
+    for id in MEMBERS {
+        cluster.start(id, FailingStorage { inner: MemoryStorage::new(), fail: fail.clone() });
+    }
+    let leader = cluster.wait_for_leader(&MEMBERS).await;
+    cluster.handle(leader).propose(set("before", "ok")).await.expect("the disk still works");
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let result = cluster.handle(leader).propose(set("after", "lost")).await;
+    assert_eq!(result.unwrap_err(), NodeError::Stopped, "never acknowledged");
+    let status = cluster.handle(leader).status();
+    let reason = status.stopped.expect("the node reports that it stopped");
+    assert!(reason.contains("storage failed") && reason.contains("simulated disk failure"), "{reason}");
+    assert_eq!(cluster.handle(leader).propose(set("later", "x")).await.unwrap_err(), NodeError::Stopped);
+}
