@@ -487,13 +487,10 @@ impl RaftCore {
         self.check_invariants();
     }
 
-    /// Test and simulator hook: the current volatile and persistent state, for invariant checks.
+    /// The entries from `from` (or the first one not compacted) to the end: for tests that
+    /// compare a node's log with what its driver stored.
     pub fn log_entries_from(&self, from: LogIndex) -> Vec<Entry> {
         let from = from.max(self.log.first_index());
         self.log.slice(from, self.log.last_index(), usize::MAX, usize::MAX)
-    }
-
-    pub fn persisted_index(&self) -> LogIndex {
-        self.log.persisted_index()
     }
 }

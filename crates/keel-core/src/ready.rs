@@ -27,7 +27,8 @@
 use crate::message::Message;
 use crate::types::{Entry, HardState, LogIndex, NodeId, Role, Snapshot, Term};
 
-#[derive(Debug, Default)]
+/// Comparable and cloneable so tests can assert a whole bundle at once.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Ready {
     /// Changed role, term or leader; for logging and for answering clients with a leader hint.
     pub soft_state: Option<SoftState>,

@@ -16,34 +16,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 // ----- what a Ready asked for ----------------------------------------------------------------
 
-/// A copy of everything one `Ready` asked the driver to do, so a test can compare it whole:
-/// an unexpected message or entry fails the comparison instead of going unnoticed.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ReadyRecord {
-    pub soft_state: Option<SoftState>,
-    pub hard_state: Option<HardState>,
-    pub snapshot: Option<Snapshot>,
-    pub entries: Vec<Entry>,
-    pub messages: Vec<Message>,
-    pub persisted_messages: Vec<Message>,
-    pub committed_entries: Vec<Entry>,
-    pub read_states: Vec<ReadState>,
-}
-
-impl ReadyRecord {
-    fn of(ready: &Ready) -> ReadyRecord {
-        ReadyRecord {
-            soft_state: ready.soft_state,
-            hard_state: ready.hard_state,
-            snapshot: ready.snapshot.clone(),
-            entries: ready.entries.clone(),
-            messages: ready.messages.clone(),
-            persisted_messages: ready.persisted_messages.clone(),
-            committed_entries: ready.committed_entries.clone(),
-            read_states: ready.read_states.clone(),
-        }
-    }
-}
+/// What one `Ready` asked the driver to do, kept so a test can compare it whole: an
+/// unexpected message or entry fails the comparison instead of going unnoticed.
+pub type ReadyRecord = Ready;
 
 // ----- one node: core, disk, state machine -----------------------------------------------------
 
@@ -239,7 +214,7 @@ impl Cluster {
 
     /// Contract steps 4–8: persist, send what needed the write, apply, hand the Ready back.
     pub fn finish_ready(&mut self, id: u64, ready: Ready) -> ReadyRecord {
-        let record = ReadyRecord::of(&ready);
+        let record = ready.clone();
         let node = self.nodes.get_mut(&NodeId(id)).expect("known node");
         // 4. Snapshot (restoring the state machine from it), entries, hard state; then "sync".
         if let Some(snapshot) = &ready.snapshot {
