@@ -55,7 +55,7 @@ macro_rules! storage_conformance_tests {
             install_snapshot_keeps_matching_suffix, install_snapshot_discards_log_on_term_mismatch,
             install_snapshot_beyond_log_discards_log, install_snapshot_on_empty_storage_then_append,
             compact_drops_prefix, compact_whole_log_then_append, compact_twice_keeps_latest_snapshot,
-            overwrite_after_compaction, large_and_empty_entries, reopen_then_append_continues,
+            staged_compact_matches_compact, stale_staged_snapshot_is_dropped, overwrite_after_compaction, large_and_empty_entries, reopen_then_append_continues,
             append_with_gap_panics, append_into_snapshot_panics, compact_with_wrong_term_panics,
             stale_snapshot_panics, random_operations_match_model);
     };
@@ -93,6 +93,8 @@ pub fn cases<H: Harness>() -> Vec<(&'static str, Case<H>)> {
         ("compact_drops_prefix", compact_drops_prefix::<H>),
         ("compact_whole_log_then_append", compact_whole_log_then_append::<H>),
         ("compact_twice_keeps_latest_snapshot", compact_twice_keeps_latest_snapshot::<H>),
+        ("staged_compact_matches_compact", staged_compact_matches_compact::<H>),
+        ("stale_staged_snapshot_is_dropped", stale_staged_snapshot_is_dropped::<H>),
         ("overwrite_after_compaction", overwrite_after_compaction::<H>),
         ("large_and_empty_entries", large_and_empty_entries::<H>),
         ("reopen_then_append_continues", reopen_then_append_continues::<H>),
@@ -311,6 +313,30 @@ pub fn compact_twice_keeps_latest_snapshot<H: Harness>(harness: &mut H) {
     storage.compact(&snapshot(25, 1)).expect("compact");
     let expected = Expected { hard_state: hard_state(1, Some(1), 0), snapshot: Some(snapshot(25, 1)), entries: entries(26, 30, 1) };
     check(harness, storage, &expected, "two compactions");
+}
+
+/// The stager runs on another thread while appends go on; `compact` then finishes the job.
+pub fn staged_compact_matches_compact<H: Harness>(harness: &mut H) {
+    let mut storage = filled(harness, 20);
+    let stager = storage.snapshot_stager();
+    let staged = std::thread::spawn(move || stager(&snapshot(15, 1)));
+    storage.append(&entries(21, 25, 1)).expect("append");
+    storage.sync().expect("sync");
+    staged.join().expect("stager thread").expect("stage");
+    storage.compact(&snapshot(15, 1)).expect("compact");
+    let expected = Expected { hard_state: hard_state(1, Some(1), 0), snapshot: Some(snapshot(15, 1)), entries: entries(16, 25, 1) };
+    check(harness, storage, &expected, "staged, then compacted to 15");
+}
+
+/// A staged snapshot that is never compacted (a newer one from the leader won) is not
+/// what the storage reads back.
+pub fn stale_staged_snapshot_is_dropped<H: Harness>(harness: &mut H) {
+    let mut storage = filled(harness, 20);
+    (storage.snapshot_stager())(&snapshot(10, 1)).expect("stage");
+    storage.set_hard_state(&hard_state(2, None, 0)).expect("set_hard_state");
+    storage.install_snapshot(&snapshot(30, 2)).expect("install_snapshot");
+    let expected = Expected { hard_state: hard_state(2, None, 0), snapshot: Some(snapshot(30, 2)), entries: vec![] };
+    check(harness, storage, &expected, "staged 10, installed 30");
 }
 
 pub fn overwrite_after_compaction<H: Harness>(harness: &mut H) {

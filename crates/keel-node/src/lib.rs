@@ -20,7 +20,7 @@ pub mod transport_memory;
 pub use config::NodeConfig;
 pub use error::{NodeError, Outcome};
 pub use node::{Consistency, NodeStatus, RaftHandle, RaftNode, StartError};
-pub use storage::{Storage, StorageError};
+pub use storage::{SnapshotStager, Storage, StorageError};
 pub use storage_file::{FileStorage, FileStorageConfig, Recovery, TornTail};
 pub use storage_memory::MemoryStorage;
 pub use transport::{Envelope, Transport, PROTOCOL_VERSION};

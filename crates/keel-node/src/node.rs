@@ -10,14 +10,14 @@
 
 use crate::config::NodeConfig;
 use crate::error::NodeError;
-use crate::storage::{Storage, StorageError};
+use crate::storage::{SnapshotStager, Storage, StorageError};
 use crate::transport::Transport;
 use keel_core::{Entry, HardState, LogIndex, Message, NodeId, RaftCore, ReadError, Ready, Role, Snapshot, SnapshotMeta, StateMachine, Status, Term};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 /// Messages and requests handled per wake-up before the driver writes and sends (a bound on
 /// batch size, so one flood cannot starve ticks).
@@ -118,9 +118,12 @@ pub struct RaftNode<SM: StateMachine> {
 
 enum StorageJob {
     Write { snapshot: Option<Snapshot>, entries: Vec<Entry>, hard_state: Option<HardState> },
-    /// Our own snapshot: build the image (`make`), save it, then drop the log it covers.
-    Compact { meta: SnapshotMeta, make: Box<dyn FnOnce() -> Vec<u8> + Send> },
+    /// Our own snapshot, its image already built: save it, then drop the log it covers.
+    Compact(Snapshot),
 }
+
+/// A snapshot image built off the driver and the storage thread (see `maybe_snapshot`).
+type SnapshotImage = Snapshot;
 
 enum StorageDone {
     Written,
@@ -156,12 +159,14 @@ impl<SM: StateMachine> RaftNode<SM> {
         let (requests, request_receiver) = mpsc::channel(config.requests_queued_max);
         let (status_sender, status) = watch::channel(NodeStatus { raft: core.status(), stopped: None });
         let (shutdown, shutdown_receiver) = watch::channel(false);
+        let snapshot_stager: Arc<SnapshotStager> = Arc::new(storage.snapshot_stager());
         let (storage, done_receiver) = if config.storage_on_thread {
             let (jobs, thread, done_receiver) = spawn_storage_thread(config.id, storage);
             (StorageRunner::Thread(jobs, thread), done_receiver)
         } else {
             (StorageRunner::Inline(Box::new(storage)), mpsc::unbounded_channel().1)
         };
+        let (snapshot_images, images_receiver) = mpsc::unbounded_channel();
         let driver = Driver {
             id: config.id,
             core,
@@ -176,11 +181,13 @@ impl<SM: StateMachine> RaftNode<SM> {
             next_read_id: 0,
             snapshot_index,
             snapshot_in_progress: false,
+            snapshot_images,
+            snapshot_stager,
             hard_state_saved,
             status: status_sender,
             config: config.clone(),
         };
-        let task = tokio::spawn(driver.run(inbox_receiver, request_receiver, done_receiver, shutdown_receiver));
+        let task = tokio::spawn(driver.run(inbox_receiver, request_receiver, done_receiver, images_receiver, shutdown_receiver));
         let handle = RaftHandle { id: config.id, requests, status, shutdown: Arc::new(shutdown) };
         Ok(RaftNode { handle, inbox, task })
     }
@@ -238,8 +245,7 @@ fn run_storage_job<S: Storage + ?Sized>(storage: &mut S, job: StorageJob) -> Res
             storage.sync()?;
             Ok(StorageDone::Written)
         }
-        StorageJob::Compact { meta, make } => {
-            let snapshot = Snapshot { meta, data: Arc::new(make()) };
+        StorageJob::Compact(snapshot) => {
             storage.compact(&snapshot)?;
             storage.sync()?;
             Ok(StorageDone::Compacted(snapshot))
@@ -261,8 +267,12 @@ struct Driver<SM: StateMachine, T: Transport> {
     reads: BTreeMap<u64, ReadFn<SM>>,
     reads_waiting_apply: Vec<(LogIndex, ReadFn<SM>)>,
     next_read_id: u64,
+    /// The latest snapshot handed to storage: ours, or one installed from the leader.
     snapshot_index: LogIndex,
     snapshot_in_progress: bool,
+    /// Where a snapshot thread hands back its image.
+    snapshot_images: mpsc::UnboundedSender<SnapshotImage>,
+    snapshot_stager: Arc<SnapshotStager>,
     /// The last hard state handed to storage (see `must_save`).
     hard_state_saved: HardState,
     status: watch::Sender<NodeStatus>,
@@ -275,6 +285,7 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
         mut inbox: mpsc::Receiver<Message>,
         mut requests: mpsc::Receiver<Request<SM>>,
         mut storage_done: mpsc::UnboundedReceiver<Result<StorageDone, StorageError>>,
+        mut snapshot_images: mpsc::UnboundedReceiver<SnapshotImage>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut ticker = tokio::time::interval(Duration::from_millis(self.config.tick_ms));
@@ -288,6 +299,7 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
                     None => break "storage thread ended".to_string(),
                 },
                 _ = ticker.tick() => self.core.tick(),
+                Some(snapshot) = snapshot_images.recv() => self.on_snapshot_image(snapshot),
                 Some(message) = inbox.recv() => {
                     self.step(message);
                     for _ in 0..INPUTS_PER_TURN_MAX {
@@ -388,6 +400,9 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
         }
         for message in std::mem::take(&mut ready.messages) {
             self.transport.send(message);
+        }
+        if let Some(snapshot) = &ready.snapshot {
+            self.snapshot_index = snapshot.meta.last_included_index;
         }
         let hard_state = ready.hard_state.filter(|hard_state| self.must_save(hard_state));
         let needs_disk = ready.snapshot.is_some() || !ready.entries.is_empty() || hard_state.is_some();
@@ -516,8 +531,10 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
         }
     }
 
-    /// §7: snapshot once enough was applied since the last one. The image is taken here;
-    /// writing it runs on the storage thread, and the core drops its log prefix afterwards.
+    /// §7: snapshot once enough was applied since the last one. The state machine's copy is
+    /// taken here; the image is built on a thread of its own, so neither this task nor the
+    /// storage thread stalls for it (a large map takes longer to serialize than an election
+    /// timeout); then the storage thread saves it and the core drops its log prefix.
     fn maybe_snapshot(&mut self) {
         let threshold = self.config.snapshot_threshold_entries;
         let applied = self.state_machine.applied_index();
@@ -529,7 +546,38 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
         let make = self.state_machine.snapshot_job();
         self.snapshot_in_progress = true;
         self.snapshot_index = applied;
-        self.submit(StorageJob::Compact { meta, make });
+        if !matches!(self.storage, StorageRunner::Thread(..)) {
+            // Inline storage (deterministic tests): build it here, in order.
+            self.on_snapshot_image(Snapshot { meta, data: Arc::new(make()) });
+            return;
+        }
+        let images = self.snapshot_images.clone();
+        let stager = self.snapshot_stager.clone();
+        let id = self.id;
+        let build = move || {
+            let snapshot = Snapshot { meta, data: Arc::new(make()) };
+            if let Err(error) = stager(&snapshot) {
+                // `compact` writes it again on the storage thread, and stops the node if that fails too.
+                warn!("[NODE {id}] could not pre-write the snapshot at {}: {error}", meta.last_included_index);
+            }
+            let _ = images.send(snapshot);
+        };
+        if let Err(error) = std::thread::Builder::new().name(format!("keel-snapshot-{}", self.id)).spawn(build) {
+            error!("[NODE {}] cannot start a snapshot thread ({error}); will retry at the next threshold", self.id);
+            self.snapshot_in_progress = false;
+        }
+    }
+
+    /// The image is ready: save it, unless a newer snapshot from the leader was handed to
+    /// storage meanwhile (saving an older one would move the log's start backwards).
+    fn on_snapshot_image(&mut self, snapshot: Snapshot) {
+        let meta = snapshot.meta;
+        if self.snapshot_index > meta.last_included_index {
+            info!("[NODE {}] dropped our snapshot at {}: the leader's at {} is newer", self.id, meta.last_included_index, self.snapshot_index);
+            self.snapshot_in_progress = false;
+            return;
+        }
+        self.submit(StorageJob::Compact(snapshot));
     }
 
     fn log_soft_state(&self, role: Role, term: Term, leader_id: Option<NodeId>) {

@@ -75,7 +75,20 @@ pub trait Storage {
     /// Makes every write so far durable (fsync): entries first, then the hard state. The
     /// driver sends no message that promises durable state until this returns `Ok`.
     fn sync(&mut self) -> Result<(), StorageError>;
+
+    /// A function that may do the slow part of a later `compact(snapshot)` (writing and
+    /// syncing a large image) on a thread of its own, so that log writes queued behind
+    /// `compact` are not held up for it: a held-up write holds up every acknowledgement,
+    /// and followers that stay silent for an election timeout lose the cluster its leader.
+    /// It must not touch anything the other methods use; `compact` must still be correct
+    /// if it was never called or failed. The default does nothing.
+    fn snapshot_stager(&self) -> SnapshotStager {
+        Box::new(|_| Ok(()))
+    }
 }
+
+/// See [`Storage::snapshot_stager`].
+pub type SnapshotStager = Box<dyn Fn(&Snapshot) -> Result<(), StorageError> + Send + Sync>;
 
 /// Why storage failed. Every variant stops the node.
 #[derive(Debug)]

@@ -54,7 +54,7 @@ mod record;
 mod segment;
 mod snapshot_file;
 
-use crate::storage::{check_append, check_compact, check_restored, check_snapshot_advances, Storage, StorageError};
+use crate::storage::{check_append, check_compact, check_restored, check_snapshot_advances, SnapshotStager, Storage, StorageError};
 use keel_core::{Entry, HardState, LogIndex, RestoredState, Snapshot, SnapshotMeta, Term};
 use segment::{Segment, Tail};
 use std::fs::{File, OpenOptions};
@@ -546,6 +546,12 @@ impl Storage for FileStorage {
             check_compact(meta, storage.term_at(meta.last_included_index)?);
             storage.replace_prefix(snapshot, true)
         })
+    }
+
+    /// Writes and syncs the snapshot's temp file; `compact` then only renames it.
+    fn snapshot_stager(&self) -> SnapshotStager {
+        let dir = self.dir.clone();
+        Box::new(move |snapshot| snapshot_file::stage(&dir, snapshot))
     }
 
     fn sync(&mut self) -> Result<(), StorageError> {

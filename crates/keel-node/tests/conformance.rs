@@ -50,3 +50,21 @@ mod file_small_segments {
 fn run_all_covers_every_case_once() {
     keel_node::conformance::run_all(|| MemoryHarness);
 }
+
+/// A staged snapshot that lost to a newer one leaves no temp file behind.
+#[test]
+fn stale_staged_snapshot_file_is_deleted() {
+    use keel_core::{Entry, EntryKind, LogIndex, Snapshot, SnapshotMeta, Term};
+    use keel_node::Storage;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut storage = FileStorage::open(dir.path(), FileStorageConfig::default()).expect("open");
+    let entries: Vec<Entry> = (1..=20).map(|index| Entry { term: Term(1), index: LogIndex(index), kind: EntryKind::Noop }).collect();
+    storage.append(&entries).expect("append");
+    storage.sync().expect("sync");
+    let snapshot = |index: u64, term: u64| Snapshot { meta: SnapshotMeta { last_included_index: LogIndex(index), last_included_term: Term(term) }, data: std::sync::Arc::new(vec![7; 64]) };
+    (storage.snapshot_stager())(&snapshot(10, 1)).expect("stage");
+    let temp_files = || std::fs::read_dir(dir.path()).unwrap().filter(|item| item.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp")).count();
+    assert_eq!(temp_files(), 1, "the stager wrote the image's temp file");
+    storage.install_snapshot(&snapshot(30, 2)).expect("install_snapshot");
+    assert_eq!(temp_files(), 0);
+}

@@ -220,7 +220,7 @@ fn agreed_leader(statuses: Vec<NodeStatus>) -> Option<NodeId> {
 }
 
 async fn read_all(handle: &RaftHandle<KvStore>) -> BTreeMap<String, Vec<u8>> {
-    let read = handle.read(Consistency::Stale, |kv| kv.iter().map(|(key, value)| (key.clone(), value.clone())).collect());
+    let read = handle.read(Consistency::Stale, |kv| kv.iter().map(|(key, value)| (key.to_string(), value.to_vec())).collect());
     read.await.expect("stale read").1
 }
 

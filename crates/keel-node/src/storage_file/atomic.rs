@@ -13,17 +13,31 @@ use std::path::{Path, PathBuf};
 pub const TEMP_SUFFIX: &str = ".tmp";
 
 pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, StorageError> {
+    write_temp(dir, name, &[bytes])?;
+    rename_temp(dir, name)
+}
+
+/// The first half of `write_atomically`: `<name>.tmp` holds `parts`, one after another,
+/// durably. Returns the temp file's path.
+pub fn write_temp(dir: &Path, name: &str, parts: &[&[u8]]) -> Result<PathBuf, StorageError> {
     let temp_path = dir.join(format!("{name}{TEMP_SUFFIX}"));
-    let final_path = dir.join(name);
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(&temp_path)
         .map_err(|error| StorageError::io("create", &temp_path, error))?;
-    file.write_all(bytes).map_err(|error| StorageError::io("write", &temp_path, error))?;
+    for part in parts {
+        file.write_all(part).map_err(|error| StorageError::io("write", &temp_path, error))?;
+    }
     file.sync_all().map_err(|error| StorageError::io("fsync", &temp_path, error))?;
-    drop(file);
+    Ok(temp_path)
+}
+
+/// The second half: the synced `<name>.tmp` replaces `<name>`, durably.
+pub fn rename_temp(dir: &Path, name: &str) -> Result<PathBuf, StorageError> {
+    let temp_path = dir.join(format!("{name}{TEMP_SUFFIX}"));
+    let final_path = dir.join(name);
     fs::rename(&temp_path, &final_path).map_err(|error| StorageError::io("rename", &final_path, error))?;
     sync_directory(dir)?;
     Ok(final_path)

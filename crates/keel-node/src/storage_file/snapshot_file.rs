@@ -42,17 +42,16 @@ pub fn parse_file_name(name: &str) -> Option<SnapshotMeta> {
     Some(SnapshotMeta { last_included_index: LogIndex(index.parse().ok()?), last_included_term: Term(term.parse().ok()?) })
 }
 
-pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(HEADER_BYTES + snapshot.data.len());
-    bytes.extend_from_slice(MAGIC);
-    bytes.extend_from_slice(&snapshot.meta.last_included_index.0.to_le_bytes());
-    bytes.extend_from_slice(&snapshot.meta.last_included_term.0.to_le_bytes());
-    bytes.extend_from_slice(&(snapshot.data.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&crc32c::crc32c(&snapshot.data).to_le_bytes());
-    bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
-    assert_eq!(bytes.len(), HEADER_BYTES);
-    bytes.extend_from_slice(&snapshot.data);
-    bytes
+fn encode_header(snapshot: &Snapshot) -> [u8; HEADER_BYTES] {
+    let mut header = [0u8; HEADER_BYTES];
+    header[0..8].copy_from_slice(MAGIC);
+    header[8..16].copy_from_slice(&snapshot.meta.last_included_index.0.to_le_bytes());
+    header[16..24].copy_from_slice(&snapshot.meta.last_included_term.0.to_le_bytes());
+    header[24..32].copy_from_slice(&(snapshot.data.len() as u64).to_le_bytes());
+    header[32..36].copy_from_slice(&crc32c::crc32c(&snapshot.data).to_le_bytes());
+    let header_crc = crc32c::crc32c(&header[..HEADER_CHECKSUMMED_BYTES]);
+    header[36..40].copy_from_slice(&header_crc.to_le_bytes());
+    header
 }
 
 pub fn decode(path: &Path, bytes: &[u8]) -> Result<Snapshot, StorageError> {
@@ -78,12 +77,26 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Snapshot, StorageError> {
     Ok(Snapshot { meta, data: Arc::new(data.to_vec()) })
 }
 
-/// Writes `snapshot` durably and returns its path.
+/// Writes `snapshot` durably and returns its path. If `stage` already wrote its temp file
+/// (same name, so same index and term, and the full length), only the rename remains.
 pub fn store(dir: &Path, snapshot: &Snapshot) -> Result<PathBuf, StorageError> {
-    let bytes = encode(snapshot);
-    let path = atomic::write_atomically(dir, &file_name(snapshot.meta), &bytes)?;
-    debug_assert_eq!(decode(&path, &bytes).ok().as_ref(), Some(snapshot));
+    let name = file_name(snapshot.meta);
+    let temp_path = dir.join(format!("{name}{}", atomic::TEMP_SUFFIX));
+    let staged = std::fs::metadata(&temp_path).is_ok_and(|metadata| metadata.len() == (HEADER_BYTES + snapshot.data.len()) as u64);
+    if !staged {
+        stage(dir, snapshot)?;
+    }
+    let path = atomic::rename_temp(dir, &name)?;
+    debug_assert_eq!(decode(&path, &atomic::read_file(&path)?).ok().as_ref(), Some(snapshot));
     Ok(path)
+}
+
+/// The slow half of `store`, safe on any thread: writes and syncs the temp file. A crash
+/// after it leaves a `*.tmp` that the next open deletes.
+pub fn stage(dir: &Path, snapshot: &Snapshot) -> Result<(), StorageError> {
+    let header = encode_header(snapshot);
+    atomic::write_temp(dir, &file_name(snapshot.meta), &[&header, &snapshot.data])?;
+    Ok(())
 }
 
 /// The newest snapshot in `dir` (verified whole), after deleting any older snapshot files.
@@ -105,9 +118,16 @@ pub fn load_latest(dir: &Path) -> Result<Option<Snapshot>, StorageError> {
     Ok(Some(snapshot))
 }
 
-/// Deletes every snapshot file in `dir` other than the one for `keep`.
+/// Deletes every snapshot file in `dir` other than the one for `keep`, and the staged temp
+/// files of older snapshots (ours, dropped because the leader's arrived first).
 pub fn remove_older_than(dir: &Path, keep: SnapshotMeta) -> Result<(), StorageError> {
     for name in atomic::list_files(dir)? {
+        if let Some(meta) = name.strip_suffix(atomic::TEMP_SUFFIX).and_then(parse_file_name) {
+            if meta.last_included_index < keep.last_included_index {
+                atomic::remove_file(&dir.join(&name))?;
+            }
+            continue;
+        }
         let Some(meta) = parse_file_name(&name) else { continue };
         if meta != keep {
             assert!(meta.last_included_index <= keep.last_included_index, "removing a newer snapshot than the one kept");
