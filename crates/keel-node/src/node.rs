@@ -123,11 +123,16 @@ enum StorageJob {
 }
 
 /// A snapshot image built off the driver and the storage thread (see `maybe_snapshot`).
-type SnapshotImage = Snapshot;
+struct SnapshotImage {
+    snapshot: Snapshot,
+    /// For the log line: how long building and pre-writing the image took.
+    build_ms: u128,
+    stage_ms: u128,
+}
 
 enum StorageDone {
     Written,
-    Compacted(Snapshot),
+    Compacted { snapshot: Snapshot, compact_ms: u128 },
 }
 
 /// Where storage jobs run: see `NodeConfig::storage_on_thread`.
@@ -183,6 +188,7 @@ impl<SM: StateMachine> RaftNode<SM> {
             snapshot_in_progress: false,
             snapshot_images,
             snapshot_stager,
+            snapshot_timings: (0, 0),
             hard_state_saved,
             status: status_sender,
             config: config.clone(),
@@ -246,9 +252,10 @@ fn run_storage_job<S: Storage + ?Sized>(storage: &mut S, job: StorageJob) -> Res
             Ok(StorageDone::Written)
         }
         StorageJob::Compact(snapshot) => {
+            let started = std::time::Instant::now();
             storage.compact(&snapshot)?;
             storage.sync()?;
-            Ok(StorageDone::Compacted(snapshot))
+            Ok(StorageDone::Compacted { snapshot, compact_ms: started.elapsed().as_millis() })
         }
     }
 }
@@ -273,6 +280,8 @@ struct Driver<SM: StateMachine, T: Transport> {
     /// Where a snapshot thread hands back its image.
     snapshot_images: mpsc::UnboundedSender<SnapshotImage>,
     snapshot_stager: Arc<SnapshotStager>,
+    /// Build and pre-write times of the snapshot in progress, for its log line.
+    snapshot_timings: (u128, u128),
     /// The last hard state handed to storage (see `must_save`).
     hard_state_saved: HardState,
     status: watch::Sender<NodeStatus>,
@@ -299,7 +308,10 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
                     None => break "storage thread ended".to_string(),
                 },
                 _ = ticker.tick() => self.core.tick(),
-                Some(snapshot) = snapshot_images.recv() => self.on_snapshot_image(snapshot),
+                Some(image) = snapshot_images.recv() => {
+                    self.snapshot_timings = (image.build_ms, image.stage_ms);
+                    self.on_snapshot_image(image.snapshot);
+                }
                 Some(message) = inbox.recv() => {
                     self.step(message);
                     for _ in 0..INPUTS_PER_TURN_MAX {
@@ -450,11 +462,19 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
     fn on_storage_done(&mut self, done: StorageDone) {
         match done {
             StorageDone::Written => self.on_persisted(),
-            StorageDone::Compacted(snapshot) => {
+            StorageDone::Compacted { snapshot, compact_ms } => {
                 let meta = snapshot.meta;
+                let image_bytes = snapshot.data.len();
                 self.core.compact(meta.last_included_index, snapshot.data);
                 self.snapshot_in_progress = false;
-                info!("[NODE {}] snapshot taken at index {} (term {}); log compacted", self.id, meta.last_included_index, meta.last_included_term);
+                let (build_ms, stage_ms) = std::mem::take(&mut self.snapshot_timings);
+                info!(
+                    "[NODE {}] snapshot taken at index {} (term {}); log compacted (image {} bytes: built in {build_ms} ms, written in {stage_ms} ms, compacted in {compact_ms} ms)",
+                    self.id,
+                    meta.last_included_index,
+                    meta.last_included_term,
+                    image_bytes
+                );
             }
         }
     }
@@ -555,12 +575,15 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
         let stager = self.snapshot_stager.clone();
         let id = self.id;
         let build = move || {
+            let started = std::time::Instant::now();
             let snapshot = Snapshot { meta, data: Arc::new(make()) };
+            let build_ms = started.elapsed().as_millis();
             if let Err(error) = stager(&snapshot) {
                 // `compact` writes it again on the storage thread, and stops the node if that fails too.
                 warn!("[NODE {id}] could not pre-write the snapshot at {}: {error}", meta.last_included_index);
             }
-            let _ = images.send(snapshot);
+            let stage_ms = started.elapsed().as_millis() - build_ms;
+            let _ = images.send(SnapshotImage { snapshot, build_ms, stage_ms });
         };
         if let Err(error) = std::thread::Builder::new().name(format!("keel-snapshot-{}", self.id)).spawn(build) {
             error!("[NODE {}] cannot start a snapshot thread ({error}); will retry at the next threshold", self.id);

@@ -25,9 +25,10 @@
 //! - `set_hard_state`: kept in memory until `sync`.
 //! - `sync`: fsyncs the last segment, then (if it changed) replaces `hard_state`.
 //! - `compact` and `install_snapshot`: write the snapshot file durably, then delete the
-//!   segments whose records are all covered by it (oldest first) — or, for an install whose
-//!   last entry the log does not hold, every segment (newest first) — fsync the directory,
-//!   and delete older snapshot files. Records at or below the snapshot index inside a kept
+//!   segments whose records are all covered by it (oldest first, on a background thread:
+//!   they are dead already, and a crash leaves them for step 3 below) — or, for an install
+//!   whose last entry the log does not hold, every segment (newest first) — fsync the
+//!   directory, and delete older snapshot files. Records at or below the snapshot index inside a kept
 //!   segment are skipped when read.
 //!
 //! # Open (recovery)
@@ -140,6 +141,17 @@ pub struct FileStorage {
     /// A write failed: the files and the index may disagree, so every later call panics.
     failed: bool,
     recovery: Recovery,
+    /// Deletes the segments a compaction covered, off the storage thread: see
+    /// `remove_covered_segments_later`. Joined before the next one starts and on drop.
+    reaper: Option<std::thread::JoinHandle<Result<(), StorageError>>>,
+}
+
+impl Drop for FileStorage {
+    fn drop(&mut self) {
+        if let Some(Err(error)) = self.reaper.take().map(|reaper| reaper.join().expect("the segment reaper panicked")) {
+            tracing::error!("deleting covered log segments failed: {error}");
+        }
+    }
 }
 
 impl FileStorage {
@@ -167,6 +179,7 @@ impl FileStorage {
             active_dirty: false,
             failed: false,
             recovery: Recovery::default(),
+            reaper: None,
         };
         storage.load_segments()?;
         storage.reconcile_with_snapshot()?;
@@ -442,7 +455,7 @@ impl FileStorage {
         if !keep_suffix {
             self.remove_all_segments()?;
         }
-        self.remove_covered_segments()?;
+        self.remove_covered_segments_later()?;
         snapshot_file::remove_older_than(&self.dir, snapshot.meta)?;
         self.check_invariants();
         Ok(())
@@ -466,6 +479,39 @@ impl FileStorage {
         }
         atomic::sync_directory(&self.wal_dir)?;
         Ok(covered)
+    }
+
+    /// Like `remove_covered_segments`, but the files are unlinked on a thread of its own.
+    /// Deleting a 64 MiB segment can take hundreds of milliseconds (freeing extents, and
+    /// discarding them on a `discard` mount), long enough to hold up the log writes behind
+    /// it past an election timeout. The segments are already out of the index, and a crash
+    /// before they are gone only leaves dead files that `open` deletes (step 3 of the
+    /// module doc). A failure surfaces at the next compaction, which then fails too.
+    fn remove_covered_segments_later(&mut self) -> Result<(), StorageError> {
+        if let Some(reaper) = self.reaper.take() {
+            reaper.join().expect("the segment reaper panicked")?;
+        }
+        let floor = self.floor().last_included_index;
+        let is_covered = |segment: &Segment| segment.first_index <= floor && segment.next_index() <= floor.next();
+        let covered = self.segments.iter().take_while(|segment| is_covered(segment)).count();
+        if covered == 0 {
+            return Ok(());
+        }
+        if covered == self.segments.len() {
+            self.active = None;
+            self.active_dirty = false;
+        }
+        let paths: Vec<PathBuf> = self.segments.drain(..covered).map(|segment| segment.path).collect();
+        let wal_dir = self.wal_dir.clone();
+        let reap = move || {
+            for path in &paths {
+                atomic::remove_file(path)?;
+            }
+            atomic::sync_directory(&wal_dir)
+        };
+        let reaper = std::thread::Builder::new().name("keel-segment-reaper".to_string()).spawn(reap).map_err(|error| StorageError::io("spawn a thread to delete", &self.wal_dir, error))?;
+        self.reaper = Some(reaper);
+        Ok(())
     }
 
     /// Deletes every segment, newest first, so a crash midway leaves a prefix of the log.
