@@ -442,6 +442,25 @@ impl RaftCore {
         ready
     }
 
+    /// Driver contract step 3, early: while a Ready is outstanding (its disk write still
+    /// running), the leader's AppendEntries and InstallSnapshot built since may leave at
+    /// once, so entries proposed during the leader's own write reach followers without
+    /// waiting for it (thesis §10.2.1: the leader counts itself towards a majority only once
+    /// its write is durable, so nothing here depends on its disk). Everything else stays
+    /// queued for the next `ready()`. Empty unless this node leads and its term and vote
+    /// were already handed out.
+    pub fn take_early_messages(&mut self) -> Vec<Message> {
+        let vote_handed = self.current_term == self.hard_state_handed.current_term && self.voted_for == self.hard_state_handed.voted_for;
+        if self.role != Role::Leader || !vote_handed {
+            return Vec::new();
+        }
+        self.flush_broadcasts();
+        let term = self.current_term;
+        let (early, later): (Vec<Message>, Vec<Message>) = std::mem::take(&mut self.messages).into_iter().partition(|message| message.term == term && message.body.is_from_leader());
+        self.messages = later;
+        early
+    }
+
     /// Leader replication messages may leave before the disk write (thesis §10.2.1) unless
     /// this Ready also changes term or vote; everything else waits for the write.
     fn split_messages(&mut self, ready: &mut Ready, vote_changed: bool) {

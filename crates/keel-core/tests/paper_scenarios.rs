@@ -547,6 +547,45 @@ fn leader_counts_its_own_entry_only_once_durable() {
     assert_eq!(ready.committed_entries, vec![command(2, 1, "x")]);
 }
 
+/// Thesis §10.2.1, pipelined: an entry proposed while the leader's write is still running
+/// leaves at once through `take_early_messages`, and commits with two followers' copies
+/// before the leader's own disk has it. Followers get nothing early.
+#[test]
+fn entry_proposed_during_the_leaders_write_leaves_early() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.stabilize();
+
+    cluster.core_mut(1).propose(b"x".to_vec()).expect("leader");
+    let first = cluster.begin_ready(1); // Index 2 is being written on the leader.
+    cluster.core_mut(1).propose(b"y".to_vec()).expect("leader");
+    assert!(!cluster.core(1).has_ready(), "one Ready at a time");
+    let early = cluster.core_mut(1).take_early_messages();
+    assert_eq!(early.iter().map(|message| message.to).collect::<Vec<_>>(), vec![NodeId(2), NodeId(3)]);
+    for message in &early {
+        let MessageBody::AppendEntries { entries, .. } = &message.body else { panic!("expected AppendEntries, got {message:?}") };
+        assert_eq!(entries.last(), Some(&command(3, 1, "y")), "the new entry goes out before the leader's write of it");
+    }
+    assert!(cluster.core_mut(1).take_early_messages().is_empty(), "taken once");
+    assert!(cluster.core_mut(2).take_early_messages().is_empty(), "followers send nothing early");
+
+    for follower in [2, 3] {
+        let sent_first = cluster.take_in_flight(1, follower); // Index 2, from `begin_ready`.
+        for message in sent_first.into_iter().chain(early.iter().filter(|message| message.to == NodeId(follower)).cloned()) {
+            cluster.deliver_message(message);
+        }
+        cluster.deliver(follower, 1);
+    }
+    assert_eq!(cluster.core(1).status().commit_index, LogIndex(3), "nodes 2 and 3 hold index 3 on disk: two of three");
+    let record = cluster.finish_ready(1, first);
+    assert_eq!(record.entries, vec![command(2, 1, "x")], "the first write held index 2 only");
+    let record = cluster.process(1).expect("write index 3, apply 2 and 3");
+    assert_eq!(record.entries, vec![command(3, 1, "y")]);
+    assert_eq!(record.committed_entries, vec![command(2, 1, "x"), command(3, 1, "y")]);
+    cluster.stabilize();
+    cluster.assert_disk_matches_core(1);
+}
+
 // ----- §5.4.2 committing entries from previous terms ------------------------------------------------
 
 /// §5.4.2 and Figure 8: "Raft never commits log entries from previous terms by counting

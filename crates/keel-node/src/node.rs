@@ -397,9 +397,16 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
             if self.inflight.is_none() && self.core.has_ready() {
                 self.start_ready();
             }
-            let Some(done) = self.completed.pop_front() else { return Ok(()) };
+            let Some(done) = self.completed.pop_front() else { break };
             self.on_storage_done(done?);
         }
+        if self.inflight.is_some() {
+            // Entries proposed during our own write go to followers now, not after it.
+            for message in self.core.take_early_messages() {
+                self.transport.send(message);
+            }
+        }
+        Ok(())
     }
 
     fn start_ready(&mut self) {

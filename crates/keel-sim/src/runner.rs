@@ -296,11 +296,18 @@ impl Simulation {
         }
     }
 
-    /// Driver contract steps 2–3: take a Ready, send the early messages, start the disk write.
+    /// Driver contract steps 2–3: take a Ready, send the early messages, start the disk write;
+    /// while a write runs, send the leader's replication messages built since.
     fn drive(&mut self, index: usize) -> Result<(), String> {
         let node = &mut self.nodes[index];
         let Some(core) = node.core.as_mut() else { return Ok(()) };
-        if node.inflight.is_some() || !core.has_ready() {
+        if node.inflight.is_some() {
+            for message in core.take_early_messages() {
+                self.send(message);
+            }
+            return Ok(());
+        }
+        if !core.has_ready() {
             return Ok(());
         }
         let mut ready = core.ready();
