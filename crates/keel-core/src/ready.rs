@@ -11,6 +11,8 @@
 //! 3. Send `ready.messages` at once. They are the leader's AppendEntries and InstallSnapshot,
 //!    which may go out while the leader's own disk write is still running (thesis §10.2.1):
 //!    the leader counts itself towards a majority only once `advance` says its log is durable.
+//!    While the write runs, `take_early_messages()` hands out the leader's replication
+//!    messages built since (entries proposed meanwhile); send those at once too.
 //! 4. Make durable, in this order: `ready.snapshot` (then restore the state machine from
 //!    it), `ready.entries` (first deleting any stored entry at or after the first new index),
 //!    `ready.hard_state`. Sync (fsync) before going on. If the write fails, stop the node:
