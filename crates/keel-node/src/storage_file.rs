@@ -464,21 +464,27 @@ impl FileStorage {
     /// Deletes the segments that start at or below `floor` and hold nothing after it, oldest
     /// first; how many. (An empty segment starting at `floor + 1` stays: it is the log's end.)
     fn remove_covered_segments(&mut self) -> Result<usize, StorageError> {
+        let paths = self.take_covered_segments();
+        if paths.is_empty() {
+            return Ok(0);
+        }
+        for path in &paths {
+            atomic::remove_file(path)?;
+        }
+        atomic::sync_directory(&self.wal_dir)?;
+        Ok(paths.len())
+    }
+
+    /// Drops the covered segments from the index, oldest first; their paths, to delete.
+    fn take_covered_segments(&mut self) -> Vec<PathBuf> {
         let floor = self.floor().last_included_index;
         let is_covered = |segment: &Segment| segment.first_index <= floor && segment.next_index() <= floor.next();
         let covered = self.segments.iter().take_while(|segment| is_covered(segment)).count();
-        if covered == 0 {
-            return Ok(0);
-        }
         if covered == self.segments.len() {
             self.active = None;
             self.active_dirty = false;
         }
-        for segment in self.segments.drain(..covered) {
-            atomic::remove_file(&segment.path)?;
-        }
-        atomic::sync_directory(&self.wal_dir)?;
-        Ok(covered)
+        self.segments.drain(..covered).map(|segment| segment.path).collect()
     }
 
     /// Like `remove_covered_segments`, but the files are unlinked on a thread of its own.
@@ -491,17 +497,10 @@ impl FileStorage {
         if let Some(reaper) = self.reaper.take() {
             reaper.join().expect("the segment reaper panicked")?;
         }
-        let floor = self.floor().last_included_index;
-        let is_covered = |segment: &Segment| segment.first_index <= floor && segment.next_index() <= floor.next();
-        let covered = self.segments.iter().take_while(|segment| is_covered(segment)).count();
-        if covered == 0 {
+        let paths = self.take_covered_segments();
+        if paths.is_empty() {
             return Ok(());
         }
-        if covered == self.segments.len() {
-            self.active = None;
-            self.active_dirty = false;
-        }
-        let paths: Vec<PathBuf> = self.segments.drain(..covered).map(|segment| segment.path).collect();
         let wal_dir = self.wal_dir.clone();
         let reap = move || {
             for path in &paths {

@@ -92,10 +92,16 @@ pub fn store(dir: &Path, snapshot: &Snapshot) -> Result<PathBuf, StorageError> {
 }
 
 /// The slow half of `store`, safe on any thread: writes and syncs the temp file. A crash
-/// after it leaves a `*.tmp` that the next open deletes.
+/// after it leaves a `*.tmp` that the next open deletes. On failure the temp file is
+/// removed: one whose fsync failed may be full length and still not durable, and `store`
+/// must not mistake it for a staged image.
 pub fn stage(dir: &Path, snapshot: &Snapshot) -> Result<(), StorageError> {
     let header = encode_header(snapshot);
-    atomic::write_temp(dir, &file_name(snapshot.meta), &[&header, &snapshot.data])?;
+    let name = file_name(snapshot.meta);
+    if let Err(error) = atomic::write_temp(dir, &name, &[&header, &snapshot.data]) {
+        let _ = std::fs::remove_file(dir.join(format!("{name}{}", atomic::TEMP_SUFFIX)));
+        return Err(error);
+    }
     Ok(())
 }
 
