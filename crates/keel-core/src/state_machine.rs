@@ -19,8 +19,9 @@ pub trait StateMachine: Send + 'static {
     fn snapshot(&self) -> Vec<u8>;
 
     /// The same image, produced later on another thread: the driver calls this on its own
-    /// task and runs the returned closure on the storage thread, so writes stop only for what
-    /// this method does (for a map: a copy of it), not for serializing and writing it.
+    /// task and runs the returned closure on a snapshot thread, so neither applying nor log
+    /// writes wait for more than what this method does (for `KvStore`: an O(1) copy of a
+    /// persistent map), not for serializing and writing the image.
     fn snapshot_job(&self) -> Box<dyn FnOnce() -> Vec<u8> + Send> {
         let image = self.snapshot();
         Box::new(move || image)
