@@ -13,7 +13,8 @@
 #   cluster-data/node{1,2,3}/        each node's --data-dir
 #   cluster-data/logs/node{1,2,3}.log
 #   cluster-data/pids/node{1,2,3}.pid
-# Environment: KEEL_BIN (use this binary instead of building target/release/keel),
+# Environment: KEEL_BIN (use this binary instead of building target/release/keel, or
+# $CARGO_TARGET_DIR/release/keel when that is set),
 # KEEL_CLUSTER_DIR (instead of ./cluster-data), KEEL_LOG_LEVEL (passed to the nodes).
 set -euo pipefail
 
@@ -24,7 +25,10 @@ PIDS="$DATA/pids"
 NODES=(1 2 3)
 ENDPOINTS="127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
 PEERS="1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003"
-BIN="${KEEL_BIN:-$ROOT/target/release/keel}"
+# cargo builds into CARGO_TARGET_DIR when it is set (relative to where cargo runs: $ROOT).
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+[[ "$TARGET_DIR" = /* ]] || TARGET_DIR="$ROOT/$TARGET_DIR"
+BIN="${KEEL_BIN:-$TARGET_DIR/release/keel}"
 STOP_WAIT_SECONDS=10
 
 die() { echo "run_cluster.sh: $*" >&2; exit 1; }
