@@ -22,6 +22,7 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
+use axum::serve::ListenerExt;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
 use axum::{Extension, Router};
@@ -339,6 +340,11 @@ impl Server {
         let app = router(state.clone(), raft_routes);
         let http_state = state.clone();
         let http = tokio::spawn(async move {
+            // Small requests and answers, one at a time per connection: Nagle's algorithm
+            // would only hold them back (axum leaves it on by default).
+            let listener = listener.tap_io(|stream| {
+                let _ = stream.set_nodelay(true);
+            });
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                 let _ = http_stopped.await;
             });
