@@ -420,8 +420,8 @@ impl RaftCore {
             ready.soft_state = Some(soft_state);
             self.soft_state_handed = soft_state;
         }
+        let vote_handed = self.vote_handed();
         let hard_state = self.hard_state();
-        let vote_changed = hard_state.current_term != self.hard_state_handed.current_term || hard_state.voted_for != self.hard_state_handed.voted_for;
         if hard_state != self.hard_state_handed {
             ready.hard_state = Some(hard_state);
             self.hard_state_handed = hard_state;
@@ -433,7 +433,7 @@ impl RaftCore {
         ready.entries = self.log.take_unstable();
         ready.committed_entries = self.take_committed();
         ready.read_states = self.reads.take_ready();
-        self.split_messages(&mut ready, vote_changed);
+        (ready.messages, ready.persisted_messages) = self.partition_messages(vote_handed);
         self.outstanding = Some(Handed {
             last_entry: ready.entries.last().map(|entry| (entry.index, entry.term)),
             snapshot: ready.snapshot.as_ref().map(|snapshot| snapshot.meta),
@@ -450,28 +450,27 @@ impl RaftCore {
     /// queued for the next `ready()`. Empty unless this node leads and its term and vote
     /// were already handed out.
     pub fn take_early_messages(&mut self) -> Vec<Message> {
-        let vote_handed = self.current_term == self.hard_state_handed.current_term && self.voted_for == self.hard_state_handed.voted_for;
-        if self.role != Role::Leader || !vote_handed {
+        if self.role != Role::Leader || !self.vote_handed() {
             return Vec::new();
         }
         self.flush_broadcasts();
-        let term = self.current_term;
-        let (early, later): (Vec<Message>, Vec<Message>) = std::mem::take(&mut self.messages).into_iter().partition(|message| message.term == term && message.body.is_from_leader());
+        let (early, later) = self.partition_messages(true);
         self.messages = later;
         early
     }
 
-    /// Leader replication messages may leave before the disk write (thesis §10.2.1) unless
-    /// this Ready also changes term or vote; everything else waits for the write.
-    fn split_messages(&mut self, ready: &mut Ready, vote_changed: bool) {
-        for message in std::mem::take(&mut self.messages) {
-            let early = !vote_changed && self.role == Role::Leader && message.term == self.current_term && message.body.is_from_leader();
-            if early {
-                ready.messages.push(message);
-            } else {
-                ready.persisted_messages.push(message);
-            }
-        }
+    /// Term and vote are as last handed to the driver (a change must be durable before any
+    /// message that depends on it leaves).
+    fn vote_handed(&self) -> bool {
+        self.current_term == self.hard_state_handed.current_term && self.voted_for == self.hard_state_handed.voted_for
+    }
+
+    /// Takes the queued messages, split into those that may leave before the disk write —
+    /// the leader's replication messages of its term (thesis §10.2.1), and only if term and
+    /// vote were already handed out — and those that must wait for it.
+    fn partition_messages(&mut self, vote_handed: bool) -> (Vec<Message>, Vec<Message>) {
+        let (role, term) = (self.role, self.current_term);
+        std::mem::take(&mut self.messages).into_iter().partition(|message| vote_handed && role == Role::Leader && message.term == term && message.body.is_from_leader())
     }
 
     fn take_committed(&mut self) -> Vec<Entry> {
