@@ -3,7 +3,7 @@
 //! # Memory
 //!
 //! The map is persistent (`imbl::OrdMap`, a B-tree whose nodes are shared between copies):
-//! a snapshot takes an O(1) copy and serializes it on the storage thread while the driver
+//! a snapshot takes an O(1) copy and serializes it on a snapshot thread while the driver
 //! keeps applying; only the nodes written meanwhile are duplicated. Keys up to 24 bytes and
 //! values up to 16 bytes are stored inline in the tree node, with no heap allocation of
 //! their own. A million 16-byte keys with 16-byte values take ~95 MiB (a `BTreeMap<String,

@@ -119,7 +119,7 @@ pub struct RaftNode<SM: StateMachine> {
 enum StorageJob {
     Write { snapshot: Option<Snapshot>, entries: Vec<Entry>, hard_state: Option<HardState> },
     /// Our own snapshot, its image already built: save it, then drop the log it covers.
-    Compact(Snapshot),
+    Compact(SnapshotImage),
 }
 
 /// A snapshot image built off the driver and the storage thread (see `maybe_snapshot`).
@@ -132,7 +132,7 @@ struct SnapshotImage {
 
 enum StorageDone {
     Written,
-    Compacted { snapshot: Snapshot, compact_ms: u128 },
+    Compacted { image: SnapshotImage, compact_ms: u128 },
 }
 
 /// Where storage jobs run: see `NodeConfig::storage_on_thread`.
@@ -188,7 +188,6 @@ impl<SM: StateMachine> RaftNode<SM> {
             snapshot_in_progress: false,
             snapshot_images,
             snapshot_stager,
-            snapshot_timings: (0, 0),
             hard_state_saved,
             status: status_sender,
             config: config.clone(),
@@ -251,11 +250,11 @@ fn run_storage_job<S: Storage + ?Sized>(storage: &mut S, job: StorageJob) -> Res
             storage.sync()?;
             Ok(StorageDone::Written)
         }
-        StorageJob::Compact(snapshot) => {
+        StorageJob::Compact(image) => {
             let started = std::time::Instant::now();
-            storage.compact(&snapshot)?;
+            storage.compact(&image.snapshot)?;
             storage.sync()?;
-            Ok(StorageDone::Compacted { snapshot, compact_ms: started.elapsed().as_millis() })
+            Ok(StorageDone::Compacted { image, compact_ms: started.elapsed().as_millis() })
         }
     }
 }
@@ -280,8 +279,6 @@ struct Driver<SM: StateMachine, T: Transport> {
     /// Where a snapshot thread hands back its image.
     snapshot_images: mpsc::UnboundedSender<SnapshotImage>,
     snapshot_stager: Arc<SnapshotStager>,
-    /// Build and pre-write times of the snapshot in progress, for its log line.
-    snapshot_timings: (u128, u128),
     /// The last hard state handed to storage (see `must_save`).
     hard_state_saved: HardState,
     status: watch::Sender<NodeStatus>,
@@ -308,10 +305,7 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
                     None => break "storage thread ended".to_string(),
                 },
                 _ = ticker.tick() => self.core.tick(),
-                Some(image) = snapshot_images.recv() => {
-                    self.snapshot_timings = (image.build_ms, image.stage_ms);
-                    self.on_snapshot_image(image.snapshot);
-                }
+                Some(image) = snapshot_images.recv() => self.on_snapshot_image(image),
                 Some(message) = inbox.recv() => {
                     self.step(message);
                     for _ in 0..INPUTS_PER_TURN_MAX {
@@ -469,18 +463,17 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
     fn on_storage_done(&mut self, done: StorageDone) {
         match done {
             StorageDone::Written => self.on_persisted(),
-            StorageDone::Compacted { snapshot, compact_ms } => {
+            StorageDone::Compacted { image, compact_ms } => {
+                let SnapshotImage { snapshot, build_ms, stage_ms } = image;
                 let meta = snapshot.meta;
                 let image_bytes = snapshot.data.len();
                 self.core.compact(meta.last_included_index, snapshot.data);
                 self.snapshot_in_progress = false;
-                let (build_ms, stage_ms) = std::mem::take(&mut self.snapshot_timings);
                 info!(
-                    "[NODE {}] snapshot taken at index {} (term {}); log compacted (image {} bytes: built in {build_ms} ms, written in {stage_ms} ms, compacted in {compact_ms} ms)",
+                    "[NODE {}] snapshot taken at index {} (term {}); log compacted (image {image_bytes} bytes: built in {build_ms} ms, written in {stage_ms} ms, compacted in {compact_ms} ms)",
                     self.id,
                     meta.last_included_index,
                     meta.last_included_term,
-                    image_bytes
                 );
             }
         }
@@ -575,22 +568,15 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
         self.snapshot_index = applied;
         if !matches!(self.storage, StorageRunner::Thread(..)) {
             // Inline storage (deterministic tests): build it here, in order.
-            self.on_snapshot_image(Snapshot { meta, data: Arc::new(make()) });
+            let image = build_image(self.id, meta, make, &self.snapshot_stager);
+            self.on_snapshot_image(image);
             return;
         }
         let images = self.snapshot_images.clone();
         let stager = self.snapshot_stager.clone();
         let id = self.id;
         let build = move || {
-            let started = std::time::Instant::now();
-            let snapshot = Snapshot { meta, data: Arc::new(make()) };
-            let build_ms = started.elapsed().as_millis();
-            if let Err(error) = stager(&snapshot) {
-                // `compact` writes it again on the storage thread, and stops the node if that fails too.
-                warn!("[NODE {id}] could not pre-write the snapshot at {}: {error}", meta.last_included_index);
-            }
-            let stage_ms = started.elapsed().as_millis() - build_ms;
-            let _ = images.send(SnapshotImage { snapshot, build_ms, stage_ms });
+            let _ = images.send(build_image(id, meta, make, &stager));
         };
         if let Err(error) = std::thread::Builder::new().name(format!("keel-snapshot-{}", self.id)).spawn(build) {
             error!("[NODE {}] cannot start a snapshot thread ({error}); will retry at the next threshold", self.id);
@@ -600,14 +586,14 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
 
     /// The image is ready: save it, unless a newer snapshot from the leader was handed to
     /// storage meanwhile (saving an older one would move the log's start backwards).
-    fn on_snapshot_image(&mut self, snapshot: Snapshot) {
-        let meta = snapshot.meta;
+    fn on_snapshot_image(&mut self, image: SnapshotImage) {
+        let meta = image.snapshot.meta;
         if self.snapshot_index > meta.last_included_index {
             info!("[NODE {}] dropped our snapshot at {}: the leader's at {} is newer", self.id, meta.last_included_index, self.snapshot_index);
             self.snapshot_in_progress = false;
             return;
         }
-        self.submit(StorageJob::Compact(snapshot));
+        self.submit(StorageJob::Compact(image));
     }
 
     fn log_soft_state(&self, role: Role, term: Term, leader_id: Option<NodeId>) {
@@ -632,6 +618,19 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
             true
         });
     }
+}
+
+/// Builds the image and pre-writes it through the storage's stager, timing both.
+fn build_image(id: NodeId, meta: SnapshotMeta, make: Box<dyn FnOnce() -> Vec<u8> + Send>, stager: &SnapshotStager) -> SnapshotImage {
+    let started = std::time::Instant::now();
+    let snapshot = Snapshot { meta, data: Arc::new(make()) };
+    let build_ms = started.elapsed().as_millis();
+    if let Err(error) = stager(&snapshot) {
+        // `compact` writes it again on the storage thread, and stops the node if that fails too.
+        warn!("[NODE {id}] could not pre-write the snapshot at {}: {error}", meta.last_included_index);
+    }
+    let stage_ms = started.elapsed().as_millis() - build_ms;
+    SnapshotImage { snapshot, build_ms, stage_ms }
 }
 
 fn read_error(error: ReadError) -> NodeError {

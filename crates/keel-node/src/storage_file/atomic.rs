@@ -12,6 +12,11 @@ use std::path::{Path, PathBuf};
 
 pub const TEMP_SUFFIX: &str = ".tmp";
 
+/// Where `write_atomically(dir, name, ..)` stages `name` before the rename.
+pub fn temp_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}{TEMP_SUFFIX}"))
+}
+
 pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, StorageError> {
     write_temp(dir, name, &[bytes])?;
     rename_temp(dir, name)
@@ -20,7 +25,7 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf,
 /// The first half of `write_atomically`: `<name>.tmp` holds `parts`, one after another,
 /// durably. Returns the temp file's path.
 pub fn write_temp(dir: &Path, name: &str, parts: &[&[u8]]) -> Result<PathBuf, StorageError> {
-    let temp_path = dir.join(format!("{name}{TEMP_SUFFIX}"));
+    let temp_path = temp_path(dir, name);
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -36,7 +41,7 @@ pub fn write_temp(dir: &Path, name: &str, parts: &[&[u8]]) -> Result<PathBuf, St
 
 /// The second half: the synced `<name>.tmp` replaces `<name>`, durably.
 pub fn rename_temp(dir: &Path, name: &str) -> Result<PathBuf, StorageError> {
-    let temp_path = dir.join(format!("{name}{TEMP_SUFFIX}"));
+    let temp_path = temp_path(dir, name);
     let final_path = dir.join(name);
     fs::rename(&temp_path, &final_path).map_err(|error| StorageError::io("rename", &final_path, error))?;
     sync_directory(dir)?;

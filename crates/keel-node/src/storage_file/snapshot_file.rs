@@ -81,8 +81,7 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Snapshot, StorageError> {
 /// (same name, so same index and term, and the full length), only the rename remains.
 pub fn store(dir: &Path, snapshot: &Snapshot) -> Result<PathBuf, StorageError> {
     let name = file_name(snapshot.meta);
-    let temp_path = dir.join(format!("{name}{}", atomic::TEMP_SUFFIX));
-    let staged = std::fs::metadata(&temp_path).is_ok_and(|metadata| metadata.len() == (HEADER_BYTES + snapshot.data.len()) as u64);
+    let staged = std::fs::metadata(atomic::temp_path(dir, &name)).is_ok_and(|metadata| metadata.len() == (HEADER_BYTES + snapshot.data.len()) as u64);
     if !staged {
         stage(dir, snapshot)?;
     }
@@ -99,7 +98,7 @@ pub fn stage(dir: &Path, snapshot: &Snapshot) -> Result<(), StorageError> {
     let header = encode_header(snapshot);
     let name = file_name(snapshot.meta);
     if let Err(error) = atomic::write_temp(dir, &name, &[&header, &snapshot.data]) {
-        let _ = std::fs::remove_file(dir.join(format!("{name}{}", atomic::TEMP_SUFFIX)));
+        let _ = std::fs::remove_file(atomic::temp_path(dir, &name));
         return Err(error);
     }
     Ok(())
