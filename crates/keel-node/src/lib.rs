@@ -23,6 +23,6 @@ pub use node::{Consistency, NodeStatus, RaftHandle, RaftNode, StartError};
 pub use storage::{SnapshotStager, Storage, StorageError};
 pub use storage_file::{FileStorage, FileStorageConfig, Recovery, TornTail};
 pub use storage_memory::MemoryStorage;
-pub use transport::{Envelope, Transport, PROTOCOL_VERSION};
+pub use transport::{Transport, PROTOCOL_VERSION};
 pub use transport_http::{raft_routes, HttpTransport, HttpTransportConfig};
 pub use transport_memory::{MemoryNetwork, MemoryTransport};

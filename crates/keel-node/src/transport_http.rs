@@ -1,54 +1,77 @@
-//! HTTP transport: peers POST batches of messages to each other's `/raft/messages`.
+//! HTTP transport: each node keeps one long-lived stream to each peer, opened with an HTTP
+//! upgrade, and writes its messages to it as length-prefixed binary frames.
 //!
-//! # Wire format
+//! # Opening a stream
 //!
-//! `POST /raft/messages` with `Content-Type: application/octet-stream` and the bytes of
-//! [`Envelope::encode`]: postcard, carrying the protocol version, the cluster id and the
-//! messages. The receiver answers:
+//! The sender asks `GET /raft/stream?protocol=<PROTOCOL_VERSION>&cluster=<cluster id>` with
+//! `Connection: upgrade` and `Upgrade: keel-raft`. The receiver answers:
 //!
 //! | status | meaning |
 //! |---|---|
-//! | 204 | decoded; each message addressed to this node was queued for its driver (or dropped if the inbox was full: Raft retries) |
-//! | 400 | undecodable body, or another protocol version |
-//! | 403 | another cluster id: two clusters' addresses overlap (logged at warn, never stepped) |
-//! | 413 | body over `body_bytes_max`, refused before it is read past the limit |
-//! | 503 | the node behind this route has stopped; sent with `Connection: close` so the peer reconnects (to a restarted node, perhaps) |
+//! | 101 | accepted: from now on the connection carries frames from the caller to this node |
+//! | 400 | a missing or malformed query, or another protocol version |
+//! | 403 | another cluster id: two clusters' addresses overlap (logged at warn, nothing stepped) |
+//! | 426 | not an upgrade request (a plain `curl`, say) |
+//! | 503 | the node behind this route has stopped |
 //!
-//! InstallSnapshot needs nothing special here: the core already cuts a snapshot into
-//! chunks of `snapshot_chunk_bytes_max` (1 MiB by default), one message each.
+//! Checking version and cluster once, at the handshake, keeps them out of every frame.
+//!
+//! # Frames
+//!
+//! `[u32 LE length][postcard Vec<Message>]`, the length at most `frame_bytes_max`. Each
+//! message addressed to this node goes into its inbox (or is dropped if the inbox is full:
+//! Raft retries); one addressed to another id is dropped with a warning (the sender's peer
+//! map is wrong). An oversized or undecodable frame is logged and the stream closed: after a
+//! framing error nothing later on it can be trusted. The stream is one-way; a reply is a
+//! message on the replier's own stream. InstallSnapshot needs nothing special: the core
+//! already cuts a snapshot into chunks of `snapshot_chunk_bytes_max` (1 MiB by default).
+//!
+//! Compared with one request per batch, a stream saves a round trip per batch (the next
+//! frame need not wait for an answer), the HTTP headers, and a task hop on each side.
 //!
 //! # Sending
 //!
 //! [`Transport::send`] never blocks the driver: it puts the message on its peer's bounded
 //! queue, or drops it when that queue is full. One task per peer takes whatever is queued
-//! (up to the batch limits), sends it as one request, and waits for the answer before the
-//! next, so a peer receives a node's messages in the order they were sent. All peers share
-//! one `reqwest` client, whose pool keeps one connection per peer alive between requests.
-//! A failed request's messages are dropped rather than retried: Raft repeats what matters
-//! (heartbeats, AppendEntries after a rejection, votes on the next election), and a stale
-//! retry could only arrive after newer messages. A peer that is down is normal, so failures
-//! log at debug, with one warning per peer every `WARN_INTERVAL`.
+//! (up to the batch limits) and writes it as one frame, so a peer receives a node's
+//! messages in the order they were sent. The task opens the stream when it has something
+//! to send and none is open; a failed handshake or write drops that batch and the stream
+//! (the next batch reconnects) rather than retrying: Raft repeats what matters (heartbeats,
+//! AppendEntries after a rejection, votes on the next election), and a stale retry could
+//! only arrive after newer messages. Opening and each write are bounded by `io_timeout_ms`,
+//! so a peer that stops reading costs a reconnect, not a stuck sender. A peer that is down
+//! is normal, so failures log at debug, with one warning per peer every `WARN_INTERVAL`.
 //!
 //! When the `HttpTransport` is dropped (the driver stopped), the queues close and each
-//! peer's task ends after its request in flight, if any.
+//! peer's task ends after its write in flight, if any, closing its stream. A receiver whose
+//! node stopped closes the streams it holds, so senders reconnect (to a restarted node,
+//! perhaps) and meet 503 until one listens there again.
 
-use crate::transport::{Envelope, EnvelopeError, Transport};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, StatusCode};
+use crate::transport::{Transport, PROTOCOL_VERSION};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::get;
 use axum::Router;
+use hyper_util::rt::TokioIo;
 use keel_core::{Message, MessageBody, NodeId};
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-/// The path peers POST envelopes to.
-pub const MESSAGES_PATH: &str = "/raft/messages";
+/// The path a sender opens its stream on.
+pub const STREAM_PATH: &str = "/raft/stream";
+
+/// The `Upgrade` token of a peer stream.
+pub const UPGRADE_PROTOCOL: &str = "keel-raft";
+
+/// Bytes of a frame's length prefix.
+pub const FRAME_HEADER_BYTES: usize = 4;
 
 /// At most one warning per peer (sending) or per route (receiving) in this interval; the
 /// rest go to debug and are counted in the next warning.
@@ -60,50 +83,57 @@ const MESSAGE_OVERHEAD_BYTES: usize = 64;
 /// An answer body quoted in a log line is cut to this length.
 const LOGGED_ANSWER_BYTES_MAX: usize = 200;
 
+/// The receiver reads a stream through a buffer of this size, so a burst of small frames
+/// costs one read call, not two per frame.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpTransportConfig {
-    /// Whole request, connecting included.
-    pub request_timeout_ms: u64,
+    /// Opening a stream (connecting and the handshake), and writing one frame.
+    pub io_timeout_ms: u64,
     /// Messages queued for one peer before new ones are dropped.
     pub queue_messages_max: usize,
-    /// Messages in one request.
+    /// Messages in one frame.
     pub batch_messages_max: usize,
-    /// Estimated payload bytes in one request. A single larger message (an AppendEntries
-    /// of `append_bytes_max`, say) still goes, alone.
+    /// Estimated payload bytes in one frame. A single larger message (an AppendEntries of
+    /// `append_bytes_max`, say) still goes, alone.
     pub batch_bytes_max: usize,
-    /// The largest request body this node accepts; keep it above the peers'
-    /// `batch_bytes_max` plus encoding overhead.
-    pub body_bytes_max: usize,
+    /// The largest frame this node accepts; keep it above the peers' `batch_bytes_max` plus
+    /// encoding overhead.
+    pub frame_bytes_max: usize,
 }
 
 impl Default for HttpTransportConfig {
     fn default() -> HttpTransportConfig {
         HttpTransportConfig {
-            request_timeout_ms: 2000,
+            io_timeout_ms: 2000,
             queue_messages_max: 16_384,
             batch_messages_max: 4096,
             batch_bytes_max: 8 << 20,
-            body_bytes_max: 16 << 20,
+            frame_bytes_max: 16 << 20,
         }
     }
 }
 
 impl HttpTransportConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if self.request_timeout_ms == 0 {
-            return Err("request_timeout_ms must be at least 1".into());
+        if self.io_timeout_ms == 0 {
+            return Err("io_timeout_ms must be at least 1".into());
         }
-        if self.queue_messages_max == 0 || self.batch_messages_max == 0 || self.batch_bytes_max == 0 || self.body_bytes_max == 0 {
-            return Err("queue_messages_max, batch_messages_max, batch_bytes_max and body_bytes_max must be at least 1".into());
+        if self.queue_messages_max == 0 || self.batch_messages_max == 0 || self.batch_bytes_max == 0 || self.frame_bytes_max == 0 {
+            return Err("queue_messages_max, batch_messages_max, batch_bytes_max and frame_bytes_max must be at least 1".into());
         }
-        if self.batch_bytes_max > self.body_bytes_max {
-            return Err(format!("batch_bytes_max ({}) must not exceed body_bytes_max ({}): peers would refuse full batches", self.batch_bytes_max, self.body_bytes_max));
+        if self.batch_bytes_max > self.frame_bytes_max {
+            return Err(format!("batch_bytes_max ({}) must not exceed frame_bytes_max ({}): peers would refuse full batches", self.batch_bytes_max, self.frame_bytes_max));
+        }
+        if self.frame_bytes_max > u32::MAX as usize {
+            return Err(format!("frame_bytes_max ({}) must fit the u32 length prefix", self.frame_bytes_max));
         }
         Ok(())
     }
 }
 
-/// Sends a node's messages to its peers over HTTP; see the module doc.
+/// Sends a node's messages to its peers over HTTP streams; see the module doc.
 pub struct HttpTransport {
     id: NodeId,
     queues: BTreeMap<NodeId, mpsc::Sender<Message>>,
@@ -121,18 +151,20 @@ impl HttpTransport {
             panic!("[NODE {id}] invalid HTTP transport config: {problem}");
         }
         let client = build_client(&config);
-        let cluster_id: Arc<str> = cluster_id.into();
         let mut queues = BTreeMap::new();
         for (peer, address) in peers.into_iter().filter(|(peer, _)| *peer != id) {
             let (queue, queue_receiver) = mpsc::channel(config.queue_messages_max);
             let sender = PeerSender {
                 id,
                 peer,
-                url: format!("http://{address}{MESSAGES_PATH}"),
+                url: format!("http://{address}{STREAM_PATH}"),
                 cluster_id: cluster_id.clone(),
                 client: client.clone(),
+                io_timeout: Duration::from_millis(config.io_timeout_ms),
                 batch_messages_max: config.batch_messages_max,
                 batch_bytes_max: config.batch_bytes_max,
+                stream: None,
+                frame: Vec::new(),
                 failures: WarnLimiter::default(),
                 failing: false,
             };
@@ -155,32 +187,62 @@ impl Transport for HttpTransport {
     }
 }
 
-/// One client for all peers: persistent connections, no proxy (peer traffic must not leave
-/// through an `HTTP_PROXY` meant for something else), Nagle off for small votes and acks.
+/// One client for all peers: no proxy (peer traffic must not leave through an `HTTP_PROXY`
+/// meant for something else), Nagle off for small votes and acks, keepalive so a stream to
+/// a vanished host is noticed. No whole-request timeout: a stream lives as long as it works
+/// (`io_timeout_ms` bounds each step instead).
 fn build_client(config: &HttpTransportConfig) -> reqwest::Client {
-    let timeout = Duration::from_millis(config.request_timeout_ms);
     reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout)
+        .connect_timeout(Duration::from_millis(config.io_timeout_ms))
         .tcp_nodelay(true)
         .tcp_keepalive(Some(Duration::from_secs(30)))
-        .pool_idle_timeout(Some(Duration::from_secs(90)))
+        .http1_only()
         .no_proxy()
         .build()
         .expect("building the HTTP client")
 }
 
-/// The task that owns the connection to one peer.
+/// Opens a stream to the peer route at `url` (see the module doc): the connection, upgraded,
+/// ready for frames. On failure, what went wrong, for a log line.
+pub async fn open_stream(client: &reqwest::Client, url: &str, cluster_id: &str) -> Result<reqwest::Upgraded, String> {
+    let request = client
+        .get(url)
+        .query(&[("protocol", PROTOCOL_VERSION.to_string().as_str()), ("cluster", cluster_id)])
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, UPGRADE_PROTOCOL);
+    let response = request.send().await.map_err(|error| error_chain(&error))?;
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(describe_answer(response).await);
+    }
+    response.upgrade().await.map_err(|error| error_chain(&error))
+}
+
+/// Appends one frame holding `messages` to `frame` (cleared first).
+pub fn encode_frame(messages: &[Message], frame: &mut Vec<u8>) {
+    frame.clear();
+    frame.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
+    let encoded = postcard::to_extend(messages, std::mem::take(frame)).expect("serializing to a Vec cannot fail");
+    *frame = encoded;
+    let length = u32::try_from(frame.len() - FRAME_HEADER_BYTES).expect("a frame's length fits its u32 prefix");
+    frame[..FRAME_HEADER_BYTES].copy_from_slice(&length.to_le_bytes());
+}
+
+/// The task that owns the stream to one peer.
 struct PeerSender {
     id: NodeId,
     peer: NodeId,
     url: String,
-    cluster_id: Arc<str>,
+    cluster_id: String,
     client: reqwest::Client,
+    io_timeout: Duration,
     batch_messages_max: usize,
     batch_bytes_max: usize,
+    /// Open once a handshake succeeded; dropped after any failure.
+    stream: Option<reqwest::Upgraded>,
+    /// The frame being written, kept to reuse its allocation.
+    frame: Vec<u8>,
     failures: WarnLimiter,
-    /// The last request failed; the next success is logged.
+    /// The last attempt failed; the next success is logged.
     failing: bool,
 }
 
@@ -197,24 +259,35 @@ impl PeerSender {
             };
             let (batch, next) = take_batch(first, &mut queue, self.batch_messages_max, self.batch_bytes_max);
             carried = next;
-            self.post(batch).await;
+            encode_frame(&batch, &mut self.frame);
+            match self.write_frame().await {
+                Ok(()) => self.on_success(),
+                Err(problem) => {
+                    self.stream = None;
+                    self.on_failure(batch.len(), &problem);
+                }
+            }
         }
         debug!("[NODE {}] sender to node {} stopped", self.id, self.peer);
     }
 
-    /// One request, awaited: the next batch leaves only after this one was answered.
-    async fn post(&mut self, batch: Vec<Message>) {
-        let count = batch.len();
-        let body = Envelope::encode(&self.cluster_id, batch);
-        let request = self.client.post(&self.url).header(header::CONTENT_TYPE, "application/octet-stream").body(body);
-        let failure = match request.send().await {
-            Ok(response) if response.status() == StatusCode::NO_CONTENT => None,
-            Ok(response) => Some(describe_answer(response).await),
-            Err(error) => Some(error_chain(&error)),
+    /// Writes `self.frame`, opening the stream first if none is open.
+    async fn write_frame(&mut self) -> Result<(), String> {
+        if self.stream.is_none() {
+            let opening = open_stream(&self.client, &self.url, &self.cluster_id);
+            let stream = tokio::time::timeout(self.io_timeout, opening).await.map_err(|_| format!("no stream within {:?}", self.io_timeout))??;
+            debug!("[NODE {}] opened a stream to node {} at {}", self.id, self.peer, self.url);
+            self.stream = Some(stream);
+        }
+        let stream = self.stream.as_mut().expect("opened above");
+        let writing = async {
+            stream.write_all(&self.frame).await?;
+            stream.flush().await
         };
-        match failure {
-            None => self.on_success(),
-            Some(problem) => self.on_failure(count, &problem),
+        match tokio::time::timeout(self.io_timeout, writing).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(format!("writing to the stream: {error}")),
+            Err(_) => Err(format!("a frame of {} bytes not written within {:?}", self.frame.len(), self.io_timeout)),
         }
     }
 
@@ -312,38 +385,130 @@ impl WarnLimiter {
     }
 }
 
-/// The receiving side's state, shared by the handler's invocations.
+/// The receiving side's state, shared by the route's handler and the stream tasks.
 struct Inbound {
     id: NodeId,
     cluster_id: String,
     inbox: mpsc::Sender<Message>,
+    frame_bytes_max: usize,
     rejections: Mutex<WarnLimiter>,
 }
 
-/// `POST /raft/messages` for node `id`: checks each envelope (see the module doc) and
-/// forwards its messages into `inbox` (the node's `RaftNode::inbox`). Bodies over
-/// `body_bytes_max` are refused with 413 without being read past the limit.
-pub fn raft_routes(id: NodeId, cluster_id: String, inbox: mpsc::Sender<Message>, body_bytes_max: usize) -> Router {
-    let inbound = Arc::new(Inbound { id, cluster_id, inbox, rejections: Mutex::new(WarnLimiter::default()) });
-    Router::new().route(MESSAGES_PATH, post(receive_messages)).with_state(inbound).layer(DefaultBodyLimit::max(body_bytes_max))
+/// The query of a stream's opening request.
+#[derive(Deserialize)]
+struct Handshake {
+    protocol: u16,
+    cluster: String,
 }
 
-async fn receive_messages(State(inbound): State<Arc<Inbound>>, body: Result<Bytes, BytesRejection>) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            debug!("[NODE {}] refused a peer request: {rejection}", inbound.id);
-            return rejection.into_response();
-        }
-    };
-    match Envelope::decode(&body, &inbound.cluster_id) {
-        Ok(messages) => inbound.forward(messages),
-        Err(error) => inbound.reject(error),
+/// How a stream ended, for the log line.
+enum StreamEnd {
+    /// The sender closed it between frames, or this node stopped.
+    Closed,
+    /// The connection failed (a peer that died, say): normal, logged at debug.
+    Broken(String),
+    /// The sender broke the protocol: logged at warn.
+    Invalid(String),
+}
+
+/// `GET /raft/stream` for node `id`: checks each opening request (see the module doc) and
+/// forwards the messages of each accepted stream into `inbox` (the node's `RaftNode::inbox`).
+/// A frame over `frame_bytes_max` closes its stream before it is read.
+pub fn raft_routes(id: NodeId, cluster_id: String, inbox: mpsc::Sender<Message>, frame_bytes_max: usize) -> Router {
+    let inbound = Arc::new(Inbound { id, cluster_id, inbox, frame_bytes_max, rejections: Mutex::new(WarnLimiter::default()) });
+    Router::new().route(STREAM_PATH, get(accept_stream)).with_state(inbound)
+}
+
+async fn accept_stream(State(inbound): State<Arc<Inbound>>, handshake: Result<Query<Handshake>, QueryRejection>, mut request: Request) -> Response {
+    if let Some(refusal) = inbound.refusal(handshake, request.headers()) {
+        return refusal;
     }
+    let upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        let end = match upgrade.await {
+            Ok(upgraded) => inbound.receive(TokioIo::new(upgraded)).await,
+            Err(error) => StreamEnd::Broken(format!("the upgrade failed: {error}")),
+        };
+        match end {
+            StreamEnd::Closed => debug!("[NODE {}] a peer stream closed", inbound.id),
+            StreamEnd::Broken(problem) => debug!("[NODE {}] a peer stream broke: {problem}", inbound.id),
+            StreamEnd::Invalid(problem) => inbound.warn_limited(&format!("closed a peer stream: {problem}")),
+        }
+    });
+    (StatusCode::SWITCHING_PROTOCOLS, [(header::CONNECTION, "upgrade"), (header::UPGRADE, UPGRADE_PROTOCOL)]).into_response()
 }
 
 impl Inbound {
-    fn forward(&self, messages: Vec<Message>) -> Response {
+    /// The module doc's table, in order: 426, 400, 403, 503; `None` accepts.
+    fn refusal(&self, handshake: Result<Query<Handshake>, QueryRejection>, headers: &HeaderMap) -> Option<Response> {
+        let upgrade = headers.get(header::UPGRADE).map(|value| value.as_bytes());
+        if !upgrade.is_some_and(|token| token.eq_ignore_ascii_case(UPGRADE_PROTOCOL.as_bytes())) {
+            let hint = format!("peers open a stream here with `Connection: upgrade` and `Upgrade: {UPGRADE_PROTOCOL}`");
+            return Some((StatusCode::UPGRADE_REQUIRED, [(header::UPGRADE, UPGRADE_PROTOCOL)], hint).into_response());
+        }
+        let handshake = match handshake {
+            Ok(Query(handshake)) => handshake,
+            Err(rejection) => return Some(self.refuse(StatusCode::BAD_REQUEST, format!("bad stream handshake: {rejection}"))),
+        };
+        if handshake.protocol != PROTOCOL_VERSION {
+            return Some(self.refuse(StatusCode::BAD_REQUEST, format!("peer speaks protocol {}, this node speaks {PROTOCOL_VERSION}", handshake.protocol)));
+        }
+        if handshake.cluster != self.cluster_id {
+            return Some(self.refuse(StatusCode::FORBIDDEN, format!("refused a stream from cluster {:?}; this node belongs to {:?}", handshake.cluster, self.cluster_id)));
+        }
+        if self.inbox.is_closed() {
+            return Some((StatusCode::SERVICE_UNAVAILABLE, "node stopped").into_response());
+        }
+        None
+    }
+
+    fn refuse(&self, status: StatusCode, problem: String) -> Response {
+        self.warn_limited(&problem);
+        (status, problem).into_response()
+    }
+
+    /// Reads frames until the stream ends or this node stops.
+    async fn receive(&self, stream: impl AsyncRead + Unpin) -> StreamEnd {
+        let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
+        let mut frame = Vec::new();
+        loop {
+            let read = tokio::select! {
+                _ = self.inbox.closed() => return StreamEnd::Closed,
+                read = self.read_frame(&mut reader, &mut frame) => read,
+            };
+            if let Err(end) = read {
+                return end;
+            }
+            let messages: Vec<Message> = match postcard::from_bytes(&frame) {
+                Ok(messages) => messages,
+                Err(error) => return StreamEnd::Invalid(format!("undecodable frame of {} bytes: {error}", frame.len())),
+            };
+            if !self.forward(messages) {
+                return StreamEnd::Closed;
+            }
+        }
+    }
+
+    async fn read_frame(&self, reader: &mut (impl AsyncRead + Unpin), frame: &mut Vec<u8>) -> Result<(), StreamEnd> {
+        let mut prefix = [0; FRAME_HEADER_BYTES];
+        match reader.read_exact(&mut prefix).await {
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Err(StreamEnd::Closed),
+            Err(error) => return Err(StreamEnd::Broken(error.to_string())),
+        }
+        let length = u32::from_le_bytes(prefix) as usize;
+        if length > self.frame_bytes_max {
+            return Err(StreamEnd::Invalid(format!("a frame of {length} bytes is over the limit of {}", self.frame_bytes_max)));
+        }
+        frame.resize(length, 0);
+        match reader.read_exact(frame).await {
+            Ok(_) => Ok(()),
+            Err(error) => Err(StreamEnd::Broken(format!("reading a frame of {length} bytes: {error}"))),
+        }
+    }
+
+    /// Queues the messages for this node; false once the node has stopped.
+    fn forward(&self, messages: Vec<Message>) -> bool {
         let mut dropped_full = 0usize;
         for message in messages {
             if message.to != self.id {
@@ -354,27 +519,13 @@ impl Inbound {
             match self.inbox.try_send(message) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => dropped_full += 1,
-                Err(mpsc::error::TrySendError::Closed(_)) => return node_stopped(),
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
             }
         }
         if dropped_full > 0 {
             debug!("[NODE {}] dropped {dropped_full} peer messages: the inbox is full", self.id);
         }
-        StatusCode::NO_CONTENT.into_response()
-    }
-
-    fn reject(&self, error: EnvelopeError) -> Response {
-        let status = match &error {
-            EnvelopeError::WrongCluster { theirs } => {
-                self.warn_limited(&format!("rejected message from cluster {theirs:?}; this node belongs to {:?}", self.cluster_id));
-                StatusCode::FORBIDDEN
-            }
-            EnvelopeError::WrongProtocol { .. } | EnvelopeError::Undecodable(_) => {
-                self.warn_limited(&format!("rejected a peer request: {error}"));
-                StatusCode::BAD_REQUEST
-            }
-        };
-        (status, error.to_string()).into_response()
+        true
     }
 
     fn warn_limited(&self, problem: &str) {
@@ -385,12 +536,6 @@ impl Inbound {
             None => debug!("[NODE {}] {problem}", self.id),
         }
     }
-}
-
-/// The driver is gone. `Connection: close` makes the peer open a new connection next time,
-/// which reaches whatever now listens on this address (a restarted node).
-fn node_stopped() -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, [(header::CONNECTION, "close")], "node stopped").into_response()
 }
 
 #[cfg(test)]
@@ -409,14 +554,16 @@ mod tests {
     }
 
     #[test]
-    fn envelope_round_trip_and_checks() {
+    fn frames_carry_their_length_and_round_trip() {
         let entry = Entry { term: Term(1), index: LogIndex(4), kind: EntryKind::Command(b"set".to_vec().into()) };
         let body = MessageBody::AppendEntries { prev_log_index: LogIndex(3), prev_log_term: Term(1), entries: vec![entry], leader_commit: LogIndex(3), read_round: 7 };
         let messages = vec![heartbeat(2), Message { from: NodeId(1), to: NodeId(2), term: Term(2), body }, chunk(10)];
-        let bytes = Envelope::encode("alpha", messages.clone());
-        assert_eq!(Envelope::decode(&bytes, "alpha"), Ok(messages));
-        assert_eq!(Envelope::decode(&bytes, "beta"), Err(EnvelopeError::WrongCluster { theirs: "alpha".into() }));
-        assert!(matches!(Envelope::decode(&bytes[..bytes.len() / 2], "alpha"), Err(EnvelopeError::Undecodable(_))));
+        let mut frame = vec![0xaa; 3];
+        encode_frame(&messages, &mut frame);
+        let length = u32::from_le_bytes(frame[..FRAME_HEADER_BYTES].try_into().unwrap()) as usize;
+        assert_eq!(length, frame.len() - FRAME_HEADER_BYTES, "the prefix counts the bytes after it; old contents are gone");
+        assert_eq!(postcard::from_bytes::<Vec<Message>>(&frame[FRAME_HEADER_BYTES..]), Ok(messages));
+        assert!(postcard::from_bytes::<Vec<Message>>(&frame[FRAME_HEADER_BYTES..frame.len() / 2]).is_err(), "a cut frame does not decode");
     }
 
     #[test]
@@ -454,6 +601,8 @@ mod tests {
     fn config_validation() {
         assert_eq!(HttpTransportConfig::default().validate(), Ok(()));
         let too_big = HttpTransportConfig { batch_bytes_max: 32 << 20, ..HttpTransportConfig::default() };
+        assert!(too_big.validate().is_err());
+        let too_big = HttpTransportConfig { frame_bytes_max: 8 << 30, batch_bytes_max: 1, ..HttpTransportConfig::default() };
         assert!(too_big.validate().is_err());
         let no_queue = HttpTransportConfig { queue_messages_max: 0, ..HttpTransportConfig::default() };
         assert!(no_queue.validate().is_err());

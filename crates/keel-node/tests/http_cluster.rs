@@ -1,6 +1,6 @@
 //! The HTTP transport over real loopback sockets: `RaftNode` + `FileStorage` + `KvStore`
-//! clusters talking through `HttpTransport` and `raft_routes`, and raw requests checking
-//! what the route accepts and refuses.
+//! clusters talking through `HttpTransport` and `raft_routes`, and raw handshakes and frames
+//! checking what the route accepts and refuses.
 //!
 //! No sleeps as synchronisation: every wait polls a condition, bounded by `WAIT_MAX` (with
 //! a message saying what it waited for) inside a whole-test `TEST_MAX` hang guard.
@@ -8,20 +8,21 @@
 use axum::Router;
 use keel_core::{LogIndex, Message, MessageBody, NodeId, Role, Term};
 use keel_kv::{Command, CommandResult, KvStore};
-use keel_node::transport_http::MESSAGES_PATH;
-use keel_node::{raft_routes, Consistency, Envelope, FileStorage, FileStorageConfig, HttpTransport, HttpTransportConfig, NodeConfig, NodeStatus, RaftHandle, RaftNode, StorageError, Transport, PROTOCOL_VERSION};
+use keel_node::transport_http::{encode_frame, open_stream, STREAM_PATH, UPGRADE_PROTOCOL};
+use keel_node::{raft_routes, Consistency, FileStorage, FileStorageConfig, HttpTransport, HttpTransportConfig, NodeConfig, NodeStatus, RaftHandle, RaftNode, StorageError, Transport, PROTOCOL_VERSION};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
 const CLUSTER_ID: &str = "http-cluster-test";
-const BODY_BYTES_MAX: usize = 16 << 20;
+const FRAME_BYTES_MAX: usize = 16 << 20;
 /// One condition may take this long (elections, catch-up on a loaded 2-core machine).
 const WAIT_MAX: Duration = Duration::from_secs(30);
 /// The whole test, as a hang guard.
@@ -119,7 +120,7 @@ impl Cluster {
         let peers = self.addresses.iter().map(|(peer, address)| (*peer, address.to_string())).collect();
         let transport = HttpTransport::new(id, CLUSTER_ID.to_string(), peers, HttpTransportConfig::default());
         let node = RaftNode::start(self.node_config(id), storage, KvStore::new(), transport).expect("start node");
-        let server = Server::spawn(listener, raft_routes(id, CLUSTER_ID.to_string(), node.inbox.clone(), BODY_BYTES_MAX));
+        let server = Server::spawn(listener, raft_routes(id, CLUSTER_ID.to_string(), node.inbox.clone(), FRAME_BYTES_MAX));
         self.nodes.insert(id, Running { handle: node.handle, driver: node.task, server });
     }
 
@@ -318,48 +319,79 @@ fn vote_request(from: u64, to: u64) -> Message {
     Message { from: NodeId(from), to: NodeId(to), term: Term(1000), body }
 }
 
-/// A route for node 1 whose inbox the test holds, so "not stepped" is checked exactly: the
-/// route forwards before it answers, so after the answer the inbox says what got through.
-async fn bare_route(body_bytes_max: usize) -> (String, mpsc::Receiver<Message>, Server) {
+/// A route for node 1 whose inbox the test holds, so "not stepped" is checked exactly.
+/// Returns the route's URL.
+async fn bare_route(frame_bytes_max: usize) -> (String, mpsc::Receiver<Message>, Server) {
     let (inbox, inbox_receiver) = mpsc::channel(16);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}{MESSAGES_PATH}", listener.local_addr().expect("address"));
-    let server = Server::spawn(listener, raft_routes(NodeId(1), CLUSTER_ID.to_string(), inbox, body_bytes_max));
+    let url = format!("http://{}{STREAM_PATH}", listener.local_addr().expect("address"));
+    let server = Server::spawn(listener, raft_routes(NodeId(1), CLUSTER_ID.to_string(), inbox, frame_bytes_max));
     (url, inbox_receiver, server)
 }
 
-async fn post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> reqwest::StatusCode {
-    client.post(url).body(body).send().await.expect("request").status()
+/// The status of an opening request with this query, upgrading or not.
+async fn handshake(client: &reqwest::Client, url: &str, query: &str, upgrade: bool) -> reqwest::StatusCode {
+    let mut request = client.get(format!("{url}?{query}"));
+    if upgrade {
+        request = request.header("connection", "upgrade").header("upgrade", UPGRADE_PROTOCOL);
+    }
+    request.send().await.expect("request").status()
+}
+
+/// Waits until the route closes `stream` (a read sees its end).
+async fn wait_closed(stream: &mut reqwest::Upgraded, what: &str) {
+    let mut byte = [0; 1];
+    match tokio::time::timeout(WAIT_MAX, stream.read(&mut byte)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        Ok(Ok(_)) => panic!("{what}: the route wrote to a one-way stream"),
+        Err(_) => panic!("{what}: the route kept the stream open"),
+    }
+}
+
+async fn write_frame(stream: &mut reqwest::Upgraded, messages: &[Message]) {
+    let mut frame = Vec::new();
+    encode_frame(messages, &mut frame);
+    stream.write_all(&frame).await.expect("write a frame");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_route_refuses_other_clusters_garbage_and_oversize_bodies() {
+async fn the_route_refuses_other_clusters_other_protocols_and_bad_frames() {
     guarded(async {
         let (url, mut inbox, server) = bare_route(1024).await;
         let client = reqwest::Client::builder().no_proxy().build().expect("client");
         let empty = |inbox: &mut mpsc::Receiver<Message>| matches!(inbox.try_recv(), Err(mpsc::error::TryRecvError::Empty));
+        let ours = format!("protocol={PROTOCOL_VERSION}&cluster={CLUSTER_ID}");
 
-        let other_cluster = Envelope::encode("some-other-cluster", vec![vote_request(2, 1)]);
-        assert_eq!(post(&client, &url, other_cluster).await, reqwest::StatusCode::FORBIDDEN);
-        assert!(empty(&mut inbox), "a message from another cluster is never stepped");
+        // Opening requests.
+        assert_eq!(handshake(&client, &url, &ours, false).await, reqwest::StatusCode::UPGRADE_REQUIRED, "a plain GET");
+        let other_cluster = format!("protocol={PROTOCOL_VERSION}&cluster=some-other-cluster");
+        assert_eq!(handshake(&client, &url, &other_cluster, true).await, reqwest::StatusCode::FORBIDDEN);
+        let future_protocol = format!("protocol={}&cluster={CLUSTER_ID}", PROTOCOL_VERSION + 1);
+        assert_eq!(handshake(&client, &url, &future_protocol, true).await, reqwest::StatusCode::BAD_REQUEST);
+        assert_eq!(handshake(&client, &url, "protocol=two", true).await, reqwest::StatusCode::BAD_REQUEST);
 
-        assert_eq!(post(&client, &url, vec![0xff; 64]).await, reqwest::StatusCode::BAD_REQUEST);
-        let future_protocol = Envelope { protocol_version: PROTOCOL_VERSION + 1, cluster_id: CLUSTER_ID.to_string(), messages: vec![vote_request(2, 1)] };
-        let future_protocol = postcard::to_allocvec(&future_protocol).expect("encode");
-        assert_eq!(post(&client, &url, future_protocol).await, reqwest::StatusCode::BAD_REQUEST);
-        assert_eq!(post(&client, &url, vec![0; 4096]).await, reqwest::StatusCode::PAYLOAD_TOO_LARGE);
+        // An accepted stream delivers the messages for this node, in order.
+        let mut stream = open_stream(&client, &url, CLUSTER_ID).await.expect("open a stream");
+        write_frame(&mut stream, &[vote_request(2, 1), vote_request(2, 3)]).await;
+        write_frame(&mut stream, &[vote_request(3, 1)]).await;
+        assert_eq!(tokio::time::timeout(WAIT_MAX, inbox.recv()).await.expect("delivery"), Some(vote_request(2, 1)));
+        let second = tokio::time::timeout(WAIT_MAX, inbox.recv()).await.expect("delivery");
+        assert_eq!(second, Some(vote_request(3, 1)), "the message for node 3 was dropped, the rest kept in order");
+
+        // A frame that does not decode closes its stream; nothing of it is stepped.
+        stream.write_all(&[4, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]).await.expect("write");
+        wait_closed(&mut stream, "an undecodable frame").await;
+        // A length over the limit closes the stream before the body is read.
+        let mut stream = open_stream(&client, &url, CLUSTER_ID).await.expect("open a stream");
+        stream.write_all(&1025u32.to_le_bytes()).await.expect("write");
+        wait_closed(&mut stream, "an oversized frame").await;
         assert!(empty(&mut inbox), "nothing refused reached the inbox");
 
-        let ours = Envelope::encode(CLUSTER_ID, vec![vote_request(2, 1), vote_request(2, 3), vote_request(3, 1)]);
-        assert_eq!(post(&client, &url, ours).await, reqwest::StatusCode::NO_CONTENT);
-        assert_eq!(inbox.try_recv().ok(), Some(vote_request(2, 1)));
-        assert_eq!(inbox.try_recv().ok(), Some(vote_request(3, 1)), "the message for node 3 was dropped, the rest kept in order");
-        assert!(empty(&mut inbox));
-
+        // The node behind the route stops: its open streams close, new ones are refused.
+        let mut stream = open_stream(&client, &url, CLUSTER_ID).await.expect("open a stream");
         drop(inbox);
-        let response = client.post(&url).body(Envelope::encode(CLUSTER_ID, vec![vote_request(2, 1)])).send().await.expect("request");
-        assert_eq!(response.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE, "the node behind the route stopped");
-        assert_eq!(response.headers().get("connection").map(|value| value.as_bytes()), Some(&b"close"[..]));
+        wait_closed(&mut stream, "the node stopped").await;
+        assert_eq!(handshake(&client, &url, &ours, true).await, reqwest::StatusCode::SERVICE_UNAVAILABLE);
         server.kill().await;
     })
     .await;
@@ -368,8 +400,8 @@ async fn the_route_refuses_other_clusters_garbage_and_oversize_bodies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_transport_delivers_many_messages_in_order_across_batches() {
     guarded(async {
-        let (url, mut inbox, server) = bare_route(BODY_BYTES_MAX).await;
-        let address = url.trim_start_matches("http://").trim_end_matches(MESSAGES_PATH).to_string();
+        let (url, mut inbox, server) = bare_route(FRAME_BYTES_MAX).await;
+        let address = url.trim_start_matches("http://").trim_end_matches(STREAM_PATH).to_string();
         let peers = BTreeMap::from([(NodeId(1), address), (NodeId(2), "127.0.0.1:1".to_string())]);
         let config = HttpTransportConfig { batch_messages_max: 7, ..HttpTransportConfig::default() };
         let transport = HttpTransport::new(NodeId(2), CLUSTER_ID.to_string(), peers, config);

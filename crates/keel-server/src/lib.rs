@@ -3,7 +3,7 @@
 //! The service layer of keel (see docs/API.md for the HTTP reference):
 //! - [`server::Server`] runs one node ([`keel_node::RaftNode`] with a [`keel_node::FileStorage`]
 //!   and the HTTP transport) behind one listener serving the v1 API (`api_v1.rs`), the seed's
-//!   API (`api_seed.rs`) and peer traffic (`/raft/messages`).
+//!   API (`api_seed.rs`) and peer traffic (`/raft/stream`).
 //! - Followers forward v1 requests to the leader (`forward.rs`).
 //! - [`config`] merges flags, `KEEL_*` variables and a TOML file; [`logging`] prefixes every
 //!   line with `[NODE N]`.

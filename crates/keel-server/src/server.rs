@@ -1,7 +1,7 @@
 //! `Server`: one keel node behind one HTTP listener.
 //!
 //! The listener serves three things: the v1 client API (`api_v1.rs`), the seed's client API
-//! (`api_seed.rs`) and the peers' `POST /raft/messages` (`keel_node::raft_routes`).
+//! (`api_seed.rs`) and the peers' streams on `/raft/stream` (`keel_node::raft_routes`).
 //!
 //! # Shutdown
 //!
@@ -323,7 +323,7 @@ impl Server {
         let transport_config = HttpTransportConfig::default();
         let transport = HttpTransport::new(config.id, config.cluster_id.clone(), config.peers.clone(), transport_config.clone());
         let node = RaftNode::start(config.node_config(), storage, KvStore::new(), transport).map_err(|error| error.to_string())?;
-        let raft_routes = keel_node::raft_routes(config.id, config.cluster_id.clone(), node.inbox.clone(), transport_config.body_bytes_max);
+        let raft_routes = keel_node::raft_routes(config.id, config.cluster_id.clone(), node.inbox.clone(), transport_config.frame_bytes_max);
         let state = Arc::new(AppState {
             id: config.id,
             address: config.advertised_address().to_string(),

@@ -436,8 +436,8 @@ async fn bad_inputs_get_their_documented_status_and_the_cluster_keeps_serving() 
         index_of(&call(Method::PUT, format!("/v1/kv/{}", "k".repeat(1024)), Some(vec![b'v'; 1024])).await);
     }
     // Garbage on the peer route is refused and does not disturb the node.
-    let garbage = cluster.call(leader, Method::POST, "/raft/messages", Some(b"garbage".to_vec())).await;
-    assert_eq!(garbage.status, StatusCode::BAD_REQUEST);
+    let garbage = cluster.call(leader, Method::GET, "/raft/stream?protocol=garbage", None).await;
+    assert_eq!(garbage.status, StatusCode::UPGRADE_REQUIRED);
 
     let mut client = cluster.client();
     client.put("still", b"serving").await.unwrap();
