@@ -431,10 +431,12 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
     /// Term and vote must be durable before any message that depends on them (Figure 2).
     /// The commit index need not be: a restarted node learns it again from the leader, and
     /// saving it only shortens the wait to re-apply. Rewriting the hard-state file costs
-    /// several fsyncs, so a commit-only change is saved once per `COMMIT_SAVE_INTERVAL`
-    /// entries instead of on every write.
+    /// several fsyncs and stalls the log writes queued behind it, so a commit-only change is
+    /// saved once per `COMMIT_SAVE_INTERVAL` entries instead of on every write: about once a
+    /// second at 15,000 writes/s, while re-applying that many entries after a restart takes
+    /// milliseconds. (Every 1,024 entries cost ~15 rewrites a second under load.)
     fn must_save(&mut self, hard_state: &HardState) -> bool {
-        const COMMIT_SAVE_INTERVAL: u64 = 1024;
+        const COMMIT_SAVE_INTERVAL: u64 = 16_384;
         let saved = self.hard_state_saved;
         let vote_changed = hard_state.current_term != saved.current_term || hard_state.voted_for != saved.voted_for;
         let commit_far_ahead = hard_state.commit_index.0 >= saved.commit_index.0 + COMMIT_SAVE_INTERVAL;

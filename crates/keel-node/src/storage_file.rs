@@ -16,32 +16,39 @@
 //!
 //! # What each operation does to the files
 //!
-//! - `append`: writes records to the end of the last segment. When a segment would pass
-//!   `segment_bytes_max` it is fsynced (sealed) and a new one is created, named by the index
-//!   of its first record. A conflicting suffix is first cut away: segments that start at or
-//!   after the first new index are deleted (newest first), the segment holding that index is
-//!   truncated at the record's offset, and the file and directory are fsynced before any new
-//!   record is written.
+//! - `append`: writes records after the last record of the last segment (over the zeros of
+//!   a preallocated segment, or at the end of the file). When a segment would pass
+//!   `segment_bytes_max` it is fsynced (sealed) and a new one is created — zero-filled to
+//!   `segment_bytes_max` when `preallocate` is on — named by the index of its first record.
+//!   A conflicting suffix is first cut away: segments that start at or after the first new
+//!   index are deleted (newest first), the segment holding that index is truncated at the
+//!   record's offset (it grows from there on), and the file and directory are fsynced before
+//!   any new record is written.
 //! - `set_hard_state`: kept in memory until `sync`.
 //! - `sync`: fsyncs the last segment, then (if it changed) replaces `hard_state`.
 //! - `compact` and `install_snapshot`: write the snapshot file durably, then delete the
-//!   segments whose records are all covered by it (oldest first, on a background thread:
-//!   they are dead already, and a crash leaves them for step 3 below) — or, for an install
-//!   whose last entry the log does not hold, every segment (newest first) — fsync the
-//!   directory, and delete older snapshot files. Records at or below the snapshot index inside a kept
-//!   segment are skipped when read.
+//!   segments whose records are all covered by it, except the last, which the log goes on in
+//!   (oldest first, on a background thread: they are dead already, and a crash leaves them
+//!   for step 3 below; a last segment left whole dead is deleted the same way once the next
+//!   segment is created) — or, for an install whose last entry the log does not hold, every
+//!   segment (newest first) — fsync the directory, and delete older snapshot files. Records
+//!   at or below the snapshot index inside a kept segment are skipped when read.
+//! - With `preallocate`, a spare file of `segment_bytes_max` zeros (`wal/spare.seg.tmp`) is
+//!   written ahead, on a thread of its own once the last segment is half full (at open, for
+//!   an empty log), and becomes the next segment when the log rolls.
 //!
 //! # Open (recovery)
 //!
 //! 1. Delete `*.tmp` files; read `hard_state` (missing: the default) and the newest
 //!    snapshot (verified whole; older snapshot files are deleted).
 //! 2. Scan every segment in index order, verifying each record's checksum and that indexes
-//!    run consecutively within and across segments. A torn final record of the last segment
-//!    (exact rule in storage_file/segment.rs) is truncated away with a warning; every other
-//!    bad byte is `Corruption`.
+//!    run consecutively within and across segments. A segment's records end at its end of
+//!    file or where only zero bytes remain (a preallocated segment's unused space). A torn
+//!    final record of the last segment (exact rule in storage_file/segment.rs) is truncated
+//!    away with a warning; every other bad byte is `Corruption`.
 //! 3. Finish what a crash interrupted: if the log holds the snapshot's last index with a
 //!    different term, delete the log (an install cut short); delete segments wholly covered
-//!    by the snapshot (a compaction cut short). A log that starts after `snapshot + 1` is
+//!    by the snapshot, except the last (a compaction cut short). A log that starts after `snapshot + 1` is
 //!    `Corruption`.
 //! 4. If the log's (or snapshot's) last term is newer than the stored `current_term`, the
 //!    crash fell between the entries' fsync and the hard state's: no vote was ever sent in
@@ -59,7 +66,8 @@ use crate::storage::{check_append, check_compact, check_restored, check_snapshot
 use keel_core::{Entry, HardState, LogIndex, RestoredState, Snapshot, SnapshotMeta, Term};
 use segment::{Segment, Tail};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 pub use record::FRAME_HEADER_BYTES as RECORD_HEADER_BYTES;
@@ -76,11 +84,19 @@ pub struct FileStorageConfig {
     /// The largest record (frame header included): bounds one entry and what a reader
     /// will believe a length field.
     pub record_bytes_max: u32,
+    /// Create each segment at its full `segment_bytes_max`, zero-filled, and write records
+    /// over the zeros. An fdatasync after writing inside the file's allocated size flushes
+    /// only data; one after growing the file must also commit the new size through the
+    /// filesystem journal. Measured on the benchmark machine (3 writers, one fdatasync per
+    /// 200-byte write): p50 357 µs instead of 507 µs, and the disk's throttling stalls at
+    /// one connection fall from a p99 of 11–16 ms to 7–8 ms. The cost: a new segment's
+    /// 64 MiB are written once (about 0.2 s), and every segment file is full-size on disk.
+    pub preallocate: bool,
 }
 
 impl Default for FileStorageConfig {
     fn default() -> FileStorageConfig {
-        FileStorageConfig { segment_bytes_max: 64 * 1024 * 1024, record_bytes_max: 64 * 1024 * 1024 }
+        FileStorageConfig { segment_bytes_max: 64 * 1024 * 1024, record_bytes_max: 64 * 1024 * 1024, preallocate: true }
     }
 }
 
@@ -144,12 +160,20 @@ pub struct FileStorage {
     /// Deletes the segments a compaction covered, off the storage thread: see
     /// `remove_covered_segments_later`. Joined before the next one starts and on drop.
     reaper: Option<std::thread::JoinHandle<Result<(), StorageError>>>,
+    /// With `preallocate`: the zero-filled file the next segment is made from, ready…
+    spare_ready: Option<PathBuf>,
+    /// …or being written on a thread of its own (see `prepare_spare_later`).
+    spare_preparing: Option<std::thread::JoinHandle<Result<PathBuf, StorageError>>>,
 }
 
 impl Drop for FileStorage {
     fn drop(&mut self) {
         if let Some(Err(error)) = self.reaper.take().map(|reaper| reaper.join().expect("the segment reaper panicked")) {
             tracing::error!("deleting covered log segments failed: {error}");
+        }
+        // Released with the lock: no thread may still be writing in the directory.
+        if let Some(Err(error)) = self.spare_preparing.take().map(|preparing| preparing.join().expect("the spare writer panicked")) {
+            tracing::error!("preparing a spare log segment failed: {error}");
         }
     }
 }
@@ -180,12 +204,15 @@ impl FileStorage {
             failed: false,
             recovery: Recovery::default(),
             reaper: None,
+            spare_ready: None,
+            spare_preparing: None,
         };
         storage.load_segments()?;
         storage.reconcile_with_snapshot()?;
         storage.open_active()?;
         storage.raise_term_to_log()?;
         storage.check_invariants();
+        storage.prepare_first_spare()?;
         Ok(storage)
     }
 
@@ -379,6 +406,11 @@ impl FileStorage {
     }
 
     fn write_entries(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        self.write_records(entries)?;
+        self.maybe_prepare_spare()
+    }
+
+    fn write_records(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
         let mut batch = Batch::default();
         for entry in entries {
             let frame_bytes = record::frame_bytes(entry) as u64;
@@ -406,8 +438,8 @@ impl FileStorage {
             return Ok(());
         }
         let last = self.segments.last_mut().expect("a segment exists once rolled");
-        let file = self.active.as_mut().expect("the last segment is open");
-        file.write_all(&batch.bytes).map_err(|error| StorageError::io("write", &last.path, error))?;
+        let file = self.active.as_ref().expect("the last segment is open");
+        file.write_all_at(&batch.bytes, last.size_bytes).map_err(|error| StorageError::io("write", &last.path, error))?;
         last.record_offsets.extend(batch.record_offsets.iter().map(|offset| last.size_bytes + offset));
         last.size_bytes += batch.bytes.len() as u64;
         self.active_dirty = true;
@@ -422,17 +454,64 @@ impl FileStorage {
             assert_eq!(last.next_index(), first_index, "a new segment continues the log");
         }
         self.sync_active()?;
-        let segment = segment::create(&self.wal_dir, first_index)?;
+        let segment = if self.config.preallocate {
+            let spare = self.take_spare()?;
+            segment::create_from_spare(&self.wal_dir, &spare, first_index)?
+        } else {
+            segment::create(&self.wal_dir, first_index)?
+        };
         self.segments.push(segment);
-        self.open_active()
+        self.open_active()?;
+        // The segment just sealed may hold only records a snapshot covers: kept while it
+        // was the last (see `take_covered_segments`), dead now.
+        self.remove_covered_segments_later()
     }
 
+    /// With `preallocate`, at open: an empty log will roll at its first append, so its spare
+    /// is written now, before the node runs (zero-filling 64 MiB takes ~0.2 s: a stall that
+    /// long on the first write could cost the leader its term). A log with a segment gets
+    /// its spare from `maybe_prepare_spare`.
+    fn prepare_first_spare(&mut self) -> Result<(), StorageError> {
+        if self.config.preallocate && self.segments.is_empty() {
+            self.spare_ready = Some(segment::prepare_spare(&self.wal_dir, self.config.segment_bytes_max)?);
+        }
+        self.maybe_prepare_spare()
+    }
+
+    /// Once the last segment is half full, starts writing the next spare on a thread of its
+    /// own, so the roll only renames it. Not sooner: 64 MiB of zeros compete with the log's
+    /// own fsyncs while they are written, and a small log never needs a second file.
+    fn maybe_prepare_spare(&mut self) -> Result<(), StorageError> {
+        let half_full = self.segments.last().is_some_and(|last| last.size_bytes >= self.config.segment_bytes_max / 2);
+        if !self.config.preallocate || !half_full || self.spare_ready.is_some() || self.spare_preparing.is_some() {
+            return Ok(());
+        }
+        let (wal_dir, bytes) = (self.wal_dir.clone(), self.config.segment_bytes_max);
+        let prepare = move || segment::prepare_spare(&wal_dir, bytes);
+        let thread = std::thread::Builder::new().name("keel-wal-spare".to_string()).spawn(prepare).map_err(|error| StorageError::io("spawn a thread to write", &self.wal_dir, error))?;
+        self.spare_preparing = Some(thread);
+        Ok(())
+    }
+
+    /// The spare for the next segment; waits for it if it is still being written.
+    fn take_spare(&mut self) -> Result<PathBuf, StorageError> {
+        if let Some(spare) = self.spare_ready.take() {
+            return Ok(spare);
+        }
+        match self.spare_preparing.take() {
+            Some(preparing) => preparing.join().expect("the spare writer panicked"),
+            None => segment::prepare_spare(&self.wal_dir, self.config.segment_bytes_max),
+        }
+    }
+
+    /// Opens the last segment for writing at its records' end: the file's end, or inside
+    /// its zero tail (a preallocated segment; see segment.rs).
     fn open_active(&mut self) -> Result<(), StorageError> {
         self.active = None;
         let Some(last) = self.segments.last() else { return Ok(()) };
-        let file = OpenOptions::new().append(true).open(&last.path).map_err(|error| StorageError::io("open", &last.path, error))?;
+        let file = OpenOptions::new().write(true).open(&last.path).map_err(|error| StorageError::io("open", &last.path, error))?;
         let length = file.metadata().map_err(|error| StorageError::io("stat", &last.path, error))?.len();
-        assert_eq!(length, last.size_bytes, "segment {} size differs from the index", last.path.display());
+        assert!(length >= last.size_bytes, "segment {} is shorter than its records", last.path.display());
         self.active = Some(file);
         Ok(())
     }
@@ -462,7 +541,7 @@ impl FileStorage {
     }
 
     /// Deletes the segments that start at or below `floor` and hold nothing after it, oldest
-    /// first; how many. (An empty segment starting at `floor + 1` stays: it is the log's end.)
+    /// first, except the last; how many.
     fn remove_covered_segments(&mut self) -> Result<usize, StorageError> {
         let paths = self.take_covered_segments();
         if paths.is_empty() {
@@ -476,14 +555,14 @@ impl FileStorage {
     }
 
     /// Drops the covered segments from the index, oldest first; their paths, to delete.
+    /// The last segment always stays, even when the snapshot covers all of it: the log goes
+    /// on in it (its dead records are skipped when read), instead of in a new segment whose
+    /// creation costs a fsync of the directory, and with `preallocate` 64 MiB of zeros.
     fn take_covered_segments(&mut self) -> Vec<PathBuf> {
         let floor = self.floor().last_included_index;
         let is_covered = |segment: &Segment| segment.first_index <= floor && segment.next_index() <= floor.next();
         let covered = self.segments.iter().take_while(|segment| is_covered(segment)).count();
-        if covered == self.segments.len() {
-            self.active = None;
-            self.active_dirty = false;
-        }
+        let covered = covered.min(self.segments.len().saturating_sub(1));
         self.segments.drain(..covered).map(|segment| segment.path).collect()
     }
 

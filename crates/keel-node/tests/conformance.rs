@@ -1,7 +1,8 @@
-//! The storage conformance suite against both implementations. `FileStorage` runs twice:
-//! with the default 64 MiB segments (everything in one segment) and with 300-byte segments,
-//! so that appends roll, truncations cross segment boundaries and compactions delete whole
-//! segments.
+//! The storage conformance suite against both implementations. `FileStorage` runs three
+//! times: with the default 64 MiB segments (everything in one segment; not preallocated, to
+//! keep the suite from writing 64 MiB of zeros per case) and with 300-byte segments, both
+//! preallocated and growing, so that appends roll, truncations cross segment boundaries,
+//! compactions delete whole segments, and every reopen meets zero tails.
 
 use keel_node::conformance::{Harness, MemoryHarness};
 use keel_node::{FileStorage, FileStorageConfig};
@@ -16,8 +17,8 @@ pub struct FileHarness {
 }
 
 impl FileHarness {
-    pub fn new(segment_bytes_max: u64) -> FileHarness {
-        let config = FileStorageConfig { segment_bytes_max, ..FileStorageConfig::default() };
+    pub fn new(segment_bytes_max: u64, preallocate: bool) -> FileHarness {
+        let config = FileStorageConfig { segment_bytes_max, preallocate, ..FileStorageConfig::default() };
         FileHarness { dir: tempfile::tempdir().expect("temporary directory"), config }
     }
 }
@@ -39,11 +40,15 @@ impl Harness for FileHarness {
 }
 
 mod file_default_segments {
-    keel_node::storage_conformance_tests!(super::FileHarness::new(keel_node::FileStorageConfig::default().segment_bytes_max));
+    keel_node::storage_conformance_tests!(super::FileHarness::new(keel_node::FileStorageConfig::default().segment_bytes_max, false));
 }
 
-mod file_small_segments {
-    keel_node::storage_conformance_tests!(super::FileHarness::new(300));
+mod file_small_preallocated_segments {
+    keel_node::storage_conformance_tests!(super::FileHarness::new(300, true));
+}
+
+mod file_small_growing_segments {
+    keel_node::storage_conformance_tests!(super::FileHarness::new(300, false));
 }
 
 #[test]

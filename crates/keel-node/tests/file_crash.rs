@@ -1,6 +1,10 @@
 //! `FileStorage` after crashes and damage: torn final records at every byte offset, flipped
 //! bytes, missing segments, interrupted installs and compactions, and the write pattern
 //! (segments roll, compaction and truncation never rewrite the rest of the log).
+//!
+//! Most cases use growing segments, where a record's place is read off the file's size; the
+//! preallocated layout (records written over zeros) has its own cases at the end, which take
+//! record places from the same log written growing: the records' bytes are identical.
 
 use keel_core::{Entry, EntryKind, HardState, LogIndex, NodeId, Snapshot, SnapshotMeta, Term};
 use keel_node::{FileStorage, FileStorageConfig, Storage, StorageError, TornTail};
@@ -11,7 +15,11 @@ use std::sync::Arc;
 const SEGMENT_BYTES_MAX: u64 = 300;
 
 fn config() -> FileStorageConfig {
-    FileStorageConfig { segment_bytes_max: SEGMENT_BYTES_MAX, ..FileStorageConfig::default() }
+    FileStorageConfig { segment_bytes_max: SEGMENT_BYTES_MAX, preallocate: false, ..FileStorageConfig::default() }
+}
+
+fn preallocated() -> FileStorageConfig {
+    FileStorageConfig { preallocate: true, ..config() }
 }
 
 fn entry(index: u64, term: u64) -> Entry {
@@ -38,7 +46,11 @@ struct Placed {
 /// Writes entries `1..=count` in term 1, one append and sync each, and returns where each
 /// record landed (read from file sizes, not from the storage's own index).
 fn write_log(dir: &Path, count: u64) -> Vec<Placed> {
-    let mut storage = FileStorage::open(dir, config()).expect("open");
+    write_log_with(dir, count, config())
+}
+
+fn write_log_with(dir: &Path, count: u64, config: FileStorageConfig) -> Vec<Placed> {
+    let mut storage = FileStorage::open(dir, config).expect("open");
     storage.set_hard_state(&hard_state(1)).expect("set_hard_state");
     let mut placed: Vec<Placed> = Vec::new();
     for index in 1..=count {
@@ -89,7 +101,11 @@ fn indexes(storage: &FileStorage) -> Vec<u64> {
 }
 
 fn expect_corruption(dir: &Path, file: &Path, offset: u64) {
-    match FileStorage::open(dir, config()) {
+    expect_corruption_with(dir, file, offset, config())
+}
+
+fn expect_corruption_with(dir: &Path, file: &Path, offset: u64, config: FileStorageConfig) {
+    match FileStorage::open(dir, config) {
         Err(StorageError::Corruption { file: named, offset: at, reason }) => {
             assert_eq!((named.as_path(), at), (file, offset), "corruption reported at the wrong place ({reason})");
             let message = StorageError::Corruption { file: named, offset: at, reason }.to_string();
@@ -121,17 +137,21 @@ fn torn_last_record_at_every_byte_offset() {
                 let length = if zero_fill { (cut_at / 512 + 1) * 512 } else { cut_at };
                 cut(&file, length);
                 let context = format!("{count} records, cut at {cut_at}, file length {length}");
-                check_recovered_without_last(copy.path(), &file, last.start, length, count, &context);
+                check_recovered_without_last(copy.path(), &file, last.start, cut_at, length, count, &context);
             }
         }
     }
 }
 
-fn check_recovered_without_last(dir: &Path, file: &Path, record_start: u64, length: u64, count: u64, context: &str) {
+/// The last record was cut at `cut_at` and the file is `length` bytes (zeros after
+/// `cut_at`). A cut inside the record leaves a torn tail, cut back to the record's start; a
+/// cut at its start leaves only zeros after the log, which is its end, left as it is.
+fn check_recovered_without_last(dir: &Path, file: &Path, record_start: u64, cut_at: u64, length: u64, count: u64, context: &str) {
     let mut storage = FileStorage::open(dir, config()).unwrap_or_else(|error| panic!("{context}: {error}"));
-    let expected_torn = (length > record_start).then(|| TornTail { file: file.to_path_buf(), offset: record_start, bytes_removed: length - record_start });
+    let expected_torn = (cut_at > record_start).then(|| TornTail { file: file.to_path_buf(), offset: record_start, bytes_removed: length - record_start });
     assert_eq!(storage.recovery().torn_tail, expected_torn, "{context}");
-    assert_eq!(fs::metadata(file).expect("stat").len(), record_start, "{context}: file cut back to the record boundary");
+    let expected_length = if cut_at > record_start { record_start } else { length };
+    assert_eq!(fs::metadata(file).expect("stat").len(), expected_length, "{context}: a torn record is cut back to its start");
     assert_eq!(indexes(&storage), (1..count).collect::<Vec<_>>(), "{context}");
     assert_eq!(storage.initial_state().expect("initial_state").hard_state, hard_state(1), "{context}");
     storage.append(&[entry(count, 1), entry(count + 1, 1)]).expect("append after recovery");
@@ -154,16 +174,22 @@ fn bad_checksum_on_final_record_is_a_torn_tail() {
     assert_eq!(indexes(&storage), (1..10).collect::<Vec<_>>());
 }
 
+/// Zeros after the last whole record (a file that grew before its data reached the disk)
+/// are the log's end: nothing to repair, and the next record goes right after the last.
 #[test]
-fn zero_filled_tail_is_a_torn_tail() {
+fn zero_filled_tail_is_the_end_of_the_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let placed = write_log(dir.path(), 10);
     let last = placed.last().expect("records");
     cut(&last.file, last.end + 4096);
-    let storage = FileStorage::open(dir.path(), config()).expect("open");
-    let torn = storage.recovery().torn_tail.clone().expect("torn tail");
-    assert_eq!((torn.offset, torn.bytes_removed), (last.end, 4096));
+    let mut storage = FileStorage::open(dir.path(), config()).expect("open");
+    assert_eq!(storage.recovery(), &Default::default());
     assert_eq!(indexes(&storage), (1..=10).collect::<Vec<_>>());
+    storage.append(&[entry(11, 1)]).expect("append");
+    storage.sync().expect("sync");
+    drop(storage);
+    let storage = FileStorage::open(dir.path(), config()).expect("reopen");
+    assert_eq!(indexes(&storage), (1..=11).collect::<Vec<_>>(), "record 11 landed right after record 10");
 }
 
 /// A torn write leaves a prefix of the right record; a damaged length or index in the final
@@ -419,4 +445,83 @@ fn a_second_open_of_the_same_directory_is_refused() {
         Err(StorageError::Locked { path }) => assert_eq!(path, dir.path()),
         other => panic!("expected Locked, got {:?}", other.err()),
     }
+}
+
+// ----- preallocated segments ----------------------------------------------------------------
+
+/// Every segment is created at its full size; records are written over the zeros, a sealed
+/// segment keeps its unused zeros, and reopening finds the log's end inside each file.
+#[test]
+fn preallocated_segments_are_full_size_and_reopen_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let growing = tempfile::tempdir().expect("tempdir");
+    let placed = write_log_with(growing.path(), 30, config());
+    write_log_with(dir.path(), 30, preallocated());
+    let mut storage = FileStorage::open(dir.path(), preallocated()).expect("open");
+    assert_eq!(storage.recovery(), &Default::default(), "zero tails are not damage");
+    let paths = storage.segment_paths();
+    assert!(paths.len() >= 5, "{} segments", paths.len());
+    for path in &paths {
+        let bytes = fs::read(path).expect("read");
+        assert_eq!(bytes.len() as u64, SEGMENT_BYTES_MAX, "{} is preallocated", path.display());
+        let twin = fs::read(moved(path, dir.path(), growing.path())).expect("the growing log has the same segment");
+        assert_eq!(&bytes[..twin.len()], &twin[..], "the same records at the same offsets");
+        assert!(bytes[twin.len()..].iter().all(|byte| *byte == 0), "then zeros");
+    }
+    assert_eq!(placed.len(), 30);
+    storage.append(&[entry(31, 1)]).expect("append");
+    storage.sync().expect("sync");
+    drop(storage);
+    let storage = FileStorage::open(dir.path(), preallocated()).expect("reopen");
+    assert_eq!(indexes(&storage), (1..=31).collect::<Vec<_>>());
+}
+
+/// A crash mid-write in a preallocated segment leaves a prefix of the last record and then
+/// the zeros it was written over. At every cut, the record is recognised as torn (or, cut
+/// at its first byte, as the log's end) and the log goes on from the one before.
+#[test]
+fn torn_last_record_in_a_preallocated_segment_at_every_byte_offset() {
+    for count in 1..=16u64 {
+        let growing = tempfile::tempdir().expect("tempdir");
+        let last = write_log_with(growing.path(), count, config()).pop().expect("records");
+        let pristine = tempfile::tempdir().expect("tempdir");
+        write_log_with(pristine.path(), count, preallocated());
+        for cut_at in last.start..last.end {
+            let copy = tempfile::tempdir().expect("tempdir");
+            copy_dir(pristine.path(), copy.path());
+            let file = moved(&last.file, growing.path(), copy.path());
+            let mut bytes = fs::read(&file).expect("read");
+            bytes[cut_at as usize..last.end as usize].fill(0);
+            fs::write(&file, &bytes).expect("write");
+            let context = format!("{count} records, zeroed from {cut_at}");
+            let mut storage = FileStorage::open(copy.path(), preallocated()).unwrap_or_else(|error| panic!("{context}: {error}"));
+            let torn = storage.recovery().torn_tail.as_ref().map(|torn| torn.offset);
+            assert_eq!(torn, (cut_at > last.start).then_some(last.start), "{context}");
+            assert_eq!(indexes(&storage), (1..count).collect::<Vec<_>>(), "{context}");
+            storage.append(&[entry(count, 1), entry(count + 1, 1)]).expect("append after recovery");
+            storage.sync().expect("sync");
+            drop(storage);
+            let storage = FileStorage::open(copy.path(), preallocated()).expect("reopen");
+            assert_eq!(storage.recovery(), &Default::default(), "{context}: the second open is clean");
+            let expected: Vec<Entry> = (1..=count + 1).map(|index| entry(index, 1)).collect();
+            assert_eq!(storage.initial_state().expect("initial_state").entries, expected, "{context}");
+        }
+    }
+}
+
+/// Zeros are only an end when nothing but zeros follows: a record after a zeroed one is
+/// damage, preallocated or not.
+#[test]
+fn zeros_followed_by_a_record_in_a_preallocated_segment_are_corruption() {
+    let growing = tempfile::tempdir().expect("tempdir");
+    let placed = write_log_with(growing.path(), 3, config());
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_log_with(dir.path(), 3, preallocated());
+    let (middle, last) = (&placed[1], &placed[2]);
+    assert_eq!(middle.file, last.file, "three records share the first segment");
+    let file = moved(&middle.file, growing.path(), dir.path());
+    let mut bytes = fs::read(&file).expect("read");
+    bytes[middle.start as usize..middle.end as usize].fill(0);
+    fs::write(&file, &bytes).expect("write");
+    expect_corruption_with(dir.path(), &file, middle.start, preallocated());
 }

@@ -9,32 +9,41 @@
 //!     20   ...  records
 //! ```
 //!
-//! A segment is created whole (header written to `<name>.tmp`, fsynced, renamed, directory
-//! fsynced), so a short or bad header is corruption. Only the last segment is ever written
-//! to; it is fsynced before the next one is created, so only the last can end in a torn
-//! record.
+//! A segment is created whole, so a short or bad header is corruption: either its header is
+//! written to `<name>.tmp`, fsynced, renamed and the directory fsynced, or (preallocated) a
+//! zero-filled spare file prepared beforehand gets the header written over its first bytes,
+//! fsynced, and is renamed the same way. Only the last segment is ever written to; it is fsynced before the next one
+//! is created, so only the last can end in a torn record.
+//!
+//! Records end at the end of the file, or at a record boundary after which every byte is
+//! zero: the unused space of a preallocated segment (no record starts with a zero length),
+//! or a write whose bytes never reached the disk. That is the log's end, not damage.
 //!
 //! Reading the last segment, a record at offset `o` that fails to decode because it runs
 //! past the end of the file or its checksum does not match is a torn tail (cut away at `o`,
-//! with a warning) when, ignoring the zero bytes at the end of the file (a file may grow
-//! before its data reaches the disk), the bytes from `o` on can be the start of that very
-//! record: no non-zero byte lies past the end its length announces, and each of its fields
-//! that is wholly present agrees — length within `18..=record_bytes_max - 8`, record type 1,
-//! index = the index expected next, and the payload length the entry describes (18, or
-//! 22 + data_bytes for a command) = the length field. A file whose remaining bytes are all
-//! zero is a torn tail too. Any other bad record — one followed by written bytes, one whose
-//! fields disagree, one whose checksum matches but whose payload is invalid — and any bad
-//! record in a segment other than the last is `Corruption` at its offset: never dropped.
+//! with a warning) when, ignoring the zero bytes at the end of the file (preallocated space,
+//! or a file that grew before its data reached the disk), the bytes from `o` on can be the
+//! start of that very record: no non-zero byte lies past the end its length announces, and
+//! each of its fields that is wholly present agrees — length within
+//! `18..=record_bytes_max - 8`, record type 1, index = the index expected next, and the
+//! payload length the entry describes (18, or 22 + data_bytes for a command) = the length
+//! field. Any other bad record — one followed by written bytes, one whose fields disagree,
+//! one whose checksum matches but whose payload is invalid — and any bad record in a segment
+//! other than the last is `Corruption` at its offset: never dropped.
 
 use super::atomic;
 use super::record::{self, Frame};
 use crate::storage::StorageError;
 use keel_core::{Entry, LogIndex};
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 pub const HEADER_BYTES: u64 = 20;
 const MAGIC: &[u8; 8] = b"KEELSEG1";
 const SUFFIX: &str = ".seg";
+/// The spare's name before `atomic`'s temp suffix.
+const SPARE_NAME: &str = "spare.seg";
 
 /// A segment as the in-memory index knows it.
 #[derive(Debug)]
@@ -110,6 +119,46 @@ pub fn create(wal_dir: &Path, first_index: LogIndex) -> Result<Segment, StorageE
     Ok(Segment { path, first_index, record_offsets: Vec::new(), size_bytes: HEADER_BYTES })
 }
 
+/// Writes `<wal>/spare.seg.tmp`: `bytes` zeros, durably (size included). A spare becomes a
+/// preallocated segment in `create_from_spare`; a leftover one is deleted on open, like
+/// every `*.tmp`. The zeros go down in chunks of `SPARE_CHUNK_BYTES`, each synced before
+/// the next is written: one flush of 64 MiB would hold every fsync on the same disk (this
+/// node's log writes, and other nodes' on a shared machine) for a quarter of a second.
+pub fn prepare_spare(wal_dir: &Path, bytes: u64) -> Result<PathBuf, StorageError> {
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    const SPARE_CHUNK_BYTES: u64 = 1024 * 1024;
+    let path = atomic::temp_path(wal_dir, SPARE_NAME);
+    let file = OpenOptions::new().write(true).create(true).truncate(true).open(&path).map_err(|error| StorageError::io("create", &path, error))?;
+    let bytes = bytes.max(HEADER_BYTES);
+    let mut written = 0u64;
+    while written < bytes {
+        let chunk_end = (written + SPARE_CHUNK_BYTES).min(bytes);
+        while written < chunk_end {
+            let length = (chunk_end - written).min(ZEROS.len() as u64);
+            file.write_all_at(&ZEROS[..length as usize], written).map_err(|error| StorageError::io("write", &path, error))?;
+            written += length;
+        }
+        file.sync_data().map_err(|error| StorageError::io("fsync", &path, error))?;
+    }
+    file.sync_all().map_err(|error| StorageError::io("fsync", &path, error))?;
+    Ok(path)
+}
+
+/// Turns the spare into the empty segment starting at `first_index`: its header written
+/// over the first zeros and synced, then the rename, then the directory synced. A crash
+/// before the rename leaves only a spare, deleted on open.
+pub fn create_from_spare(wal_dir: &Path, spare: &Path, first_index: LogIndex) -> Result<Segment, StorageError> {
+    let name = file_name(first_index);
+    assert!(!wal_dir.join(&name).exists(), "segment {name} already exists");
+    let file = OpenOptions::new().write(true).open(spare).map_err(|error| StorageError::io("open", spare, error))?;
+    file.write_all_at(&encode_header(first_index), 0).map_err(|error| StorageError::io("write", spare, error))?;
+    file.sync_data().map_err(|error| StorageError::io("fsync", spare, error))?;
+    let path = wal_dir.join(&name);
+    std::fs::rename(spare, &path).map_err(|error| StorageError::io("rename", &path, error))?;
+    atomic::sync_directory(wal_dir)?;
+    Ok(Segment { path, first_index, record_offsets: Vec::new(), size_bytes: HEADER_BYTES })
+}
+
 /// How `scan` treats a bad record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tail {
@@ -135,6 +184,9 @@ pub fn scan(path: &Path, first_index: LogIndex, payload_bytes_max: usize, tail: 
     let mut offset = HEADER_BYTES as usize;
     while offset < bytes.len() {
         let rest = &bytes[offset..];
+        if rest.iter().all(|byte| *byte == 0) {
+            break; // the module doc: the log's end
+        }
         let (entry, frame_bytes) = match record::decode(rest, payload_bytes_max) {
             Frame::Entry { entry, frame_bytes } => (entry, frame_bytes),
             frame if tail == Tail::MayBeTorn && is_torn(&frame, rest, segment.next_index(), payload_bytes_max) => {
