@@ -1,0 +1,204 @@
+//! A real network partition: three `keel serve` processes, each in a network namespace of its
+//! own joined by a bridge, and the leader cut off with iptables (every packet to and from the
+//! other nodes dropped, not refused: the harder case, where nothing tells the sender).
+//!
+//! Checks that the majority elects a new leader and commits, that the cut-off leader notices
+//! (its peer streams time out and it logs it, rather than writing into the void), and that
+//! after healing it follows the new leader and holds what was written meanwhile.
+//!
+//! Needs root, `ip` (iproute2) and `iptables`; `.ci/run` runs as root and installs them.
+//! Without root the test says so and returns: namespaces cannot be made.
+
+mod common;
+
+use common::{eventually, BINARY};
+use serde_json::Value;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const NODES: u64 = 3;
+const PORT: u16 = 7001;
+/// Elections, a partition noticed, a heal: each well under this on a loaded 2-core machine.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Namespaces, veth pairs and a bridge, named after this process so runs cannot collide;
+/// all deleted on drop.
+struct Fabric {
+    tag: u32,
+    subnet: String,
+}
+
+impl Fabric {
+    fn new() -> Fabric {
+        let pid = std::process::id();
+        let fabric = Fabric { tag: pid % 10_000, subnet: format!("10.213.{}", pid % 250) };
+        fabric.run(&["ip", "link", "add", &fabric.bridge(), "type", "bridge"]);
+        fabric.run(&["ip", "addr", "add", &format!("{}.254/24", fabric.subnet), "dev", &fabric.bridge()]);
+        fabric.run(&["ip", "link", "set", &fabric.bridge(), "up"]);
+        for id in 1..=NODES {
+            let (namespace, outside, inside) = (fabric.namespace(id), format!("kv{}o{id}", fabric.tag), format!("kv{}i{id}", fabric.tag));
+            fabric.run(&["ip", "netns", "add", &namespace]);
+            fabric.run(&["ip", "link", "add", &outside, "type", "veth", "peer", "name", &inside]);
+            fabric.run(&["ip", "link", "set", &inside, "netns", &namespace]);
+            fabric.run(&["ip", "link", "set", &outside, "master", &fabric.bridge()]);
+            fabric.run(&["ip", "link", "set", &outside, "up"]);
+            fabric.run(&["ip", "netns", "exec", &namespace, "ip", "addr", "add", &format!("{}/24", fabric.ip(id)), "dev", &inside]);
+            fabric.run(&["ip", "netns", "exec", &namespace, "ip", "link", "set", &inside, "up"]);
+            fabric.run(&["ip", "netns", "exec", &namespace, "ip", "link", "set", "lo", "up"]);
+        }
+        fabric
+    }
+
+    fn bridge(&self) -> String {
+        format!("kb{}", self.tag)
+    }
+
+    fn namespace(&self, id: u64) -> String {
+        format!("keel-test-{}-{id}", self.tag)
+    }
+
+    fn ip(&self, id: u64) -> String {
+        format!("{}.{id}", self.subnet)
+    }
+
+    fn address(&self, id: u64) -> String {
+        format!("{}:{PORT}", self.ip(id))
+    }
+
+    fn run(&self, command: &[&str]) {
+        let output = Command::new(command[0]).args(&command[1..]).output().unwrap_or_else(|error| panic!("{}: {error} (is it installed?)", command.join(" ")));
+        assert!(output.status.success(), "{} failed: {}", command.join(" "), String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// Drops every packet between node `id` and the rest of the subnet, both ways.
+    fn cut_off(&self, id: u64) {
+        let (namespace, subnet) = (self.namespace(id), format!("{}.0/24", self.subnet));
+        self.run(&["ip", "netns", "exec", &namespace, "iptables", "-A", "INPUT", "-s", &subnet, "-j", "DROP"]);
+        self.run(&["ip", "netns", "exec", &namespace, "iptables", "-A", "OUTPUT", "-d", &subnet, "-j", "DROP"]);
+    }
+
+    fn heal(&self, id: u64) {
+        self.run(&["ip", "netns", "exec", &self.namespace(id), "iptables", "-F"]);
+    }
+}
+
+impl Drop for Fabric {
+    fn drop(&mut self) {
+        for id in 1..=NODES {
+            let _ = Command::new("ip").args(["netns", "del", &self.namespace(id)]).output();
+        }
+        let _ = Command::new("ip").args(["link", "del", &self.bridge()]).output();
+    }
+}
+
+/// The `keel serve` processes, killed on drop (before the fabric goes).
+struct Nodes {
+    children: Vec<Child>,
+    logs: Vec<PathBuf>,
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn start_nodes(fabric: &Fabric, dir: &Path) -> Nodes {
+    let peers = (1..=NODES).map(|id| format!("{id}={}", fabric.address(id))).collect::<Vec<_>>().join(",");
+    let mut nodes = Nodes { children: Vec::new(), logs: Vec::new() };
+    for id in 1..=NODES {
+        let log = dir.join(format!("node{id}.log"));
+        let data_dir = dir.join(format!("node{id}"));
+        let child = Command::new("ip")
+            .args(["netns", "exec", &fabric.namespace(id), BINARY, "serve", "--id", &id.to_string(), "--listen", &fabric.address(id)])
+            .args(["--data-dir", data_dir.to_str().expect("utf-8 path"), "--peers", &peers])
+            .env("KEEL_LOG_LEVEL", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawning keel serve in its namespace");
+        nodes.children.push(child);
+        nodes.logs.push(log);
+    }
+    nodes
+}
+
+/// `(leader id, term)` as node `id` reports it, if it answers.
+async fn leader_seen_by(http: &reqwest::Client, fabric: &Fabric, id: u64) -> Option<(u64, u64)> {
+    let response = http.get(format!("http://{}/v1/status", fabric.address(id))).send().await.ok()?;
+    let status: Value = response.json().await.ok()?;
+    Some((status["leader_id"].as_u64()?, status["term"].as_u64()?))
+}
+
+/// The leader every node in `ids` agrees on, and its term.
+async fn agreed_leader(http: &reqwest::Client, fabric: &Fabric, ids: &[u64]) -> Option<(u64, u64)> {
+    let mut seen = Vec::new();
+    for id in ids {
+        seen.push(leader_seen_by(http, fabric, *id).await?);
+    }
+    seen.windows(2).all(|pair| pair[0] == pair[1]).then(|| seen[0])
+}
+
+async fn put(http: &reqwest::Client, fabric: &Fabric, id: u64, key: &str, value: &str) -> reqwest::StatusCode {
+    let url = format!("http://{}/v1/kv/{key}", fabric.address(id));
+    http.put(url).body(value.to_string()).send().await.map(|response| response.status()).unwrap_or(reqwest::StatusCode::SERVICE_UNAVAILABLE)
+}
+
+async fn stale_get(http: &reqwest::Client, fabric: &Fabric, id: u64, key: &str) -> Option<String> {
+    let url = format!("http://{}/v1/kv/{key}?consistency=stale", fabric.address(id));
+    let response = http.get(url).send().await.ok()?;
+    response.status().is_success().then_some(())?;
+    response.text().await.ok()
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|output| output.stdout == b"0\n").unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_is_replaced_notices_and_rejoins() {
+    if !is_root() {
+        eprintln!("skipped: network namespaces need root (CI runs as root)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fabric = Fabric::new();
+    let nodes = start_nodes(&fabric, dir.path());
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(2)).build().expect("client");
+    let all: Vec<u64> = (1..=NODES).collect();
+
+    let (old_leader, old_term) = eventually("a leader all three agree on", DEADLINE, || agreed_leader(&http, &fabric, &all)).await;
+    assert_eq!(put(&http, &fabric, old_leader, "before", "1").await, reqwest::StatusCode::OK);
+
+    fabric.cut_off(old_leader);
+    let rest: Vec<u64> = all.iter().copied().filter(|id| *id != old_leader).collect();
+    let new_leader = eventually("the majority to elect a new leader", DEADLINE, || async {
+        let (leader, term) = agreed_leader(&http, &fabric, &rest).await?;
+        (leader != old_leader && term > old_term).then_some(leader)
+    })
+    .await;
+    eventually("a write through the new leader", DEADLINE, || async { (put(&http, &fabric, new_leader, "during", "2").await == reqwest::StatusCode::OK).then_some(()) }).await;
+    let old_log = &nodes.logs[(old_leader - 1) as usize];
+    eventually("the cut-off leader to log that its peers are unreachable", DEADLINE, || async {
+        std::fs::read_to_string(old_log).unwrap_or_default().contains("cannot send to node").then_some(())
+    })
+    .await;
+
+    fabric.heal(old_leader);
+    eventually("the old leader to follow the new one and hold the write made without it", DEADLINE, || async {
+        let following = leader_seen_by(&http, &fabric, old_leader).await?.0 == new_leader;
+        let caught_up = stale_get(&http, &fabric, old_leader, "during").await.as_deref() == Some("2");
+        (following && caught_up).then_some(())
+    })
+    .await;
+    for id in all {
+        assert_eq!(stale_get(&http, &fabric, id, "before").await.as_deref(), Some("1"), "node {id} kept the write from before the partition");
+    }
+    drop(nodes);
+}
