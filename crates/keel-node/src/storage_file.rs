@@ -48,8 +48,8 @@
 //!    away with a warning; every other bad byte is `Corruption`.
 //! 3. Finish what a crash interrupted: if the log holds the snapshot's last index with a
 //!    different term, delete the log (an install cut short); delete segments wholly covered
-//!    by the snapshot, except the last (a compaction cut short). A log that starts after `snapshot + 1` is
-//!    `Corruption`.
+//!    by the snapshot, except the last (a compaction cut short). A log that starts after
+//!    `snapshot + 1` is `Corruption`.
 //! 4. If the log's (or snapshot's) last term is newer than the stored `current_term`, the
 //!    crash fell between the entries' fsync and the hard state's: no vote was ever sent in
 //!    that term (votes go out only after their hard state is durable), so the term is raised
@@ -88,9 +88,9 @@ pub struct FileStorageConfig {
     /// over the zeros. An fdatasync after writing inside the file's allocated size flushes
     /// only data; one after growing the file must also commit the new size through the
     /// filesystem journal. Measured on the benchmark machine (3 writers, one fdatasync per
-    /// 200-byte write): p50 357 µs instead of 507 µs, and the disk's throttling stalls at
-    /// one connection fall from a p99 of 11–16 ms to 7–8 ms. The cost: a new segment's
-    /// 64 MiB are written once (about 0.2 s), and every segment file is full-size on disk.
+    /// 200-byte write): p50 357 µs instead of 507 µs; under load, fewer of the disk's
+    /// throttling stalls (docs/BENCHMARKS.md). The cost: a new segment's 64 MiB are written
+    /// once (about 0.2 s, ahead of time), and every segment file is full-size on disk.
     pub preallocate: bool,
 }
 
