@@ -286,6 +286,11 @@ async fn empty_key() -> ApiError {
     ApiError::bad_request("key must not be empty")
 }
 
+/// Probes after 10 s idle, every 5 s, 3 unanswered probes close the connection.
+fn accepted_keepalive() -> socket2::TcpKeepalive {
+    socket2::TcpKeepalive::new().with_time(Duration::from_secs(10)).with_interval(Duration::from_secs(5)).with_retries(3)
+}
+
 fn router(state: Arc<AppState>, raft_routes: Router) -> Router {
     let value_limit = Extension(BodyLimit(state.value_bytes_max));
     let json_limit = Extension(BodyLimit(2 * state.value_bytes_max + JSON_OVERHEAD_BYTES));
@@ -341,9 +346,13 @@ impl Server {
         let http_state = state.clone();
         let http = tokio::spawn(async move {
             // Small requests and answers, one at a time per connection: Nagle's algorithm
-            // would only hold them back (axum leaves it on by default).
+            // would only hold them back (axum leaves it on by default). Keepalive: a peer's
+            // stream only ever carries data towards this node, so if the peer's host vanishes
+            // (a partition, a power cut) nothing here would notice, and the stream's task and
+            // socket would wait forever; probes close it after ~25 s of silence.
             let listener = listener.tap_io(|stream| {
                 let _ = stream.set_nodelay(true);
+                let _ = socket2::SockRef::from(&*stream).set_tcp_keepalive(&accepted_keepalive());
             });
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                 let _ = http_stopped.await;

@@ -3,8 +3,10 @@
 //! other nodes dropped, not refused: the harder case, where nothing tells the sender).
 //!
 //! Checks that the majority elects a new leader and commits, that the cut-off leader notices
-//! (its peer streams time out and it logs it, rather than writing into the void), and that
-//! after healing it follows the new leader and holds what was written meanwhile.
+//! (its peer streams time out and it logs it, rather than writing into the void), that the
+//! others close the streams it had opened to them (keepalive on accepted connections, not
+//! held forever), and that after healing it follows the new leader and holds what was
+//! written meanwhile.
 //!
 //! Needs root, `ip` (iproute2) and `iptables`; `.ci/run` runs as root and installs them.
 //! Without root the test says so and returns: namespaces cannot be made.
@@ -22,6 +24,8 @@ const NODES: u64 = 3;
 const PORT: u16 = 7001;
 /// Elections, a partition noticed, a heal: each well under this on a loaded 2-core machine.
 const DEADLINE: Duration = Duration::from_secs(30);
+/// Accepted connections probe after 10 s of silence, 3 probes 5 s apart: ~25 s.
+const KEEPALIVE_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Namespaces, veth pairs and a bridge, named after this process so runs cannot collide;
 /// all deleted on drop.
@@ -77,6 +81,14 @@ impl Fabric {
         let (namespace, subnet) = (self.namespace(id), format!("{}.0/24", self.subnet));
         self.run(&["ip", "netns", "exec", &namespace, "iptables", "-A", "INPUT", "-s", &subnet, "-j", "DROP"]);
         self.run(&["ip", "netns", "exec", &namespace, "iptables", "-A", "OUTPUT", "-d", &subnet, "-j", "DROP"]);
+    }
+
+    /// Established connections that node `from` opened to node `id`'s port, seen from `id`.
+    fn established_from(&self, id: u64, from: u64) -> usize {
+        let filter = format!("( sport = :{PORT} and dst {} )", self.ip(from));
+        let output = Command::new("ip").args(["netns", "exec", &self.namespace(id), "ss", "-Htn", "state", "established", &filter]).output().expect("ss (iproute2)");
+        assert!(output.status.success(), "ss failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).lines().filter(|line| !line.trim().is_empty()).count()
     }
 
     fn heal(&self, id: u64) {
@@ -176,6 +188,9 @@ async fn a_partitioned_leader_is_replaced_notices_and_rejoins() {
     let (old_leader, old_term) = eventually("a leader all three agree on", DEADLINE, || agreed_leader(&http, &fabric, &all)).await;
     assert_eq!(put(&http, &fabric, old_leader, "before", "1").await, reqwest::StatusCode::OK);
 
+    for id in all.iter().filter(|id| **id != old_leader) {
+        assert!(fabric.established_from(*id, old_leader) > 0, "node {id} holds the leader's stream before the cut");
+    }
     fabric.cut_off(old_leader);
     let rest: Vec<u64> = all.iter().copied().filter(|id| *id != old_leader).collect();
     let new_leader = eventually("the majority to elect a new leader", DEADLINE, || async {
@@ -189,6 +204,15 @@ async fn a_partitioned_leader_is_replaced_notices_and_rejoins() {
         std::fs::read_to_string(old_log).unwrap_or_default().contains("cannot send to node").then_some(())
     })
     .await;
+
+    // The streams the old leader had opened to the others now carry nothing, and nothing
+    // tells them it is gone: keepalive probes on accepted connections must close them.
+    for id in &rest {
+        eventually("the others to close the old leader's silent streams", KEEPALIVE_DEADLINE, || async {
+            (fabric.established_from(*id, old_leader) == 0).then_some(())
+        })
+        .await;
+    }
 
     fabric.heal(old_leader);
     eventually("the old leader to follow the new one and hold the write made without it", DEADLINE, || async {
