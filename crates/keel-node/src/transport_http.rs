@@ -46,7 +46,10 @@
 //! When the `HttpTransport` is dropped (the driver stopped), the queues close and each
 //! peer's task ends after its write in flight, if any, closing its stream. A receiver whose
 //! node stopped closes the streams it holds, so senders reconnect (to a restarted node,
-//! perhaps) and meet 503 until one listens there again.
+//! perhaps) and meet 503 until one listens there again. A stream whose sender vanished
+//! without closing it (a partition, a power cut) is found by TCP keepalive on the accepting
+//! socket, which the server sets (keel-server's `server.rs`); nothing else would tell a
+//! receiver that only reads.
 
 use crate::transport::{Transport, PROTOCOL_VERSION};
 use axum::extract::rejection::QueryRejection;
