@@ -544,13 +544,9 @@ impl FileStorage {
     /// first, except the last; how many.
     fn remove_covered_segments(&mut self) -> Result<usize, StorageError> {
         let paths = self.take_covered_segments();
-        if paths.is_empty() {
-            return Ok(0);
+        if !paths.is_empty() {
+            remove_segment_files(&self.wal_dir, &paths)?;
         }
-        for path in &paths {
-            atomic::remove_file(path)?;
-        }
-        atomic::sync_directory(&self.wal_dir)?;
         Ok(paths.len())
     }
 
@@ -571,7 +567,7 @@ impl FileStorage {
     /// discarding them on a `discard` mount), long enough to hold up the log writes behind
     /// it past an election timeout. The segments are already out of the index, and a crash
     /// before they are gone only leaves dead files that `open` deletes (step 3 of the
-    /// module doc). A failure surfaces at the next compaction, which then fails too.
+    /// module doc). A failure surfaces at the next compaction or roll, which then fails too.
     fn remove_covered_segments_later(&mut self) -> Result<(), StorageError> {
         if let Some(reaper) = self.reaper.take() {
             reaper.join().expect("the segment reaper panicked")?;
@@ -581,12 +577,7 @@ impl FileStorage {
             return Ok(());
         }
         let wal_dir = self.wal_dir.clone();
-        let reap = move || {
-            for path in &paths {
-                atomic::remove_file(path)?;
-            }
-            atomic::sync_directory(&wal_dir)
-        };
+        let reap = move || remove_segment_files(&wal_dir, &paths);
         let reaper = std::thread::Builder::new().name("keel-segment-reaper".to_string()).spawn(reap).map_err(|error| StorageError::io("spawn a thread to delete", &self.wal_dir, error))?;
         self.reaper = Some(reaper);
         Ok(())
@@ -688,6 +679,14 @@ impl Storage for FileStorage {
             Ok(())
         })
     }
+}
+
+/// Deletes `paths` (segments already out of the index) in order, then syncs the directory.
+fn remove_segment_files(wal_dir: &Path, paths: &[PathBuf]) -> Result<(), StorageError> {
+    for path in paths {
+        atomic::remove_file(path)?;
+    }
+    atomic::sync_directory(wal_dir)
 }
 
 fn create_directories(dir: &Path, wal_dir: &Path) -> Result<(), StorageError> {

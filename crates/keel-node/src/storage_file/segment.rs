@@ -12,8 +12,8 @@
 //! A segment is created whole, so a short or bad header is corruption: either its header is
 //! written to `<name>.tmp`, fsynced, renamed and the directory fsynced, or (preallocated) a
 //! zero-filled spare file prepared beforehand gets the header written over its first bytes,
-//! fsynced, and is renamed the same way. Only the last segment is ever written to; it is fsynced before the next one
-//! is created, so only the last can end in a torn record.
+//! fsynced, and is renamed the same way. Only the last segment is ever written to; it is
+//! fsynced before the next one is created, so only the last can end in a torn record.
 //!
 //! Records end at the end of the file, or at a record boundary after which every byte is
 //! zero: the unused space of a preallocated segment (no record starts with a zero length),
