@@ -13,8 +13,7 @@
 
 mod common;
 
-use common::{eventually, BINARY};
-use serde_json::Value;
+use common::{agreed_leader_at, eventually, try_status_at, BINARY};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -141,20 +140,10 @@ fn start_nodes(fabric: &Fabric, dir: &Path) -> Nodes {
     nodes
 }
 
-/// `(leader id, term)` as node `id` reports it, if it answers.
-async fn leader_seen_by(http: &reqwest::Client, fabric: &Fabric, id: u64) -> Option<(u64, u64)> {
-    let response = http.get(format!("http://{}/v1/status", fabric.address(id))).send().await.ok()?;
-    let status: Value = response.json().await.ok()?;
-    Some((status["leader_id"].as_u64()?, status["term"].as_u64()?))
-}
-
-/// The leader every node in `ids` agrees on, and its term.
+/// The leader that the nodes `ids` agree on (and that says it leads), with its term.
 async fn agreed_leader(http: &reqwest::Client, fabric: &Fabric, ids: &[u64]) -> Option<(u64, u64)> {
-    let mut seen = Vec::new();
-    for id in ids {
-        seen.push(leader_seen_by(http, fabric, *id).await?);
-    }
-    seen.windows(2).all(|pair| pair[0] == pair[1]).then(|| seen[0])
+    let nodes: Vec<(u64, String)> = ids.iter().map(|id| (*id, fabric.address(*id))).collect();
+    agreed_leader_at(http, &nodes).await
 }
 
 async fn put(http: &reqwest::Client, fabric: &Fabric, id: u64, key: &str, value: &str) -> reqwest::StatusCode {
@@ -216,7 +205,7 @@ async fn a_partitioned_leader_is_replaced_notices_and_rejoins() {
 
     fabric.heal(old_leader);
     eventually("the old leader to follow the new one and hold the write made without it", DEADLINE, || async {
-        let following = leader_seen_by(&http, &fabric, old_leader).await?.0 == new_leader;
+        let following = try_status_at(&http, &fabric.address(old_leader)).await?["leader_id"].as_u64() == Some(new_leader);
         let caught_up = stale_get(&http, &fabric, old_leader, "during").await.as_deref() == Some("2");
         (following && caught_up).then_some(())
     })

@@ -38,6 +38,29 @@ where
     }
 }
 
+/// `GET /v1/status` of the node at `address`, if it answers within 2 s.
+pub async fn try_status_at(http: &reqwest::Client, address: &str) -> Option<Value> {
+    let response = http.get(format!("http://{address}/v1/status")).timeout(Duration::from_secs(2)).send().await.ok()?;
+    response.json().await.ok()
+}
+
+/// The leader, and its term, that every node in `nodes` (id, address) names, provided it is
+/// one of them and says itself that it leads in that term.
+pub async fn agreed_leader_at(http: &reqwest::Client, nodes: &[(u64, String)]) -> Option<(u64, u64)> {
+    let mut leaders = Vec::new();
+    for (_, address) in nodes {
+        let status = try_status_at(http, address).await?;
+        leaders.push((status["leader_id"].as_u64()?, status["term"].as_u64()?));
+    }
+    let (leader, term) = *leaders.first()?;
+    let (_, leader_address) = nodes.iter().find(|(id, _)| *id == leader)?;
+    if leaders.iter().any(|other| *other != (leader, term)) {
+        return None;
+    }
+    let leader_status = try_status_at(http, leader_address).await?;
+    (leader_status["role"] == "leader" && leader_status["term"].as_u64() == Some(term)).then_some((leader, term))
+}
+
 /// Ports below Linux's ephemeral range (32768+), so they do not collide with the source
 /// ports of outgoing connections; checked free by binding them.
 pub fn free_port() -> u16 {
@@ -200,8 +223,7 @@ impl Cluster {
     }
 
     pub async fn try_status(&self, id: u64) -> Option<Value> {
-        let response = self.http.get(format!("http://{}/v1/status", self.addr(id))).timeout(Duration::from_secs(2)).send().await.ok()?;
-        response.json().await.ok()
+        try_status_at(&self.http, &self.addr(id)).await
     }
 
     pub async fn status(&self, id: u64) -> Value {
@@ -214,20 +236,8 @@ impl Cluster {
     }
 
     pub async fn wait_for_leader_among(&self, ids: &[u64]) -> u64 {
-        eventually("one leader that every running node knows", WAIT, || async {
-            let mut leaders = Vec::new();
-            for id in ids {
-                let status = self.try_status(*id).await?;
-                leaders.push((status["leader_id"].as_u64()?, status["term"].as_u64()?));
-            }
-            let (leader, term) = leaders[0];
-            if leaders.iter().any(|other| *other != (leader, term)) || !ids.contains(&leader) {
-                return None;
-            }
-            let leader_status = self.try_status(leader).await?;
-            (leader_status["role"] == "leader" && leader_status["term"].as_u64() == Some(term)).then_some(leader)
-        })
-        .await
+        let nodes: Vec<(u64, String)> = ids.iter().map(|id| (*id, self.addr(*id))).collect();
+        eventually("one leader that every running node knows", WAIT, || async { agreed_leader_at(&self.http, &nodes).await.map(|(leader, _)| leader) }).await
     }
 
     pub async fn followers(&self) -> (u64, Vec<u64>) {
