@@ -407,6 +407,35 @@ fn compaction_deletes_whole_segments_only() {
     assert_eq!(indexes(&storage), (18..=30).collect::<Vec<_>>());
 }
 
+/// A snapshot covering the whole log keeps the last segment: the log goes on in it, instead
+/// of in a new file (with `preallocate`, 64 MiB of zeros written for it).
+#[test]
+fn compaction_of_the_whole_log_keeps_the_last_segment() {
+    // A log whose last segment has room for one more record, so the next append stays in it.
+    let (dir, count) = (20..40)
+        .map(|count| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let placed = write_log(dir.path(), count);
+            let last = placed.last().expect("records");
+            let has_room = last.end + (last.end - last.start) + 8 <= SEGMENT_BYTES_MAX; // + 8: the next command is a digit longer at most
+            (dir, count, has_room)
+        })
+        .find_map(|(dir, count, has_room)| has_room.then_some((dir, count)))
+        .expect("some length leaves room");
+    let mut storage = FileStorage::open(dir.path(), config()).expect("open");
+    let last = storage.segment_paths().last().expect("segments").clone();
+    assert!(storage.segment_paths().len() > 1, "earlier segments exist to be deleted");
+    storage.compact(&snapshot(count, 1)).expect("compact");
+    assert_eq!(storage.segment_paths(), vec![last.clone()], "only the last segment is left");
+    storage.append(&[entry(count + 1, 1)]).expect("append");
+    storage.sync().expect("sync");
+    assert_eq!(storage.segment_paths(), vec![last], "the next record went into it");
+    drop(storage);
+    let storage = FileStorage::open(dir.path(), config()).expect("reopen");
+    assert_eq!(storage.recovery(), &Default::default());
+    assert_eq!(indexes(&storage), vec![count + 1]);
+}
+
 /// A conflict truncates the segment holding the first new index and deletes later ones;
 /// earlier segments are untouched.
 #[test]
