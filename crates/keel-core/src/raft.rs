@@ -38,7 +38,10 @@ pub struct RestoredState {
 /// What one Ready handed to the driver.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Handed {
-    last_entry: Option<(LogIndex, Term)>,
+    /// The log's last entry when the Ready was taken: every entry up to it has been handed
+    /// out, so once a synced Ready completes they are all durable.
+    log_end: (LogIndex, Term),
+    synced: bool,
     snapshot: Option<SnapshotMeta>,
     applied_to: LogIndex,
 }
@@ -83,6 +86,10 @@ pub struct RaftCore {
     pub(crate) reads: ReadQueue,
     /// Leader: entries were appended and followers should hear of them at the next `ready`.
     pub(crate) broadcast_needed: bool,
+    /// Leader: a tick found entries of ours written but not synced; the next Ready syncs.
+    pub(crate) sync_requested: bool,
+    /// Leader: our persisted index at the last tick (see `followers_form_quorum`).
+    pub(crate) persisted_at_tick: LogIndex,
     // Bookkeeping towards the driver.
     pub(crate) messages: Vec<Message>,
     pub(crate) snapshot_to_install: Option<Snapshot>,
@@ -127,6 +134,8 @@ impl RaftCore {
             incoming_snapshot: None,
             reads: ReadQueue::default(),
             broadcast_needed: false,
+            sync_requested: false,
+            persisted_at_tick: LogIndex::ZERO,
             messages: Vec::new(),
             snapshot_to_install: None,
             applied_handed: snapshot_meta.last_included_index,
@@ -149,6 +158,11 @@ impl RaftCore {
         match self.role {
             Role::Leader => self.tick_leader(),
             _ => self.tick_election(),
+        }
+        // A deferred sync (see `Ready::may_defer_sync`) waits at most one tick.
+        if self.role == Role::Leader {
+            self.persisted_at_tick = self.log.persisted_index();
+            self.sync_requested |= self.log.persisted_index() < self.log.last_index();
         }
         self.check_invariants();
     }
@@ -406,6 +420,7 @@ impl RaftCore {
             || self.log.has_unstable()
             || !self.messages.is_empty()
             || self.broadcast_needed
+            || self.sync_requested
             || self.reads.has_work()
             || self.applied_handed < self.log.commit_index()
     }
@@ -434,8 +449,11 @@ impl RaftCore {
         ready.committed_entries = self.take_committed();
         ready.read_states = self.reads.take_ready();
         (ready.messages, ready.persisted_messages) = self.partition_messages(vote_handed);
+        ready.may_defer_sync = self.may_defer_sync(vote_handed, &ready);
+        self.sync_requested = false;
         self.outstanding = Some(Handed {
-            last_entry: ready.entries.last().map(|entry| (entry.index, entry.term)),
+            log_end: (self.log.last_index(), self.log.last_term()),
+            synced: !ready.may_defer_sync,
             snapshot: ready.snapshot.as_ref().map(|snapshot| snapshot.meta),
             applied_to: self.applied_handed,
         });
@@ -473,6 +491,22 @@ impl RaftCore {
         std::mem::take(&mut self.messages).into_iter().partition(|message| vote_handed && role == Role::Leader && message.term == term && message.body.is_from_leader())
     }
 
+    /// A leader may leave its own new entries unsynced (thesis §10.2.1 taken one step
+    /// further): an entry is committed once a majority has it durably, and while enough
+    /// followers keep up, they are that majority without the leader. The leader counts
+    /// itself only up to what it has synced, so nothing is committed on its unsynced copy.
+    /// Only when the Ready holds nothing else that must be durable first: no term or vote
+    /// change, no snapshot, no message promising durable state. A tick asks for the sync
+    /// (`sync_requested`), so a leader whose followers fall behind waits at most a tick.
+    fn may_defer_sync(&self, vote_handed: bool, ready: &Ready) -> bool {
+        self.role == Role::Leader
+            && vote_handed
+            && !self.sync_requested
+            && ready.snapshot.is_none()
+            && ready.persisted_messages.is_empty()
+            && self.followers_form_quorum()
+    }
+
     fn take_committed(&mut self) -> Vec<Entry> {
         const COMMITTED_ENTRIES_PER_READY_MAX: usize = 4096;
         let commit_index = self.log.commit_index();
@@ -494,8 +528,8 @@ impl RaftCore {
         if let Some(meta) = handed.snapshot {
             self.log.snapshot_persisted(meta);
         }
-        if let Some((index, term)) = handed.last_entry {
-            self.log.persisted_to(index, term);
+        if handed.synced {
+            self.log.persisted_to(handed.log_end.0, handed.log_end.1);
         }
         self.applied_index = self.applied_index.max(handed.applied_to);
         if self.role == Role::Leader {

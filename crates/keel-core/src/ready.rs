@@ -17,6 +17,10 @@
 //!    it), `ready.entries` (first deleting any stored entry at or after the first new index),
 //!    `ready.hard_state`. Sync (fsync) before going on. If the write fails, stop the node:
 //!    answering after a lost write breaks Raft's safety argument.
+//!    Exception: when `ready.may_defer_sync` is set, the write may stay unsynced. The core
+//!    then does not count it towards a majority until a later Ready without the flag
+//!    completes; that Ready's sync must cover every unsynced write before it, so sync for
+//!    it even if it writes nothing itself. A crash may lose the unsynced tail (a suffix).
 //! 5. Send `ready.persisted_messages`: votes and acknowledgements promise that the state they
 //!    describe is durable (Figure 2: "respond to RPCs" only after updating stable storage).
 //! 6. Apply `ready.committed_entries` to the state machine in order; answer the clients whose
@@ -39,6 +43,9 @@ pub struct Ready {
     pub entries: Vec<Entry>,
     pub messages: Vec<Message>,
     pub persisted_messages: Vec<Message>,
+    /// The write may stay unsynced (step 4): set only for a leader's own new entries while
+    /// enough followers keep up to commit without it. Default false: sync.
+    pub may_defer_sync: bool,
     pub committed_entries: Vec<Entry>,
     pub read_states: Vec<ReadState>,
 }

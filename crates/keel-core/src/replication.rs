@@ -4,7 +4,7 @@
 //! it: a heartbeat, a new proposal, or a follower's answer asking for more.
 
 use crate::message::{AppendResult, MessageBody};
-use crate::progress::ReplicationState;
+use crate::progress::{Progress, ReplicationState};
 use crate::raft::RaftCore;
 use crate::types::{Entry, LogIndex, NodeId};
 
@@ -192,6 +192,17 @@ impl RaftCore {
                 self.on_first_commit_in_term();
             }
         }
+    }
+
+    /// Enough followers are keeping up to form a majority on their own: each in Replicate,
+    /// heard from in the current check-quorum round, and holding at least what our own disk
+    /// held at the last tick (a follower that stopped answering falls behind within two
+    /// ticks: our next sync moves that mark past it).
+    pub(crate) fn followers_form_quorum(&self) -> bool {
+        let mark = self.persisted_at_tick;
+        let keeping_up = |progress: &&Progress| progress.recent_active && progress.state == ReplicationState::Replicate && progress.match_index >= mark;
+        let keeping_up = self.progress.values().filter(keeping_up).count();
+        keeping_up >= self.config.quorum()
     }
 
     pub(crate) fn committed_in_current_term(&self) -> bool {

@@ -474,6 +474,7 @@ fn replication_is_exact_and_duplicate_append_entries_are_harmless() {
         ReadyRecord {
             entries: vec![command(2, 1, "x")],
             messages: vec![message(1, 2, 1, append_x.clone()), message(1, 3, 1, append_x.clone())],
+            may_defer_sync: true, // Both followers keep up: they are a majority without us.
             ..Default::default()
         }
     );
@@ -501,6 +502,9 @@ fn replication_is_exact_and_duplicate_append_entries_are_harmless() {
     assert_eq!(ready, ReadyRecord { persisted_messages: vec![message(2, 1, 1, append_success(2, 0))], ..Default::default() });
     assert_eq!(cluster.log(2), log_before);
 
+    // The leader wrote both without syncing (its followers keep up); a tick syncs them.
+    let ready = cluster.tick(1).expect("the sync");
+    assert!(!ready.may_defer_sync && ready.entries.is_empty(), "{ready:?}");
     // Node 2's acknowledgements make a majority with the leader: both entries commit.
     let ready = cluster.deliver(2, 1).expect("commit");
     assert_eq!(
@@ -508,6 +512,7 @@ fn replication_is_exact_and_duplicate_append_entries_are_harmless() {
         ReadyRecord {
             hard_state: Some(hard(1, Some(1), 3)),
             committed_entries: vec![command(2, 1, "x"), command(3, 1, "y")],
+            may_defer_sync: true, // Nothing new to make durable, and no sync owed.
             ..Default::default()
         }
     );
@@ -527,7 +532,9 @@ fn replication_is_exact_and_duplicate_append_entries_are_harmless() {
 }
 
 /// Thesis §10.2.1: the leader sends AppendEntries before its own write, so it must not count
-/// itself towards a majority until the driver says the write is durable (`advance`).
+/// itself towards a majority until its write is durable. With both followers keeping up it
+/// need not even sync at once (`may_defer_sync`): it counts itself after the next synced
+/// Ready, which a tick asks for.
 #[test]
 fn leader_counts_its_own_entry_only_once_durable() {
     let mut cluster = Cluster::new(3);
@@ -536,15 +543,47 @@ fn leader_counts_its_own_entry_only_once_durable() {
 
     cluster.core_mut(1).propose(b"x".to_vec()).expect("leader");
     let ready = cluster.begin_ready(1); // Messages sent; the disk write is still running.
+    assert!(ready.may_defer_sync, "both followers keep up");
     cluster.deliver(1, 2);
     cluster.deliver(2, 1);
     assert_eq!(cluster.core(1).status().commit_index, LogIndex(1), "only node 2 has index 2 on disk: one of three");
 
     let record = cluster.finish_ready(1, ready);
     assert_eq!(record.entries, vec![command(2, 1, "x")]);
+    assert_eq!(cluster.core(1).status().commit_index, LogIndex(1), "written, not synced: still one of three");
+
+    let record = cluster.tick(1).expect("a tick asks for the sync");
+    assert!(!record.may_defer_sync && record.entries.is_empty(), "a sync with nothing new to write: {record:?}");
     assert_eq!(cluster.core(1).status().commit_index, LogIndex(2), "leader and node 2: two of three");
     let ready = cluster.process(1).expect("apply");
     assert_eq!(ready.committed_entries, vec![command(2, 1, "x")]);
+}
+
+/// A leader whose followers do not keep up syncs every write: here node 3 is behind what
+/// the leader has on disk, so two followers are not a majority on their own.
+#[test]
+fn leader_syncs_at_once_when_followers_are_not_a_majority_without_it() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.stabilize();
+    cluster.isolate(3);
+
+    cluster.propose(1, "x");
+    cluster.stabilize();
+    assert_eq!(cluster.core(1).status().commit_index, LogIndex(1), "node 2 alone is not a majority; the leader's copy is unsynced");
+    cluster.tick(1); // The sync: the leader's disk now holds index 2, node 3 does not.
+    cluster.stabilize();
+    assert_eq!(cluster.core(1).status().commit_index, LogIndex(2));
+    cluster.tick(1); // Marks what our disk holds: node 3 is now behind it.
+    cluster.stabilize();
+
+    cluster.core_mut(1).propose(b"y".to_vec()).expect("leader");
+    let ready = cluster.begin_ready(1);
+    assert!(!ready.may_defer_sync, "node 3 is behind our disk: sync now");
+    cluster.deliver(1, 2);
+    cluster.deliver(2, 1);
+    cluster.finish_ready(1, ready);
+    assert_eq!(cluster.core(1).status().commit_index, LogIndex(3), "leader and node 2, no tick needed");
 }
 
 /// Thesis §10.2.1, pipelined: an entry proposed while the leader's write is still running
@@ -787,6 +826,8 @@ fn follower_behind_a_compacted_leader() -> (Cluster, Snapshot) {
         cluster.propose(1, command);
     }
     cluster.stabilize();
+    cluster.tick(1); // The leader syncs its own copy: with node 2's, a majority.
+    cluster.stabilize();
     assert_eq!(cluster.node(1).state_machine.applied_index, LogIndex(10));
     let snapshot = cluster.compact(1);
     let meta = SnapshotMeta { last_included_index: LogIndex(10), last_included_term: Term(1) };
@@ -794,6 +835,8 @@ fn follower_behind_a_compacted_leader() -> (Cluster, Snapshot) {
     assert_eq!(cluster.core(1).first_log_index(), LogIndex(11), "the log now starts after the snapshot");
     cluster.propose(1, "j");
     cluster.propose(1, "k");
+    cluster.stabilize();
+    cluster.tick(1);
     cluster.stabilize();
     (cluster, snapshot)
 }

@@ -117,7 +117,8 @@ pub struct RaftNode<SM: StateMachine> {
 }
 
 enum StorageJob {
-    Write { snapshot: Option<Snapshot>, entries: Vec<Entry>, hard_state: Option<HardState> },
+    /// `sync` false: leave the write in the OS's cache (`Ready::may_defer_sync`).
+    Write { snapshot: Option<Snapshot>, entries: Vec<Entry>, hard_state: Option<HardState>, sync: bool },
     /// Our own snapshot, its image already built: save it, then drop the log it covers.
     Compact(SnapshotImage),
 }
@@ -189,6 +190,7 @@ impl<SM: StateMachine> RaftNode<SM> {
             snapshot_images,
             snapshot_stager,
             hard_state_saved,
+            unsynced: false,
             status: status_sender,
             config: config.clone(),
         };
@@ -236,10 +238,11 @@ fn spawn_storage_thread<S: Storage + Send + 'static>(id: NodeId, mut storage: S)
     (jobs, thread, done_receiver)
 }
 
-/// Contract step 4: snapshot, entries, hard state, then one sync for all of them.
+/// Contract step 4: snapshot, entries, hard state, then one sync for all of them and for
+/// any write left unsynced before.
 fn run_storage_job<S: Storage + ?Sized>(storage: &mut S, job: StorageJob) -> Result<StorageDone, StorageError> {
     match job {
-        StorageJob::Write { snapshot, entries, hard_state } => {
+        StorageJob::Write { snapshot, entries, hard_state, sync } => {
             if let Some(snapshot) = &snapshot {
                 storage.install_snapshot(snapshot)?;
             }
@@ -247,7 +250,9 @@ fn run_storage_job<S: Storage + ?Sized>(storage: &mut S, job: StorageJob) -> Res
             if let Some(hard_state) = &hard_state {
                 storage.set_hard_state(hard_state)?;
             }
-            storage.sync()?;
+            if sync {
+                storage.sync()?;
+            }
             Ok(StorageDone::Written)
         }
         StorageJob::Compact(image) => {
@@ -281,6 +286,9 @@ struct Driver<SM: StateMachine, T: Transport> {
     snapshot_stager: Arc<SnapshotStager>,
     /// The last hard state handed to storage (see `must_save`).
     hard_state_saved: HardState,
+    /// A write was left unsynced; the next Ready that must sync does so even if it writes
+    /// nothing itself.
+    unsynced: bool,
     status: watch::Sender<NodeStatus>,
     config: NodeConfig,
 }
@@ -418,8 +426,11 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
             self.snapshot_index = snapshot.meta.last_included_index;
         }
         let hard_state = ready.hard_state.filter(|hard_state| self.must_save(hard_state));
-        let needs_disk = ready.snapshot.is_some() || !ready.entries.is_empty() || hard_state.is_some();
-        let job = StorageJob::Write { snapshot: ready.snapshot.clone(), entries: std::mem::take(&mut ready.entries), hard_state };
+        let writes = ready.snapshot.is_some() || !ready.entries.is_empty() || hard_state.is_some();
+        let sync = !ready.may_defer_sync;
+        let needs_disk = writes || (sync && self.unsynced);
+        self.unsynced = if sync { false } else { self.unsynced || writes };
+        let job = StorageJob::Write { snapshot: ready.snapshot.clone(), entries: std::mem::take(&mut ready.entries), hard_state, sync };
         self.inflight = Some(ready);
         if needs_disk {
             self.submit(job);

@@ -225,17 +225,57 @@ fn result_outcome(error: NodeError) -> keel_node::Outcome {
     error.outcome()
 }
 
-/// Storage whose `sync` starts failing once `fail` is set, like a disk that went bad.
-struct FailingStorage {
-    inner: MemoryStorage,
-    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+// A node that cannot persist stops rather than acknowledge a write it may lose.
+#[tokio::test(start_paused = true)]
+async fn a_node_whose_disk_fails_stops_instead_of_answering() {
+    let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut cluster = Cluster { network: MemoryNetwork::new(), handles: vec![None, None, None], threshold: 0 };
+    for id in MEMBERS {
+        cluster.start(id, TestStorage { fail: fail.clone(), ..TestStorage::default() });
+    }
+    let leader = cluster.wait_for_leader(&MEMBERS).await;
+    cluster.handle(leader).propose(set("before", "ok")).await.expect("the disk still works");
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let result = cluster.handle(leader).propose(set("after", "lost")).await;
+    assert_eq!(result.unwrap_err(), NodeError::Stopped, "never acknowledged");
+    let status = cluster.handle(leader).status();
+    let reason = status.stopped.expect("the node reports that it stopped");
+    assert!(reason.contains("storage failed") && reason.contains("simulated disk failure"), "{reason}");
+    assert_eq!(cluster.handle(leader).propose(set("later", "x")).await.unwrap_err(), NodeError::Stopped);
 }
 
-impl Storage for FailingStorage {
+/// What a storage was asked to do, and when (paused tokio time).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum DiskOp {
+    Append,
+    Sync,
+}
+
+type DiskOps = std::sync::Arc<std::sync::Mutex<Vec<(tokio::time::Instant, DiskOp)>>>;
+
+/// Memory storage that records appends and syncs, and whose `sync` starts failing once
+/// `fail` is set, like a disk that went bad.
+#[derive(Default)]
+struct TestStorage {
+    inner: MemoryStorage,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ops: DiskOps,
+}
+
+impl TestStorage {
+    fn record(&self, op: DiskOp) {
+        self.ops.lock().unwrap().push((tokio::time::Instant::now(), op));
+    }
+}
+
+impl Storage for TestStorage {
     fn initial_state(&self) -> Result<keel_core::RestoredState, keel_node::StorageError> {
         self.inner.initial_state()
     }
     fn append(&mut self, entries: &[keel_core::Entry]) -> Result<(), keel_node::StorageError> {
+        if !entries.is_empty() {
+            self.record(DiskOp::Append);
+        }
         self.inner.append(entries)
     }
     fn set_hard_state(&mut self, hard_state: &keel_core::HardState) -> Result<(), keel_node::StorageError> {
@@ -248,6 +288,7 @@ impl Storage for FailingStorage {
         self.inner.compact(snapshot)
     }
     fn sync(&mut self) -> Result<(), keel_node::StorageError> {
+        self.record(DiskOp::Sync);
         if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
             let source = std::io::Error::other("simulated disk failure");
             return Err(keel_node::StorageError::Io { operation: "fsync", path: "/simulated".into(), source });
@@ -256,21 +297,40 @@ impl Storage for FailingStorage {
     }
 }
 
-// A node that cannot persist stops rather than acknowledge a write it may lose.
+// `Ready::may_defer_sync`: while both followers keep up, the leader appends without syncing
+// and syncs at most a tick later; followers sync every append before acknowledging it.
 #[tokio::test(start_paused = true)]
-async fn a_node_whose_disk_fails_stops_instead_of_answering() {
-    let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+async fn the_leader_defers_its_sync_by_at_most_a_tick_and_followers_never_do() {
     let mut cluster = Cluster { network: MemoryNetwork::new(), handles: vec![None, None, None], threshold: 0 };
+    let mut ops = Vec::new();
     for id in MEMBERS {
-        cluster.start(id, FailingStorage { inner: MemoryStorage::new(), fail: fail.clone() });
+        let recorded = DiskOps::default();
+        ops.push(recorded.clone());
+        cluster.start(id, TestStorage { ops: recorded, ..TestStorage::default() });
     }
     let leader = cluster.wait_for_leader(&MEMBERS).await;
-    cluster.handle(leader).propose(set("before", "ok")).await.expect("the disk still works");
-    fail.store(true, std::sync::atomic::Ordering::SeqCst);
-    let result = cluster.handle(leader).propose(set("after", "lost")).await;
-    assert_eq!(result.unwrap_err(), NodeError::Stopped, "never acknowledged");
-    let status = cluster.handle(leader).status();
-    let reason = status.stopped.expect("the node reports that it stopped");
-    assert!(reason.contains("storage failed") && reason.contains("simulated disk failure"), "{reason}");
-    assert_eq!(cluster.handle(leader).propose(set("later", "x")).await.unwrap_err(), NodeError::Stopped);
+    for round in 0..30 {
+        cluster.handle(leader).propose(set("k", &round.to_string())).await.expect("committed");
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let tick = Duration::from_millis(config(leader, 0).tick_ms);
+    let mut deferred = 0;
+    for id in MEMBERS {
+        let ops = ops[id.0 as usize - 1].lock().unwrap().clone();
+        for (position, (at, op)) in ops.iter().enumerate() {
+            if *op != DiskOp::Append {
+                continue;
+            }
+            let next_sync = ops[position + 1..].iter().find(|(_, op)| *op == DiskOp::Sync).map(|(synced_at, _)| *synced_at - *at);
+            let next_sync = next_sync.unwrap_or_else(|| panic!("node {id}: an append never synced: {ops:?}"));
+            if id == leader {
+                assert!(next_sync <= tick, "node {id} (leader) synced {next_sync:?} after an append");
+                deferred += usize::from(ops.get(position + 1).is_some_and(|(_, op)| *op == DiskOp::Append));
+            } else {
+                assert_eq!(ops.get(position + 1).map(|(_, op)| *op), Some(DiskOp::Sync), "node {id} (follower): sync right after each append");
+            }
+        }
+    }
+    assert!(deferred > 0, "the leader never appended twice without a sync in between");
 }

@@ -1,5 +1,8 @@
-//! A simulated disk: what survives a crash. A `Ready` becomes durable only when its write
-//! completes; a crash before that loses it, as a power cut loses an unsynced write.
+//! A simulated disk: what survives a crash. A `Ready` reaches the disk only when its write
+//! completes; a crash before that loses it. A write left unsynced (`Ready::may_defer_sync`)
+//! sits in the "page cache" until the next sync: a crash keeps any prefix of it (the file
+//! store's checksums turn a partly written tail into a shorter log), so some, all or none
+//! of it is lost.
 
 use keel_core::{Entry, HardState, LogIndex, RestoredState, Snapshot};
 
@@ -9,6 +12,10 @@ pub struct Disk {
     pub snapshot: Option<Snapshot>,
     /// Entries after the snapshot, consecutive.
     pub entries: Vec<Entry>,
+    /// How many of `entries` are synced; the rest may be lost in a crash.
+    pub synced_entries: usize,
+    /// Written without a sync (a commit-only change); durable at the next sync.
+    pub unsynced_hard_state: Option<HardState>,
 }
 
 impl Disk {
@@ -26,7 +33,37 @@ impl Disk {
         let position = self.position(first.index);
         assert!(position <= self.entries.len(), "a gap in the log at {}", first.index);
         self.entries.truncate(position);
+        self.synced_entries = self.synced_entries.min(position);
         self.entries.extend_from_slice(entries);
+    }
+
+    pub fn set_hard_state(&mut self, hard_state: HardState) {
+        self.unsynced_hard_state = Some(hard_state);
+    }
+
+    pub fn sync(&mut self) {
+        self.synced_entries = self.entries.len();
+        if let Some(hard_state) = self.unsynced_hard_state.take() {
+            self.hard_state = hard_state;
+        }
+    }
+
+    /// A power cut: of the unsynced entries, `kept` of them (in order) made it to the disk.
+    /// Returns how many were lost.
+    pub fn crash(&mut self, kept: usize) -> usize {
+        let unsynced = self.entries.len() - self.synced_entries;
+        assert!(kept <= unsynced, "keeps more than was written");
+        self.entries.truncate(self.synced_entries + kept);
+        self.unsynced_hard_state = None;
+        unsynced - kept
+    }
+
+    pub fn unsynced_entries(&self) -> usize {
+        self.entries.len() - self.synced_entries
+    }
+
+    pub fn first_unsynced_index(&self) -> Option<LogIndex> {
+        self.entries.get(self.synced_entries).map(|entry| entry.index)
     }
 
     /// §7: keep the entries after the snapshot if the log holds its last entry, else drop all.
@@ -41,6 +78,7 @@ impl Disk {
             self.entries.clear();
         }
         self.snapshot = Some(snapshot.clone());
+        self.sync();
     }
 
     /// The node's own snapshot: entries it covers go.
@@ -48,6 +86,7 @@ impl Disk {
         let drop = self.position(snapshot.meta.last_included_index) + 1;
         self.entries.drain(..drop.min(self.entries.len()));
         self.snapshot = Some(snapshot);
+        self.sync(); // As the node's storage thread syncs after compacting.
     }
 
     pub fn restored(&self) -> RestoredState {

@@ -66,8 +66,17 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "totals: leaders elected {}, crashes {}, partitions {}, snapshots installed {}, messages delivered {}, client ops checked {} ({} ok, {} unknown outcome)",
-        totals.leaders_elected, totals.crashes, totals.partitions, totals.snapshots_installed, totals.messages_delivered, totals.ops_checked, totals.ops_ok, totals.ops_unknown
+        "totals: leaders elected {}, crashes {}, partitions {}, snapshots installed {}, messages delivered {}, client ops checked {} ({} ok, {} unknown outcome), deferred leader writes {} ({} entries lost in crashes)",
+        totals.leaders_elected,
+        totals.crashes,
+        totals.partitions,
+        totals.snapshots_installed,
+        totals.messages_delivered,
+        totals.ops_checked,
+        totals.ops_ok,
+        totals.ops_unknown,
+        totals.deferred_writes,
+        totals.unsynced_entries_lost
     );
     println!("{passed} passed, {failed} failed");
     if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
@@ -82,4 +91,6 @@ fn add(totals: &mut RunStats, stats: &RunStats) {
     totals.ops_checked += stats.ops_checked;
     totals.ops_ok += stats.ops_ok;
     totals.ops_unknown += stats.ops_unknown;
+    totals.deferred_writes += stats.deferred_writes;
+    totals.unsynced_entries_lost += stats.unsynced_entries_lost;
 }

@@ -62,6 +62,10 @@ pub struct RunStats {
     pub ops_checked: u64,
     pub ops_ok: u64,
     pub ops_unknown: u64,
+    /// Leader writes left unsynced (`Ready::may_defer_sync`), and entries of such writes
+    /// lost in a crash.
+    pub deferred_writes: u64,
+    pub unsynced_entries_lost: u64,
 }
 
 #[derive(Debug)]
@@ -123,6 +127,8 @@ pub struct Simulation {
     checker: ClusterChecker,
     stats: RunStats,
     chaos: bool,
+    /// A leader the nemesis will crash once it has committed an entry it holds unsynced.
+    crash_when_unsynced: Option<usize>,
     ok_after_heal: u64,
     /// Drawn per run: how many entries one AppendEntries may carry, and the slowest disk write.
     append_entries_max: usize,
@@ -156,6 +162,7 @@ impl Simulation {
             checker: ClusterChecker::default(),
             stats: RunStats::default(),
             chaos: true,
+            crash_when_unsynced: None,
             ok_after_heal: 0,
             append_entries_max,
             disk_latency_ms_max,
@@ -264,6 +271,8 @@ impl Simulation {
         }
         node.epoch += 1;
         node.inflight = None; // The write in progress never reached the platter.
+        let kept = self.rng.gen_range(0..=node.disk.unsynced_entries());
+        self.stats.unsynced_entries_lost += node.disk.crash(kept) as u64;
         node.proposals.clear();
         node.reads.clear();
         node.reads_waiting_apply.clear();
@@ -299,6 +308,12 @@ impl Simulation {
     /// Driver contract steps 2–3: take a Ready, send the early messages, start the disk write;
     /// while a write runs, send the leader's replication messages built since.
     fn drive(&mut self, index: usize) -> Result<(), String> {
+        if self.crash_when_unsynced == Some(index) && self.commits_unsynced(index) && self.may_crash_one_more() {
+            self.crash_when_unsynced = None;
+            self.crash_node(index);
+            self.schedule_restart(index);
+            return Ok(());
+        }
         let node = &mut self.nodes[index];
         let Some(core) = node.core.as_mut() else { return Ok(()) };
         if node.inflight.is_some() {
@@ -367,7 +382,12 @@ impl Simulation {
         }
         node.disk.append(&ready.entries);
         if let Some(hard_state) = ready.hard_state {
-            node.disk.hard_state = hard_state;
+            node.disk.set_hard_state(hard_state);
+        }
+        if !ready.may_defer_sync {
+            node.disk.sync();
+        } else if !ready.entries.is_empty() {
+            self.stats.deferred_writes += 1;
         }
         Ok(())
     }
@@ -576,23 +596,48 @@ impl Simulation {
         self.schedule(next, Event::Nemesis);
     }
 
+    /// The node's commit index covers an entry its disk holds unsynced: the moment a crash
+    /// tests that commits never rest on a leader's unsynced copy.
+    fn commits_unsynced(&self, index: usize) -> bool {
+        let node = &self.nodes[index];
+        let (Some(core), Some(first_unsynced)) = (&node.core, node.disk.first_unsynced_index()) else { return false };
+        core.status().commit_index >= first_unsynced
+    }
+
+    /// Fewer than half the nodes are down.
+    fn may_crash_one_more(&self) -> bool {
+        let crashed = self.nodes.iter().filter(|node| node.core.is_none()).count();
+        crashed < self.config.nodes.div_ceil(2)
+    }
+
     fn crash_random_node(&mut self) {
         let live: Vec<usize> = (0..self.config.nodes).filter(|i| self.nodes[*i].core.is_some()).collect();
-        let crashed = self.config.nodes - live.len();
-        if live.is_empty() || crashed >= self.config.nodes.div_ceil(2) {
+        if !self.may_crash_one_more() {
             return;
         }
         // Half the time the victim is a leader: leader crashes make the interesting histories
         // (Figure 8 of the paper is a sequence of them).
         let leaders: Vec<usize> = live.iter().copied().filter(|i| self.nodes[*i].core.as_ref().is_some_and(|core| core.role() == Role::Leader)).collect();
         let victim = if !leaders.is_empty() && self.rng.gen_bool(0.5) { leaders[self.rng.gen_range(0..leaders.len())] } else { live[self.rng.gen_range(0..live.len())] };
+        // A leader holds unsynced writes only for moments (`Ready::may_defer_sync`): half
+        // the time, wait until it has committed one, so crashes that lose such entries are
+        // common, not rare.
+        if leaders.contains(&victim) && self.rng.gen_bool(0.5) {
+            self.crash_when_unsynced = Some(victim);
+            return;
+        }
         self.crash_node(victim);
+        self.schedule_restart(victim);
+    }
+
+    fn schedule_restart(&mut self, node: usize) {
         let downtime = self.rng.gen_range(100..=3_000);
-        self.schedule(downtime, Event::Restart { node: victim });
+        self.schedule(downtime, Event::Restart { node });
     }
 
     fn on_end_chaos(&mut self) {
         self.chaos = false;
+        self.crash_when_unsynced = None;
         self.network.heal();
         self.network.loss_percent = 0;
         self.network.duplicate_percent = 0;
