@@ -37,7 +37,8 @@ pub fn quiet_panics() {
 }
 
 /// Proof that the simulator notices a broken rule: each test breaks one rule of the paper
-/// in every core and expects a failing seed among the first few hundred.
+/// in every core and expects a failing seed among the first thousand or two (the §5.4.2
+/// break needs a rare interleaving: at 3 nodes, seeds 928 and 974 are the first to catch it).
 #[cfg(test)]
 mod fault_injection {
     use super::*;
@@ -53,8 +54,8 @@ mod fault_injection {
 
     #[test]
     fn committing_a_previous_term_entry_by_counting_is_caught() {
-        let found = first_failing_seed(3, 1000, |core| core.faults.commit_previous_term_by_counting = true);
-        let (seed, problem) = found.expect("breaking §5.4.2 went unnoticed for 1000 seeds");
+        let found = first_failing_seed(3, 2000, |core| core.faults.commit_previous_term_by_counting = true);
+        let (seed, problem) = found.expect("breaking §5.4.2 went unnoticed for 2000 seeds");
         println!("§5.4.2 broken: seed {seed} fails with: {problem}");
     }
 
