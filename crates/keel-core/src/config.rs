@@ -16,6 +16,10 @@ pub struct Config {
     /// A leader that has not heard from a majority within an election timeout steps down,
     /// and followers that heard from a leader within the timeout ignore vote requests.
     pub check_quorum: bool,
+    /// Let the leader leave its own writes unsynced while its followers are a majority
+    /// without it (`Ready::may_defer_sync`). Worth it when a sync costs a disk flush; with
+    /// memory storage it only makes each commit wait for the slower follower.
+    pub defer_leader_sync: bool,
     pub append_entries_max: usize,
     pub append_bytes_max: usize,
     /// Un-acknowledged AppendEntries per follower in the Replicate state.
@@ -38,6 +42,7 @@ impl Config {
             heartbeat_interval_ticks: 2,
             pre_vote: true,
             check_quorum: true,
+            defer_leader_sync: true,
             append_entries_max: 512,
             append_bytes_max: 1 << 20,
             inflight_messages_max: 64,

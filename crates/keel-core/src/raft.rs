@@ -499,7 +499,8 @@ impl RaftCore {
     /// change, no snapshot, no message promising durable state. A tick asks for the sync
     /// (`sync_requested`), so a leader whose followers fall behind waits at most a tick.
     fn may_defer_sync(&self, vote_handed: bool, ready: &Ready) -> bool {
-        self.role == Role::Leader
+        self.config.defer_leader_sync
+            && self.role == Role::Leader
             && vote_handed
             && !self.sync_requested
             && ready.snapshot.is_none()

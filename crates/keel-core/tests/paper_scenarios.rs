@@ -559,6 +559,23 @@ fn leader_counts_its_own_entry_only_once_durable() {
     assert_eq!(ready.committed_entries, vec![command(2, 1, "x")]);
 }
 
+/// With `defer_leader_sync` off (memory storage, where a sync is free) every write syncs
+/// and the leader's copy counts as soon as it is written, as in thesis §10.2.1 alone.
+#[test]
+fn without_deferral_the_leader_counts_its_write_at_once() {
+    let mut cluster = Cluster::with(3, |config| config.defer_leader_sync = false);
+    cluster.elect(1);
+    cluster.stabilize();
+
+    cluster.core_mut(1).propose(b"x".to_vec()).expect("leader");
+    let ready = cluster.begin_ready(1);
+    assert!(!ready.may_defer_sync);
+    cluster.deliver(1, 2);
+    cluster.deliver(2, 1);
+    cluster.finish_ready(1, ready);
+    assert_eq!(cluster.core(1).status().commit_index, LogIndex(2), "leader and node 2, no tick needed");
+}
+
 /// A leader whose followers do not keep up syncs every write: here node 3 is behind what
 /// the leader has on disk, so two followers are not a majority on their own.
 #[test]

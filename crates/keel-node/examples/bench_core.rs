@@ -49,6 +49,9 @@ fn start_cluster() -> Vec<RaftHandle<NoopMachine>> {
             config.snapshot_threshold_entries = 100_000;
             // Memory "writes" take nanoseconds: a storage thread would only add a hop.
             config.storage_on_thread = false;
+            // A memory sync is free: deferring it would only make commits wait for the
+            // slower follower instead of counting the leader's copy at once.
+            config.defer_leader_sync = false;
             let node = RaftNode::start(config, MemoryStorage::new(), NoopMachine::default(), network.transport(*id)).expect("start");
             network.register(*id, node.inbox.clone());
             node.handle

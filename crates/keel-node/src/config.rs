@@ -29,6 +29,8 @@ pub struct NodeConfig {
     /// a write syncs). Tests on paused tokio time set it false so writes complete inline
     /// and the clock cannot jump while a thread is busy; the completion path is the same.
     pub storage_on_thread: bool,
+    /// See `keel_core::Config::defer_leader_sync`.
+    pub defer_leader_sync: bool,
 }
 
 impl NodeConfig {
@@ -49,6 +51,7 @@ impl NodeConfig {
             uncommitted_entries_max: 65_536,
             random_seed: None,
             storage_on_thread: true,
+            defer_leader_sync: true,
         }
     }
 
@@ -74,6 +77,7 @@ impl NodeConfig {
         config.inflight_messages_max = self.inflight_messages_max;
         config.snapshot_chunk_bytes_max = self.snapshot_chunk_bytes_max;
         config.uncommitted_entries_max = self.uncommitted_entries_max;
+        config.defer_leader_sync = self.defer_leader_sync;
         // Different per node and per process start, so nodes don't time out in lockstep.
         let clock_seed = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
         config.random_seed = self.random_seed.unwrap_or_else(clock_seed) ^ self.id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
