@@ -8,7 +8,10 @@
 //! 4. The driver serves the read once its state machine has applied up to the read index.
 //!
 //! Every read that arrives before a round starts joins that round, so one heartbeat round
-//! confirms a whole batch.
+//! confirms a whole batch. One round is in flight at a time: reads that arrive meanwhile
+//! join the next, which starts when this one is confirmed. Under load that makes the
+//! batches as large as a round trip allows instead of one round (two messages, two
+//! answers) per driver turn.
 
 use crate::raft::RaftCore;
 use crate::ready::{ReadError, ReadState};
@@ -38,7 +41,11 @@ impl ReadQueue {
     }
 
     pub fn has_work(&self) -> bool {
-        !self.unassigned.is_empty() || !self.ready.is_empty()
+        self.may_start_round() || !self.ready.is_empty()
+    }
+
+    fn may_start_round(&self) -> bool {
+        !self.unassigned.is_empty() && self.in_round.is_empty()
     }
 
     pub fn take_ready(&mut self) -> Vec<ReadState> {
@@ -71,7 +78,7 @@ impl RaftCore {
 
     /// Step 3: start one round for every read that arrived since the last one.
     pub(crate) fn flush_read_round(&mut self) {
-        if self.reads.unassigned.is_empty() {
+        if !self.reads.may_start_round() {
             return;
         }
         self.reads.round += 1;

@@ -921,6 +921,31 @@ fn read_index_waits_for_the_no_op_and_a_heartbeat_round() {
     assert_eq!(ready.read_states, vec![ReadState { request_id: 8, result: Ok(LogIndex(2)) }]);
 }
 
+/// One ReadIndex round in flight at a time: reads that arrive while a round is out wait for
+/// the next, which starts as soon as the first is confirmed, and one round confirms them all.
+#[test]
+fn reads_arriving_during_a_round_join_the_next_one() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    cluster.stabilize();
+
+    assert_eq!(cluster.core_mut(1).read_index(1), Ok(()));
+    let ready = cluster.process(1).expect("round 1");
+    assert_eq!(ready.messages, vec![message(1, 2, 1, append(1, 1, vec![], 1, 1)), message(1, 3, 1, append(1, 1, vec![], 1, 1))]);
+    assert_eq!(cluster.core_mut(1).read_index(2), Ok(()));
+    assert_eq!(cluster.core_mut(1).read_index(3), Ok(()));
+    assert!(!cluster.core(1).has_ready(), "round 1 is in flight: reads 2 and 3 wait");
+
+    cluster.deliver(1, 2);
+    let ready = cluster.deliver(2, 1).expect("round 1 confirmed, round 2 starts");
+    assert_eq!(ready.read_states, vec![ReadState { request_id: 1, result: Ok(LogIndex(1)) }]);
+    assert_eq!(ready.messages, vec![message(1, 2, 1, append(1, 1, vec![], 1, 2)), message(1, 3, 1, append(1, 1, vec![], 1, 2))]);
+
+    cluster.deliver(1, 2);
+    let ready = cluster.deliver(2, 1).expect("round 2 confirmed");
+    assert_eq!(ready.read_states, vec![ReadState { request_id: 2, result: Ok(LogIndex(1)) }, ReadState { request_id: 3, result: Ok(LogIndex(1)) }]);
+}
+
 /// Thesis §6.4: a leader cut off from the majority cannot confirm it still leads, so it never
 /// answers the read; when CheckQuorum deposes it, the read fails with LeadershipLost.
 #[test]
