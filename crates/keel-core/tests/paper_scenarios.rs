@@ -567,13 +567,20 @@ fn without_deferral_the_leader_counts_its_write_at_once() {
     cluster.elect(1);
     cluster.stabilize();
 
-    cluster.core_mut(1).propose(b"x".to_vec()).expect("leader");
+    assert!(!write_answered_by_node_2(&mut cluster, "x"));
+    assert_eq!(cluster.core(1).status().commit_index, LogIndex(2), "leader and node 2, no tick needed");
+}
+
+/// Leader 1 proposes `command`; while its write runs only node 2 answers; then the write
+/// completes. Returns whether that write was deferrable (`may_defer_sync`).
+fn write_answered_by_node_2(cluster: &mut Cluster, command: &str) -> bool {
+    cluster.core_mut(1).propose(command.as_bytes().to_vec()).expect("leader");
     let ready = cluster.begin_ready(1);
-    assert!(!ready.may_defer_sync);
+    let deferrable = ready.may_defer_sync;
     cluster.deliver(1, 2);
     cluster.deliver(2, 1);
     cluster.finish_ready(1, ready);
-    assert_eq!(cluster.core(1).status().commit_index, LogIndex(2), "leader and node 2, no tick needed");
+    deferrable
 }
 
 /// A leader whose followers do not keep up syncs every write: here node 3 is behind what
@@ -594,12 +601,7 @@ fn leader_syncs_at_once_when_followers_are_not_a_majority_without_it() {
     cluster.tick(1); // Marks what our disk holds: node 3 is now behind it.
     cluster.stabilize();
 
-    cluster.core_mut(1).propose(b"y".to_vec()).expect("leader");
-    let ready = cluster.begin_ready(1);
-    assert!(!ready.may_defer_sync, "node 3 is behind our disk: sync now");
-    cluster.deliver(1, 2);
-    cluster.deliver(2, 1);
-    cluster.finish_ready(1, ready);
+    assert!(!write_answered_by_node_2(&mut cluster, "y"), "node 3 is behind our disk: sync now");
     assert_eq!(cluster.core(1).status().commit_index, LogIndex(3), "leader and node 2, no tick needed");
 }
 

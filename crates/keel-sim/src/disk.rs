@@ -51,7 +51,7 @@ impl Disk {
     /// A power cut: of the unsynced entries, `kept` of them (in order) made it to the disk.
     /// Returns how many were lost.
     pub fn crash(&mut self, kept: usize) -> usize {
-        let unsynced = self.entries.len() - self.synced_entries;
+        let unsynced = self.unsynced_entries();
         assert!(kept <= unsynced, "keeps more than was written");
         self.entries.truncate(self.synced_entries + kept);
         self.unsynced_hard_state = None;
