@@ -6,7 +6,8 @@
 //! syncing the task keeps stepping messages and queuing proposals; everything that arrived
 //! meanwhile goes to disk in the next write, with one fsync (group commit). A leader's
 //! AppendEntries leave before its own write completes (thesis §10.2.1); a follower's
-//! acknowledgement leaves only after its write is durable.
+//! acknowledgement leaves only after its write is durable, sent by the storage thread the
+//! moment the sync returns (no hop back through the driver on the commit's critical path).
 
 use crate::config::NodeConfig;
 use crate::error::NodeError;
@@ -118,7 +119,8 @@ pub struct RaftNode<SM: StateMachine> {
 
 enum StorageJob {
     /// `sync` false: leave the write in the OS's cache (`Ready::may_defer_sync`).
-    Write { snapshot: Option<Snapshot>, entries: Vec<Entry>, hard_state: Option<HardState>, sync: bool },
+    /// `persisted_messages` (contract step 5) are sent once the write is durable.
+    Write { snapshot: Option<Snapshot>, entries: Vec<Entry>, hard_state: Option<HardState>, sync: bool, persisted_messages: Vec<Message> },
     /// Our own snapshot, its image already built: save it, then drop the log it covers.
     Compact(SnapshotImage),
 }
@@ -166,8 +168,9 @@ impl<SM: StateMachine> RaftNode<SM> {
         let (status_sender, status) = watch::channel(NodeStatus { raft: core.status(), stopped: None });
         let (shutdown, shutdown_receiver) = watch::channel(false);
         let snapshot_stager: Arc<SnapshotStager> = Arc::new(storage.snapshot_stager());
+        let transport = Arc::new(transport);
         let (storage, done_receiver) = if config.storage_on_thread {
-            let (jobs, thread, done_receiver) = spawn_storage_thread(config.id, storage);
+            let (jobs, thread, done_receiver) = spawn_storage_thread(config.id, storage, transport.clone());
             (StorageRunner::Thread(jobs, thread), done_receiver)
         } else {
             (StorageRunner::Inline(Box::new(storage)), mpsc::unbounded_channel().1)
@@ -222,12 +225,16 @@ impl std::error::Error for StartError {}
 /// The storage thread: carries out writes in order; any error stops it, and so the node.
 type StorageThread = (std::sync::mpsc::Sender<StorageJob>, std::thread::JoinHandle<()>, mpsc::UnboundedReceiver<Result<StorageDone, StorageError>>);
 
-fn spawn_storage_thread<S: Storage + Send + 'static>(id: NodeId, mut storage: S) -> StorageThread {
+fn spawn_storage_thread<S: Storage + Send + 'static, T: Transport>(id: NodeId, mut storage: S, transport: Arc<T>) -> StorageThread {
     let (jobs, job_receiver) = std::sync::mpsc::channel::<StorageJob>();
     let (done, done_receiver) = mpsc::unbounded_channel();
+    // Transports may spawn tasks (the memory transport's delays), so the thread runs inside
+    // the driver's runtime.
+    let runtime = tokio::runtime::Handle::current();
     let body = move || {
+        let _runtime = runtime.enter();
         for job in job_receiver {
-            let result = run_storage_job(&mut storage, job);
+            let result = run_storage_job(&mut storage, job, &*transport);
             let failed = result.is_err();
             if done.send(result).is_err() || failed {
                 break;
@@ -239,10 +246,10 @@ fn spawn_storage_thread<S: Storage + Send + 'static>(id: NodeId, mut storage: S)
 }
 
 /// Contract step 4: snapshot, entries, hard state, then one sync for all of them and for
-/// any write left unsynced before.
-fn run_storage_job<S: Storage + ?Sized>(storage: &mut S, job: StorageJob) -> Result<StorageDone, StorageError> {
+/// any write left unsynced before; step 5 once it returned.
+fn run_storage_job<S: Storage + ?Sized>(storage: &mut S, job: StorageJob, transport: &dyn Transport) -> Result<StorageDone, StorageError> {
     match job {
-        StorageJob::Write { snapshot, entries, hard_state, sync } => {
+        StorageJob::Write { snapshot, entries, hard_state, sync, persisted_messages } => {
             if let Some(snapshot) = &snapshot {
                 storage.install_snapshot(snapshot)?;
             }
@@ -252,6 +259,9 @@ fn run_storage_job<S: Storage + ?Sized>(storage: &mut S, job: StorageJob) -> Res
             }
             if sync {
                 storage.sync()?;
+            }
+            for message in persisted_messages {
+                transport.send(message);
             }
             Ok(StorageDone::Written)
         }
@@ -268,7 +278,8 @@ struct Driver<SM: StateMachine, T: Transport> {
     id: NodeId,
     core: RaftCore,
     state_machine: SM,
-    transport: T,
+    /// Shared with the storage thread, which sends acknowledgements (contract step 5).
+    transport: Arc<T>,
     storage: StorageRunner,
     /// Writes finished inline, waiting to be handled like the thread's completions.
     completed: std::collections::VecDeque<Result<StorageDone, StorageError>>,
@@ -430,13 +441,19 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
         let sync = !ready.may_defer_sync;
         let needs_disk = writes || (sync && self.unsynced);
         self.unsynced = if sync { false } else { self.unsynced || writes };
-        let job = StorageJob::Write { snapshot: ready.snapshot.clone(), entries: std::mem::take(&mut ready.entries), hard_state, sync };
-        self.inflight = Some(ready);
+        // After a snapshot the acknowledgement waits for the state machine's restore
+        // (`on_persisted`); otherwise the write's own runner sends it.
+        let persisted_messages = if ready.snapshot.is_none() { std::mem::take(&mut ready.persisted_messages) } else { Vec::new() };
         if needs_disk {
+            let job = StorageJob::Write { snapshot: ready.snapshot.clone(), entries: std::mem::take(&mut ready.entries), hard_state, sync, persisted_messages };
             self.submit(job);
         } else {
+            for message in persisted_messages {
+                self.transport.send(message);
+            }
             self.completed.push_back(Ok(StorageDone::Written));
         }
+        self.inflight = Some(ready);
     }
 
     /// Term and vote must be durable before any message that depends on them (Figure 2).
@@ -466,7 +483,7 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
                 }
             }
             StorageRunner::Inline(storage) => {
-                let result = run_storage_job(storage.as_mut(), job);
+                let result = run_storage_job(storage.as_mut(), job, &*self.transport);
                 self.completed.push_back(result);
             }
             StorageRunner::Stopped => {}
@@ -498,6 +515,7 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
         if let Some(snapshot) = &ready.snapshot {
             self.restore_snapshot(snapshot.meta, &snapshot.data);
         }
+        // Only a snapshot's acknowledgement is still here; the write's runner sent the rest.
         for message in std::mem::take(&mut ready.persisted_messages) {
             self.transport.send(message);
         }

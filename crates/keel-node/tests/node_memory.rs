@@ -244,11 +244,13 @@ async fn a_node_whose_disk_fails_stops_instead_of_answering() {
     assert_eq!(cluster.handle(leader).propose(set("later", "x")).await.unwrap_err(), NodeError::Stopped);
 }
 
-/// What a storage was asked to do, and when (paused tokio time).
+/// What a node's storage was asked to do, and what acknowledgements it sent, in order and
+/// when (tokio time).
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum DiskOp {
-    Append,
+    Append { last_index: LogIndex },
     Sync,
+    Acknowledge { match_index: LogIndex },
 }
 
 type DiskOps = std::sync::Arc<std::sync::Mutex<Vec<(tokio::time::Instant, DiskOp)>>>;
@@ -273,8 +275,8 @@ impl Storage for TestStorage {
         self.inner.initial_state()
     }
     fn append(&mut self, entries: &[keel_core::Entry]) -> Result<(), keel_node::StorageError> {
-        if !entries.is_empty() {
-            self.record(DiskOp::Append);
+        if let Some(last) = entries.last() {
+            self.record(DiskOp::Append { last_index: last.index });
         }
         self.inner.append(entries)
     }
@@ -319,18 +321,99 @@ async fn the_leader_defers_its_sync_by_at_most_a_tick_and_followers_never_do() {
     for id in MEMBERS {
         let ops = ops[id.0 as usize - 1].lock().unwrap().clone();
         for (position, (at, op)) in ops.iter().enumerate() {
-            if *op != DiskOp::Append {
+            if !matches!(op, DiskOp::Append { .. }) {
                 continue;
             }
             let next_sync = ops[position + 1..].iter().find(|(_, op)| *op == DiskOp::Sync).map(|(synced_at, _)| *synced_at - *at);
             let next_sync = next_sync.unwrap_or_else(|| panic!("node {id}: an append never synced: {ops:?}"));
             if id == leader {
                 assert!(next_sync <= tick, "node {id} (leader) synced {next_sync:?} after an append");
-                deferred += usize::from(ops.get(position + 1).is_some_and(|(_, op)| *op == DiskOp::Append));
+                deferred += usize::from(ops.get(position + 1).is_some_and(|(_, op)| matches!(op, DiskOp::Append { .. })));
             } else {
                 assert_eq!(ops.get(position + 1).map(|(_, op)| *op), Some(DiskOp::Sync), "node {id} (follower): sync right after each append");
             }
         }
     }
     assert!(deferred > 0, "the leader never appended twice without a sync in between");
+}
+
+/// Records each successful AppendEntriesResponse into its sender's `DiskOps` as it is sent.
+struct RecordingTransport {
+    inner: keel_node::MemoryTransport,
+    ops: DiskOps,
+}
+
+impl keel_node::Transport for RecordingTransport {
+    fn send(&self, message: keel_core::Message) {
+        if let keel_core::MessageBody::AppendEntriesResponse { result: keel_core::AppendResult::Success { match_index }, .. } = message.body {
+            self.ops.lock().unwrap().push((tokio::time::Instant::now(), DiskOp::Acknowledge { match_index }));
+        }
+        self.inner.send(message);
+    }
+}
+
+/// Figure 2, "respond to RPCs only after updating stable storage": a follower's
+/// acknowledgement of index i leaves only after a sync that followed the append of i.
+/// Checked for both storage runners: inline on the driver, and the storage thread, which
+/// sends acknowledgements itself the moment its sync returns.
+async fn followers_acknowledge_only_synced_entries(storage_on_thread: bool) {
+    let network = MemoryNetwork::new();
+    let mut handles = Vec::new();
+    let mut ops = Vec::new();
+    for id in MEMBERS {
+        let recorded = DiskOps::default();
+        ops.push(recorded.clone());
+        let mut config = config(id, 0);
+        config.storage_on_thread = storage_on_thread;
+        let transport = RecordingTransport { inner: network.transport(id), ops: recorded.clone() };
+        let node = RaftNode::start(config, TestStorage { ops: recorded, ..TestStorage::default() }, KvStore::new(), transport).expect("node starts");
+        network.register(id, node.inbox.clone());
+        handles.push(node.handle);
+    }
+    let deadline = Duration::from_secs(10);
+    let mut status = handles[0].watch_status();
+    let found = tokio::time::timeout(deadline, status.wait_for(|status| status.raft.leader_id.is_some())).await;
+    let leader = found.expect("a leader within the deadline").expect("node runs").raft.leader_id.unwrap();
+    let mut last = LogIndex(0);
+    for round in 0..40 {
+        let proposal = handles[leader.0 as usize - 1].propose(set("k", &round.to_string()));
+        last = tokio::time::timeout(deadline, proposal).await.expect("commits within the deadline").expect("committed").0;
+    }
+    for handle in &handles {
+        let mut status = handle.watch_status();
+        tokio::time::timeout(deadline, status.wait_for(|status| status.raft.commit_index >= last)).await.expect("every node learns the commit").expect("node runs");
+        handle.shutdown();
+    }
+
+    // A follower's last acknowledgement may still be on its way at shutdown; the commit
+    // needed at least one follower's.
+    let mut acknowledged_max = Vec::new();
+    for id in MEMBERS.into_iter().filter(|id| *id != leader) {
+        let ops = ops[id.0 as usize - 1].lock().unwrap().clone();
+        let mut acknowledged = 0;
+        for (position, (_, op)) in ops.iter().enumerate() {
+            let DiskOp::Acknowledge { match_index } = *op else { continue };
+            let Some(appended) = ops[..position].iter().position(|(_, op)| matches!(op, DiskOp::Append { last_index } if *last_index >= match_index)) else {
+                assert_eq!(match_index, LogIndex(0), "node {id} acknowledged {match_index}, never appended: {ops:?}");
+                continue;
+            };
+            let synced = ops[appended..position].iter().any(|(_, op)| *op == DiskOp::Sync);
+            assert!(synced, "node {id} acknowledged {match_index} before syncing it: {ops:?}");
+            acknowledged = acknowledged.max(match_index.0);
+        }
+        assert!(acknowledged > 0, "node {id} acknowledged nothing: {ops:?}");
+        acknowledged_max.push(acknowledged);
+    }
+    assert!(acknowledged_max.iter().any(|acknowledged| *acknowledged >= last.0), "acknowledged {acknowledged_max:?} of {last}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn followers_acknowledge_only_synced_entries_when_storage_runs_inline() {
+    followers_acknowledge_only_synced_entries(false).await;
+}
+
+// Real threads (the storage thread is the point), so real time; every wait has a deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_acknowledge_only_synced_entries_when_storage_runs_on_its_thread() {
+    followers_acknowledge_only_synced_entries(true).await;
 }

@@ -102,7 +102,9 @@ async fn writes_commit_while_every_snapshot_is_still_being_built() {
     within("a leader", status.wait_for(|status| status.raft.leader_id.is_some())).await.expect("node runs");
     let leader_id = status.borrow().raft.leader_id.unwrap();
     let leader = handles[leader_id.0 as usize - 1].clone();
-    assert_eq!(leader.status().raft.role, Role::Leader);
+    // A follower may publish the new leader's id (from its first AppendEntries) before the
+    // leader's own driver has published its role.
+    within("the leader's own status", leader.watch_status().wait_for(|status| status.raft.role == Role::Leader)).await.expect("node runs");
 
     for key in 0..2 * THRESHOLD as usize {
         put(&leader, key).await;
