@@ -25,9 +25,10 @@ pub struct NodeConfig {
     /// Seeds the election-timeout PRNG; `None` derives one from the clock and the node id.
     /// Tests set it so a run replays exactly.
     pub random_seed: Option<u64>,
-    /// Run disk writes on a dedicated thread (production: the driver keeps stepping while
-    /// a write syncs). Tests on paused tokio time set it false so writes complete inline
-    /// and the clock cannot jump while a thread is busy; the completion path is the same.
+    /// Give the node a storage thread for a leader's synced writes and for compactions
+    /// (production; see the module doc of `node.rs`). Tests on paused tokio time set it
+    /// false so every job completes inline and the clock cannot jump while a thread is
+    /// busy; the completion path is the same.
     pub storage_on_thread: bool,
     /// See `keel_core::Config::defer_leader_sync`.
     pub defer_leader_sync: bool,

@@ -2,13 +2,19 @@
 //!
 //! One tokio task owns the core and the state machine. It maps real time to ticks, feeds
 //! in peer messages and client requests, and carries out each `Ready` by the contract in
-//! `keel_core::ready`. Disk writes run on a dedicated storage thread, so while one write is
-//! syncing the task keeps stepping messages and queuing proposals; everything that arrived
-//! meanwhile goes to disk in the next write, with one fsync (group commit). A leader's
-//! AppendEntries leave before its own write completes (thesis §10.2.1); a follower's
-//! acknowledgement leaves only after its write is durable, sent by the storage thread the
-//! moment the sync returns (no hop back through the driver on the commit's critical path).
-
+//! `keel_core::ready`. Each write goes to disk with one fsync for everything that arrived
+//! while the last one ran (group commit). Where it runs depends on what the task could do
+//! meanwhile:
+//! - a leader's synced write runs on a dedicated storage thread: the task keeps stepping
+//!   acknowledgements and proposals, and its AppendEntries leave before its own write
+//!   completes (thesis §10.2.1). The thread sends the Ready's persisted messages itself the
+//!   moment the sync returns.
+//! - every other write runs on the task itself: a leader's unsynced append (quick: no
+//!   fsync, see `Ready::may_defer_sync`), and a follower's or candidate's write, whose
+//!   acknowledgement or vote must wait for it anyway. That saves two thread hand-offs per
+//!   write on the commit's critical path.
+//! - compactions always run on the thread (they can outlast an election timeout), and
+//!   writes issued meanwhile queue behind them.
 use crate::config::NodeConfig;
 use crate::error::NodeError;
 use crate::storage::{SnapshotStager, Storage, StorageError};
@@ -138,9 +144,11 @@ enum StorageDone {
     Compacted { image: SnapshotImage, compact_ms: u128 },
 }
 
-/// Where storage jobs run: see `NodeConfig::storage_on_thread`.
+/// Where storage jobs run: see `NodeConfig::storage_on_thread` and `Driver::submit`.
 enum StorageRunner {
-    Thread(std::sync::mpsc::Sender<StorageJob>, std::thread::JoinHandle<()>),
+    /// The storage thread and the driver share the storage; the lock is never contended
+    /// between writes (one Ready is in flight at a time), only by a compaction.
+    Thread { jobs: std::sync::mpsc::Sender<StorageJob>, thread: std::thread::JoinHandle<()>, storage: SharedStorage },
     Inline(Box<dyn Storage + Send>),
     /// After the driver stopped.
     Stopped,
@@ -170,8 +178,9 @@ impl<SM: StateMachine> RaftNode<SM> {
         let snapshot_stager: Arc<SnapshotStager> = Arc::new(storage.snapshot_stager());
         let transport = Arc::new(transport);
         let (storage, done_receiver) = if config.storage_on_thread {
-            let (jobs, thread, done_receiver) = spawn_storage_thread(config.id, storage, transport.clone());
-            (StorageRunner::Thread(jobs, thread), done_receiver)
+            let storage: SharedStorage = Arc::new(std::sync::Mutex::new(storage));
+            let (jobs, thread, done_receiver) = spawn_storage_thread(config.id, storage.clone(), transport.clone());
+            (StorageRunner::Thread { jobs, thread, storage }, done_receiver)
         } else {
             (StorageRunner::Inline(Box::new(storage)), mpsc::unbounded_channel().1)
         };
@@ -190,6 +199,7 @@ impl<SM: StateMachine> RaftNode<SM> {
             next_read_id: 0,
             snapshot_index,
             snapshot_in_progress: false,
+            compacting: false,
             snapshot_images,
             snapshot_stager,
             hard_state_saved,
@@ -222,10 +232,13 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// The storage thread: carries out writes in order; any error stops it, and so the node.
+type SharedStorage = Arc<std::sync::Mutex<dyn Storage + Send>>;
+
+/// The storage thread: carries out the jobs handed to it in order; any error stops it, and
+/// so the node.
 type StorageThread = (std::sync::mpsc::Sender<StorageJob>, std::thread::JoinHandle<()>, mpsc::UnboundedReceiver<Result<StorageDone, StorageError>>);
 
-fn spawn_storage_thread<S: Storage + Send + 'static, T: Transport>(id: NodeId, mut storage: S, transport: Arc<T>) -> StorageThread {
+fn spawn_storage_thread<T: Transport>(id: NodeId, storage: SharedStorage, transport: Arc<T>) -> StorageThread {
     let (jobs, job_receiver) = std::sync::mpsc::channel::<StorageJob>();
     let (done, done_receiver) = mpsc::unbounded_channel();
     // Transports may spawn tasks (the memory transport's delays), so the thread runs inside
@@ -234,7 +247,9 @@ fn spawn_storage_thread<S: Storage + Send + 'static, T: Transport>(id: NodeId, m
     let body = move || {
         let _runtime = runtime.enter();
         for job in job_receiver {
-            let result = run_storage_job(&mut storage, job, &*transport);
+            let Ok(mut storage) = storage.lock() else { break };
+            let result = run_storage_job(&mut *storage, job, &*transport);
+            drop(storage);
             let failed = result.is_err();
             if done.send(result).is_err() || failed {
                 break;
@@ -292,6 +307,9 @@ struct Driver<SM: StateMachine, T: Transport> {
     /// The latest snapshot handed to storage: ours, or one installed from the leader.
     snapshot_index: LogIndex,
     snapshot_in_progress: bool,
+    /// A compaction is queued or running on the storage thread: writes queue behind it, so
+    /// storage sees them in the order the driver issued them.
+    compacting: bool,
     /// Where a snapshot thread hands back its image.
     snapshot_images: mpsc::UnboundedSender<SnapshotImage>,
     snapshot_stager: Arc<SnapshotStager>,
@@ -319,7 +337,7 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break "shut down".to_string(),
-                done = storage_done.recv(), if matches!(self.storage, StorageRunner::Thread(..)) => match done {
+                done = storage_done.recv(), if matches!(self.storage, StorageRunner::Thread { .. }) => match done {
                     Some(done) => self.completed.push_back(done),
                     None => break "storage thread ended".to_string(),
                 },
@@ -348,8 +366,8 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
         self.stop(stop_reason);
         // Wait for the storage thread to finish its last write and release the data
         // directory, so a restart in the same process finds it unlocked.
-        if let StorageRunner::Thread(jobs, thread) = std::mem::replace(&mut self.storage, StorageRunner::Stopped) {
-            drop(jobs);
+        if let StorageRunner::Thread { jobs, thread, storage } = std::mem::replace(&mut self.storage, StorageRunner::Stopped) {
+            drop((jobs, storage));
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
     }
@@ -446,7 +464,13 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
         let persisted_messages = if ready.snapshot.is_none() { std::mem::take(&mut ready.persisted_messages) } else { Vec::new() };
         if needs_disk {
             let job = StorageJob::Write { snapshot: ready.snapshot.clone(), entries: std::mem::take(&mut ready.entries), hard_state, sync, persisted_messages };
-            self.submit(job);
+            // A leader keeps replicating and committing while its own write syncs (thesis
+            // §10.2.1), so that write goes to the thread. Any other write is quick (a
+            // leader's unsynced append) or holds up nothing the driver could do meanwhile (a
+            // follower's acknowledgement waits for it; messages arriving meanwhile go into
+            // the next write): run it here and save two thread hand-offs.
+            let inline = !sync || self.core.role() != Role::Leader;
+            self.submit(job, inline);
         } else {
             for message in persisted_messages {
                 self.transport.send(message);
@@ -475,9 +499,20 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
         false
     }
 
-    fn submit(&mut self, job: StorageJob) {
+    /// `inline`: run the job on the driver unless a compaction is ahead of it; otherwise,
+    /// and for every job on `inline` false, queue it on the thread.
+    fn submit(&mut self, job: StorageJob, inline: bool) {
+        let inline = inline && !self.compacting;
+        self.compacting |= matches!(job, StorageJob::Compact(_));
         match &mut self.storage {
-            StorageRunner::Thread(jobs, _) => {
+            StorageRunner::Thread { jobs, storage, .. } => {
+                if inline {
+                    if let Ok(mut storage) = storage.try_lock() {
+                        let result = run_storage_job(&mut *storage, job, &*self.transport);
+                        self.completed.push_back(result);
+                        return;
+                    }
+                }
                 if jobs.send(job).is_err() {
                     error!("[NODE {}] storage thread is gone", self.id);
                 }
@@ -499,6 +534,7 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
                 let image_bytes = snapshot.data.len();
                 self.core.compact(meta.last_included_index, snapshot.data);
                 self.snapshot_in_progress = false;
+                self.compacting = false;
                 info!(
                     "[NODE {}] snapshot taken at index {} (term {}); log compacted (image {image_bytes} bytes: built in {build_ms} ms, written in {stage_ms} ms, compacted in {compact_ms} ms)",
                     self.id,
@@ -597,7 +633,7 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
         let make = self.state_machine.snapshot_job();
         self.snapshot_in_progress = true;
         self.snapshot_index = applied;
-        if !matches!(self.storage, StorageRunner::Thread(..)) {
+        if !matches!(self.storage, StorageRunner::Thread { .. }) {
             // Inline storage (deterministic tests): build it here, in order.
             let image = build_image(self.id, meta, make, &self.snapshot_stager);
             self.on_snapshot_image(image);
@@ -624,7 +660,8 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
             self.snapshot_in_progress = false;
             return;
         }
-        self.submit(StorageJob::Compact(image));
+        // Compaction can take longer than an election timeout on a large log: never inline.
+        self.submit(StorageJob::Compact(image), false);
     }
 
     fn log_soft_state(&self, role: Role, term: Term, leader_id: Option<NodeId>) {

@@ -354,8 +354,8 @@ impl keel_node::Transport for RecordingTransport {
 
 /// Figure 2, "respond to RPCs only after updating stable storage": a follower's
 /// acknowledgement of index i leaves only after a sync that followed the append of i.
-/// Checked for both storage runners: inline on the driver, and the storage thread, which
-/// sends acknowledgements itself the moment its sync returns.
+/// Checked for both storage runners: everything inline on the driver (paused time), and
+/// the production one, where a storage thread takes the leader's synced writes.
 async fn followers_acknowledge_only_synced_entries(storage_on_thread: bool) {
     let network = MemoryNetwork::new();
     let mut handles = Vec::new();
@@ -408,12 +408,12 @@ async fn followers_acknowledge_only_synced_entries(storage_on_thread: bool) {
 }
 
 #[tokio::test(start_paused = true)]
-async fn followers_acknowledge_only_synced_entries_when_storage_runs_inline() {
+async fn followers_acknowledge_only_synced_entries_with_every_job_inline() {
     followers_acknowledge_only_synced_entries(false).await;
 }
 
-// Real threads (the storage thread is the point), so real time; every wait has a deadline.
+// Real threads, so real time; every wait has a deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn followers_acknowledge_only_synced_entries_when_storage_runs_on_its_thread() {
+async fn followers_acknowledge_only_synced_entries_with_a_storage_thread() {
     followers_acknowledge_only_synced_entries(true).await;
 }
