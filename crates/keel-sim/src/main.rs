@@ -61,7 +61,7 @@ fn main() -> ExitCode {
             Err(problem) => {
                 failed += 1;
                 println!("seed {seed} FAILED: {problem}");
-                println!("  reproduce: cargo run --release -p keel-sim -- --seed {seed} --nodes {}", args.nodes);
+                println!("  reproduce: cargo run --release -p keel-sim {} --seed {seed} --nodes {}{}", features(&args), args.nodes, options(&args));
             }
         }
     }
@@ -93,4 +93,27 @@ fn add(totals: &mut RunStats, stats: &RunStats) {
     totals.ops_unknown += stats.ops_unknown;
     totals.deferred_writes += stats.deferred_writes;
     totals.unsynced_entries_lost += stats.unsynced_entries_lost;
+}
+
+/// The `--features` part of a reproduce command line: the fault switches exist only there.
+fn features(args: &Args) -> &'static str {
+    #[cfg(feature = "fault-injection")]
+    if args.inject_fault.is_some() {
+        return "--features fault-injection --";
+    }
+    let _ = args;
+    "--"
+}
+
+/// The options besides seed and size that shape a run, as given.
+fn options(args: &Args) -> String {
+    let mut options = String::new();
+    #[cfg(feature = "fault-injection")]
+    if let Some(fault) = &args.inject_fault {
+        options += &format!(" --inject-fault {fault}");
+    }
+    if args.nemesis_interval_ms != [200, 1500] {
+        options += &format!(" --nemesis-interval-ms {} {}", args.nemesis_interval_ms[0], args.nemesis_interval_ms[1]);
+    }
+    options
 }
