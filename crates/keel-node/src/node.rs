@@ -298,7 +298,8 @@ struct Driver<SM: StateMachine, T: Transport> {
     storage: StorageRunner,
     /// Writes finished inline, waiting to be handled like the thread's completions.
     completed: std::collections::VecDeque<Result<StorageDone, StorageError>>,
-    /// The Ready whose write is on the storage thread.
+    /// The Ready whose write is on the storage thread, or done inline and its completion
+    /// not yet handled.
     inflight: Option<Ready>,
     proposals: BTreeMap<LogIndex, (Term, ProposeReply<SM>)>,
     reads: BTreeMap<u64, ReadFn<SM>>,
