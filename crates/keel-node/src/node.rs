@@ -352,10 +352,13 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
                     }
                 }
                 Some(request) = requests.recv() => {
-                    self.on_request(request);
-                    for _ in 0..INPUTS_PER_TURN_MAX {
-                        let Ok(request) = requests.try_recv() else { break };
-                        self.on_request(request);
+                    self.take_requests(request, &mut requests);
+                    // Group commit at the proposal: client tasks woken alongside this one
+                    // (and requests the I/O driver is about to deliver) get one turn to
+                    // queue theirs, so a single Ready carries them all.
+                    tokio::task::yield_now().await;
+                    if let Ok(request) = requests.try_recv() {
+                        self.take_requests(request, &mut requests);
                     }
                 }
             }
@@ -393,6 +396,15 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
         if let Err(error) = self.core.step(message) {
             // Debug, not warn: a misconfigured peer would otherwise flood the log every heartbeat.
             debug!("[NODE {}] dropped a peer message: {error}", self.id);
+        }
+    }
+
+    /// `first` and whatever else is queued, up to `INPUTS_PER_TURN_MAX`.
+    fn take_requests(&mut self, first: Request<SM>, requests: &mut mpsc::Receiver<Request<SM>>) {
+        self.on_request(first);
+        for _ in 0..INPUTS_PER_TURN_MAX {
+            let Ok(request) = requests.try_recv() else { break };
+            self.on_request(request);
         }
     }
 
