@@ -352,13 +352,17 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
                     }
                 }
                 Some(request) = requests.recv() => {
+                    let concurrent = !self.proposals.is_empty();
                     self.take_requests(request, &mut requests);
-                    // Group commit at the proposal: client tasks woken alongside this one
-                    // (and requests the I/O driver is about to deliver) get one turn to
-                    // queue theirs, so a single Ready carries them all.
-                    tokio::task::yield_now().await;
-                    if let Ok(request) = requests.try_recv() {
-                        self.take_requests(request, &mut requests);
+                    // Group commit at the proposal: with other proposals in flight, client
+                    // tasks woken alongside this one (and requests the I/O driver is about
+                    // to deliver) get one turn to queue theirs, so a single Ready carries
+                    // them all. A lone client does not wait for that turn.
+                    if concurrent {
+                        tokio::task::yield_now().await;
+                        if let Ok(request) = requests.try_recv() {
+                            self.take_requests(request, &mut requests);
+                        }
                     }
                 }
             }
