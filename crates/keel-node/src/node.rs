@@ -476,10 +476,10 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
         let sync = !ready.may_defer_sync;
         let needs_disk = writes || (sync && self.unsynced);
         self.unsynced = if sync { false } else { self.unsynced || writes };
-        // After a snapshot the acknowledgement waits for the state machine's restore
-        // (`on_persisted`); otherwise the write's own runner sends it.
-        let persisted_messages = if ready.snapshot.is_none() { std::mem::take(&mut ready.persisted_messages) } else { Vec::new() };
         if needs_disk {
+            // The write's runner sends the acknowledgements the moment its sync returns;
+            // after a snapshot they wait for the state machine's restore (`on_persisted`).
+            let persisted_messages = if ready.snapshot.is_none() { std::mem::take(&mut ready.persisted_messages) } else { Vec::new() };
             let job = StorageJob::Write { snapshot: ready.snapshot.clone(), entries: std::mem::take(&mut ready.entries), hard_state, sync, persisted_messages };
             // A leader keeps replicating and committing while its own write syncs (thesis
             // §10.2.1), so that write goes to the thread. Any other write is quick (a
@@ -489,9 +489,6 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
             let inline = !sync || self.core.role() != Role::Leader;
             self.submit(job, inline);
         } else {
-            for message in persisted_messages {
-                self.transport.send(message);
-            }
             self.completed.push_back(Ok(StorageDone::Written));
         }
         self.inflight = Some(ready);
@@ -568,7 +565,7 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
         if let Some(snapshot) = &ready.snapshot {
             self.restore_snapshot(snapshot.meta, &snapshot.data);
         }
-        // Only a snapshot's acknowledgement is still here; the write's runner sent the rest.
+        // Still here only after a snapshot or when nothing was written (see `start_ready`).
         for message in std::mem::take(&mut ready.persisted_messages) {
             self.transport.send(message);
         }

@@ -112,7 +112,8 @@ fn options(args: &Args) -> String {
     if let Some(fault) = &args.inject_fault {
         options += &format!(" --inject-fault {fault}");
     }
-    if args.nemesis_interval_ms != [200, 1500] {
+    let (low, high) = SimConfig::new(0, usize::from(args.nodes)).nemesis_interval_ms;
+    if args.nemesis_interval_ms != [low, high] {
         options += &format!(" --nemesis-interval-ms {} {}", args.nemesis_interval_ms[0], args.nemesis_interval_ms[1]);
     }
     options
