@@ -248,7 +248,8 @@ async fn a_node_whose_disk_fails_stops_instead_of_answering() {
 /// when (tokio time).
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum DiskOp {
-    Append { last_index: LogIndex },
+    /// `on_storage_thread`: run by the storage thread rather than the driver task.
+    Append { last_index: LogIndex, last_term: Term, on_storage_thread: bool },
     Sync,
     Acknowledge { match_index: LogIndex },
 }
@@ -276,7 +277,8 @@ impl Storage for TestStorage {
     }
     fn append(&mut self, entries: &[keel_core::Entry]) -> Result<(), keel_node::StorageError> {
         if let Some(last) = entries.last() {
-            self.record(DiskOp::Append { last_index: last.index });
+            let on_storage_thread = std::thread::current().name().is_some_and(|name| name.starts_with("keel-storage"));
+            self.record(DiskOp::Append { last_index: last.index, last_term: last.term, on_storage_thread });
         }
         self.inner.append(entries)
     }
@@ -374,6 +376,7 @@ async fn followers_acknowledge_only_synced_entries(storage_on_thread: bool) {
     let mut status = handles[0].watch_status();
     let found = tokio::time::timeout(deadline, status.wait_for(|status| status.raft.leader_id.is_some())).await;
     let leader = found.expect("a leader within the deadline").expect("node runs").raft.leader_id.unwrap();
+    let term = handles[leader.0 as usize - 1].status().raft.term;
     let mut last = LogIndex(0);
     for round in 0..40 {
         let proposal = handles[leader.0 as usize - 1].propose(set("k", &round.to_string()));
@@ -393,7 +396,7 @@ async fn followers_acknowledge_only_synced_entries(storage_on_thread: bool) {
         let mut acknowledged = 0;
         for (position, (_, op)) in ops.iter().enumerate() {
             let DiskOp::Acknowledge { match_index } = *op else { continue };
-            let Some(appended) = ops[..position].iter().position(|(_, op)| matches!(op, DiskOp::Append { last_index } if *last_index >= match_index)) else {
+            let Some(appended) = ops[..position].iter().position(|(_, op)| matches!(op, DiskOp::Append { last_index, .. } if *last_index >= match_index)) else {
                 assert_eq!(match_index, LogIndex(0), "node {id} acknowledged {match_index}, never appended: {ops:?}");
                 continue;
             };
@@ -402,6 +405,10 @@ async fn followers_acknowledge_only_synced_entries(storage_on_thread: bool) {
             acknowledged = acknowledged.max(match_index.0);
         }
         assert!(acknowledged > 0, "node {id} acknowledged nothing: {ops:?}");
+        // A follower's write holds up nothing its driver could do meanwhile: it runs there.
+        // (Only this term's entries: once the leader shuts down, a node may win the next.)
+        let on_thread = ops.iter().any(|(_, op)| matches!(op, DiskOp::Append { last_term, on_storage_thread: true, .. } if *last_term == term));
+        assert!(!on_thread, "node {id} (follower in term {term}) wrote on the storage thread: {ops:?}");
         acknowledged_max.push(acknowledged);
     }
     assert!(acknowledged_max.iter().any(|acknowledged| *acknowledged >= last.0), "acknowledged {acknowledged_max:?} of {last}");
