@@ -13,6 +13,7 @@ pub mod node;
 pub mod storage;
 pub mod storage_file;
 pub mod storage_memory;
+mod storage_runner;
 pub mod transport;
 pub mod transport_http;
 pub mod transport_memory;

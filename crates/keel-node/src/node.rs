@@ -14,10 +14,11 @@
 //!   acknowledgement or vote must wait for it anyway. That saves two thread hand-offs per
 //!   write on the commit's critical path.
 //! - compactions always run on the thread (they can outlast an election timeout), and
-//!   writes issued meanwhile queue behind them.
+//!   writes issued meanwhile queue behind them (`storage_runner.rs`).
 use crate::config::NodeConfig;
 use crate::error::NodeError;
 use crate::storage::{SnapshotStager, Storage, StorageError};
+use crate::storage_runner::{DoneReceiver, SnapshotImage, StorageDone, StorageJob, StorageRunner};
 use crate::transport::Transport;
 use keel_core::{Entry, HardState, LogIndex, Message, NodeId, RaftCore, ReadError, Ready, Role, Snapshot, SnapshotMeta, StateMachine, Status, Term};
 use std::collections::BTreeMap;
@@ -123,37 +124,6 @@ pub struct RaftNode<SM: StateMachine> {
     pub task: tokio::task::JoinHandle<()>,
 }
 
-enum StorageJob {
-    /// `sync` false: leave the write in the OS's cache (`Ready::may_defer_sync`).
-    /// `persisted_messages` (contract step 5) are sent once the write is durable.
-    Write { snapshot: Option<Snapshot>, entries: Vec<Entry>, hard_state: Option<HardState>, sync: bool, persisted_messages: Vec<Message> },
-    /// Our own snapshot, its image already built: save it, then drop the log it covers.
-    Compact(SnapshotImage),
-}
-
-/// A snapshot image built off the driver and the storage thread (see `maybe_snapshot`).
-struct SnapshotImage {
-    snapshot: Snapshot,
-    /// For the log line: how long building and pre-writing the image took.
-    build_ms: u128,
-    stage_ms: u128,
-}
-
-enum StorageDone {
-    Written,
-    Compacted { image: SnapshotImage, compact_ms: u128 },
-}
-
-/// Where storage jobs run: see `NodeConfig::storage_on_thread` and `Driver::submit`.
-enum StorageRunner {
-    /// The storage thread and the driver share the storage; the lock is never contended
-    /// between writes (one Ready is in flight at a time), only by a compaction.
-    Thread { jobs: std::sync::mpsc::Sender<StorageJob>, thread: std::thread::JoinHandle<()>, storage: SharedStorage },
-    Inline(Box<dyn Storage + Send>),
-    /// After the driver stopped.
-    Stopped,
-}
-
 impl<SM: StateMachine> RaftNode<SM> {
     /// Recovers from `storage`, restores `state_machine` (which must be empty) from the
     /// latest snapshot, and starts the driver task and the storage thread.
@@ -178,11 +148,9 @@ impl<SM: StateMachine> RaftNode<SM> {
         let snapshot_stager: Arc<SnapshotStager> = Arc::new(storage.snapshot_stager());
         let transport = Arc::new(transport);
         let (storage, done_receiver) = if config.storage_on_thread {
-            let storage: SharedStorage = Arc::new(std::sync::Mutex::new(storage));
-            let (jobs, thread, done_receiver) = spawn_storage_thread(config.id, storage.clone(), transport.clone());
-            (StorageRunner::Thread { jobs, thread, storage }, done_receiver)
+            StorageRunner::with_thread(config.id, storage, transport.clone())
         } else {
-            (StorageRunner::Inline(Box::new(storage)), mpsc::unbounded_channel().1)
+            (StorageRunner::inline(config.id, storage), mpsc::unbounded_channel().1)
         };
         let (snapshot_images, images_receiver) = mpsc::unbounded_channel();
         let driver = Driver {
@@ -191,7 +159,6 @@ impl<SM: StateMachine> RaftNode<SM> {
             state_machine,
             transport,
             storage,
-            completed: std::collections::VecDeque::new(),
             inflight: None,
             proposals: BTreeMap::new(),
             reads: BTreeMap::new(),
@@ -199,7 +166,6 @@ impl<SM: StateMachine> RaftNode<SM> {
             next_read_id: 0,
             snapshot_index,
             snapshot_in_progress: false,
-            compacting: false,
             snapshot_images,
             snapshot_stager,
             hard_state_saved,
@@ -232,63 +198,6 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-type SharedStorage = Arc<std::sync::Mutex<dyn Storage + Send>>;
-
-/// The storage thread: carries out the jobs handed to it in order; any error stops it, and
-/// so the node.
-type StorageThread = (std::sync::mpsc::Sender<StorageJob>, std::thread::JoinHandle<()>, mpsc::UnboundedReceiver<Result<StorageDone, StorageError>>);
-
-fn spawn_storage_thread<T: Transport>(id: NodeId, storage: SharedStorage, transport: Arc<T>) -> StorageThread {
-    let (jobs, job_receiver) = std::sync::mpsc::channel::<StorageJob>();
-    let (done, done_receiver) = mpsc::unbounded_channel();
-    // Transports may spawn tasks (the memory transport's delays), so the thread runs inside
-    // the driver's runtime.
-    let runtime = tokio::runtime::Handle::current();
-    let body = move || {
-        let _runtime = runtime.enter();
-        for job in job_receiver {
-            let Ok(mut storage) = storage.lock() else { break };
-            let result = run_storage_job(&mut *storage, job, &*transport);
-            drop(storage);
-            let failed = result.is_err();
-            if done.send(result).is_err() || failed {
-                break;
-            }
-        }
-    };
-    let thread = std::thread::Builder::new().name(format!("keel-storage-{id}")).spawn(body).expect("spawning the storage thread");
-    (jobs, thread, done_receiver)
-}
-
-/// Contract step 4: snapshot, entries, hard state, then one sync for all of them and for
-/// any write left unsynced before; step 5 once it returned.
-fn run_storage_job<S: Storage + ?Sized>(storage: &mut S, job: StorageJob, transport: &dyn Transport) -> Result<StorageDone, StorageError> {
-    match job {
-        StorageJob::Write { snapshot, entries, hard_state, sync, persisted_messages } => {
-            if let Some(snapshot) = &snapshot {
-                storage.install_snapshot(snapshot)?;
-            }
-            storage.append(&entries)?;
-            if let Some(hard_state) = &hard_state {
-                storage.set_hard_state(hard_state)?;
-            }
-            if sync {
-                storage.sync()?;
-            }
-            for message in persisted_messages {
-                transport.send(message);
-            }
-            Ok(StorageDone::Written)
-        }
-        StorageJob::Compact(image) => {
-            let started = std::time::Instant::now();
-            storage.compact(&image.snapshot)?;
-            storage.sync()?;
-            Ok(StorageDone::Compacted { image, compact_ms: started.elapsed().as_millis() })
-        }
-    }
-}
-
 struct Driver<SM: StateMachine, T: Transport> {
     id: NodeId,
     core: RaftCore,
@@ -296,8 +205,6 @@ struct Driver<SM: StateMachine, T: Transport> {
     /// Shared with the storage thread, which sends acknowledgements (contract step 5).
     transport: Arc<T>,
     storage: StorageRunner,
-    /// Writes finished inline, waiting to be handled like the thread's completions.
-    completed: std::collections::VecDeque<Result<StorageDone, StorageError>>,
     /// The Ready whose write is on the storage thread, or done inline and its completion
     /// not yet handled.
     inflight: Option<Ready>,
@@ -308,9 +215,6 @@ struct Driver<SM: StateMachine, T: Transport> {
     /// The latest snapshot handed to storage: ours, or one installed from the leader.
     snapshot_index: LogIndex,
     snapshot_in_progress: bool,
-    /// A compaction is queued or running on the storage thread: writes queue behind it, so
-    /// storage sees them in the order the driver issued them.
-    compacting: bool,
     /// Where a snapshot thread hands back its image.
     snapshot_images: mpsc::UnboundedSender<SnapshotImage>,
     snapshot_stager: Arc<SnapshotStager>,
@@ -328,7 +232,7 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
         mut self,
         mut inbox: mpsc::Receiver<Message>,
         mut requests: mpsc::Receiver<Request<SM>>,
-        mut storage_done: mpsc::UnboundedReceiver<Result<StorageDone, StorageError>>,
+        mut storage_done: DoneReceiver,
         mut snapshot_images: mpsc::UnboundedReceiver<SnapshotImage>,
         mut shutdown: watch::Receiver<bool>,
     ) {
@@ -338,8 +242,8 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break "shut down".to_string(),
-                done = storage_done.recv(), if matches!(self.storage, StorageRunner::Thread { .. }) => match done {
-                    Some(done) => self.completed.push_back(done),
+                done = storage_done.recv(), if self.storage.has_thread() => match done {
+                    Some(done) => self.storage.push_done(done),
                     None => break "storage thread ended".to_string(),
                 },
                 _ = ticker.tick() => self.core.tick(),
@@ -374,10 +278,7 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
         self.stop(stop_reason);
         // Wait for the storage thread to finish its last write and release the data
         // directory, so a restart in the same process finds it unlocked.
-        if let StorageRunner::Thread { jobs, thread, storage } = std::mem::replace(&mut self.storage, StorageRunner::Stopped) {
-            drop((jobs, storage));
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
+        self.storage.stop().await;
     }
 
     fn stop(&mut self, reason: String) {
@@ -445,7 +346,7 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
             if self.inflight.is_none() && self.core.has_ready() {
                 self.start_ready();
             }
-            let Some(done) = self.completed.pop_front() else { break };
+            let Some(done) = self.storage.pop_done() else { break };
             self.on_storage_done(done?);
         }
         if self.inflight.is_some() {
@@ -487,9 +388,9 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
             // follower's acknowledgement waits for it; messages arriving meanwhile go into
             // the next write): run it here and save two thread hand-offs.
             let inline = !sync || self.core.role() != Role::Leader;
-            self.submit(job, inline);
+            self.storage.submit(job, inline, &*self.transport);
         } else {
-            self.completed.push_back(Ok(StorageDone::Written));
+            self.storage.push_done(Ok(StorageDone::Written));
         }
         self.inflight = Some(ready);
     }
@@ -513,32 +414,6 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
         false
     }
 
-    /// `inline`: run the job on the driver unless a compaction is ahead of it; otherwise,
-    /// and for every job on `inline` false, queue it on the thread.
-    fn submit(&mut self, job: StorageJob, inline: bool) {
-        let inline = inline && !self.compacting;
-        self.compacting |= matches!(job, StorageJob::Compact(_));
-        match &mut self.storage {
-            StorageRunner::Thread { jobs, storage, .. } => {
-                if inline {
-                    if let Ok(mut storage) = storage.try_lock() {
-                        let result = run_storage_job(&mut *storage, job, &*self.transport);
-                        self.completed.push_back(result);
-                        return;
-                    }
-                }
-                if jobs.send(job).is_err() {
-                    error!("[NODE {}] storage thread is gone", self.id);
-                }
-            }
-            StorageRunner::Inline(storage) => {
-                let result = run_storage_job(storage.as_mut(), job, &*self.transport);
-                self.completed.push_back(result);
-            }
-            StorageRunner::Stopped => {}
-        }
-    }
-
     fn on_storage_done(&mut self, done: StorageDone) {
         match done {
             StorageDone::Written => self.on_persisted(),
@@ -548,7 +423,6 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
                 let image_bytes = snapshot.data.len();
                 self.core.compact(meta.last_included_index, snapshot.data);
                 self.snapshot_in_progress = false;
-                self.compacting = false;
                 info!(
                     "[NODE {}] snapshot taken at index {} (term {}); log compacted (image {image_bytes} bytes: built in {build_ms} ms, written in {stage_ms} ms, compacted in {compact_ms} ms)",
                     self.id,
@@ -647,7 +521,7 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
         let make = self.state_machine.snapshot_job();
         self.snapshot_in_progress = true;
         self.snapshot_index = applied;
-        if !matches!(self.storage, StorageRunner::Thread { .. }) {
+        if !self.storage.has_thread() {
             // Inline storage (deterministic tests): build it here, in order.
             let image = build_image(self.id, meta, make, &self.snapshot_stager);
             self.on_snapshot_image(image);
@@ -675,7 +549,7 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
             return;
         }
         // Compaction can take longer than an election timeout on a large log: never inline.
-        self.submit(StorageJob::Compact(image), false);
+        self.storage.submit(StorageJob::Compact(image), false, &*self.transport);
     }
 
     fn log_soft_state(&self, role: Role, term: Term, leader_id: Option<NodeId>) {
