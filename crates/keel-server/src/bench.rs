@@ -4,6 +4,10 @@
 //! while it runs; a table or JSON at the end.
 
 use crate::client::{normalize_endpoint, Client};
+use axum::http::header::HOST;
+use axum::http::{HeaderValue, Request, StatusCode};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -104,18 +108,11 @@ pub async fn run(endpoints: &[String], args: BenchArgs) -> Result<(), String> {
     }
     let mut discovery = Client::new(endpoints, Duration::from_secs(10));
     let (leader_id, leader_addr, _) = discovery.leader().await.map_err(|error| format!("no leader: {error}"))?;
-    let base = format!("http://{}", normalize_endpoint(&leader_addr));
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.clients)
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(10))
-        .no_proxy()
-        .build()
-        .map_err(|error| format!("http client: {error}"))?;
+    let address = normalize_endpoint(&leader_addr);
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + args.duration;
-    let workers: Vec<_> = (0..args.clients).map(|n| tokio::spawn(worker(n as u64, http.clone(), base.clone(), args.clone(), deadline, done.clone()))).collect();
+    let workers: Vec<_> = (0..args.clients).map(|n| tokio::spawn(worker(n as u64, address.clone(), args.clone(), deadline, done.clone()))).collect();
     let progress = progress_bar(&args, done.clone(), started);
     let (mut writes, mut reads) = (Tally::new(), Tally::new());
     for worker in workers {
@@ -146,28 +143,36 @@ pub async fn run(endpoints: &[String], args: BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn worker(n: u64, http: reqwest::Client, base: String, args: BenchArgs, deadline: Instant, done: Arc<AtomicU64>) -> (Tally, Tally) {
+/// One closed-loop client. Each has its own HTTP/1.1 connection, opened before its first
+/// request and again after a failure: hyper's connection API rather than a pooled client,
+/// because on a small machine the load generator shares the cores with the nodes, and
+/// every microsecond it spends per request (URL parsing, pool checkout) is taken from them.
+async fn worker(n: u64, address: String, args: BenchArgs, deadline: Instant, done: Arc<AtomicU64>) -> (Tally, Tally) {
     let (mut writes, mut reads) = (Tally::new(), Tally::new());
     let mut dice = Dice(0x9E37_79B9_7F4A_7C15 ^ (n + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
-    let value = vec![b'v'; args.value_size];
+    let value = Bytes::from(vec![b'v'; args.value_size]);
     let consistency = if args.stale_reads { "stale" } else { "linearizable" };
+    let mut connection = connect(&address).await.ok();
     while Instant::now() < deadline {
-        let key = format!("bench-{}", dice.next() % args.key_space);
+        let key = dice.next() % args.key_space;
         let is_read = dice.unit() < args.ratio_reads;
         let request = if is_read {
-            http.get(format!("{base}/v1/kv/{key}?consistency={consistency}"))
+            Request::get(format!("/v1/kv/bench-{key}?consistency={consistency}")).body(Full::new(Bytes::new()))
         } else {
-            http.put(format!("{base}/v1/kv/{key}")).body(value.clone())
+            Request::put(format!("/v1/kv/bench-{key}")).body(Full::new(value.clone()))
         };
+        let mut request = request.expect("a valid request");
+        request.headers_mut().insert(HOST, HeaderValue::from_str(&address).expect("an address is a valid header"));
         let began = Instant::now();
-        let outcome = match request.send().await {
-            Ok(response) if response.status().is_success() || (is_read && response.status() == reqwest::StatusCode::NOT_FOUND) => {
-                let _ = response.bytes().await;
-                Ok(())
+        let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, send(&address, &mut connection, request)).await {
+            Ok(Ok(status)) if status.is_success() || (is_read && status == StatusCode::NOT_FOUND) => Ok(()),
+            Ok(Ok(status)) => Err(format!("http {}", status.as_u16())),
+            Ok(Err(kind)) => Err(kind.to_string()),
+            Err(_) => {
+                // The answer may still come on this connection: start afresh.
+                connection = None;
+                Err("timeout".to_string())
             }
-            Ok(response) => Err(format!("http {}", response.status().as_u16())),
-            Err(error) if error.is_timeout() => Err("timeout".to_string()),
-            Err(_) => Err("connection".to_string()),
         };
         let tally = if is_read { &mut reads } else { &mut writes };
         match outcome {
@@ -175,10 +180,52 @@ async fn worker(n: u64, http: reqwest::Client, base: String, args: BenchArgs, de
                 tally.latency_us.saturating_record(began.elapsed().as_micros().max(1) as u64);
                 done.fetch_add(1, Ordering::Relaxed);
             }
-            Err(kind) => *tally.errors.entry(kind).or_default() += 1,
+            Err(kind) => {
+                // A node that is down refuses at once: pause rather than count a storm.
+                if connection.is_none() {
+                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                }
+                *tally.errors.entry(kind).or_default() += 1;
+            }
         }
     }
     (writes, reads)
+}
+
+/// How long one request may take before it counts as a `timeout` error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a failed connection, the client waits this long before it tries again.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
+
+type Connection = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(address: &str) -> Result<Connection, &'static str> {
+    let stream = tokio::net::TcpStream::connect(address).await.map_err(|_| "connection")?;
+    stream.set_nodelay(true).map_err(|_| "connection")?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|_| "connection")?;
+    // Drives the connection; ends when `sender` is dropped or the server closes it.
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// Sends `request` on the client's connection (opening one if it has none) and reads the
+/// whole answer. On a failure the connection is dropped, to be opened again next time.
+async fn send(address: &str, connection: &mut Option<Connection>, request: Request<Full<Bytes>>) -> Result<StatusCode, &'static str> {
+    if connection.as_ref().is_none_or(|sender| sender.is_closed()) {
+        *connection = Some(connect(address).await?);
+    }
+    let sender = connection.as_mut().expect("connected above");
+    let answer = async {
+        sender.ready().await?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        response.into_body().collect().await?;
+        Ok::<StatusCode, hyper::Error>(status)
+    };
+    answer.await.map_err(|_| {
+        *connection = None;
+        "connection"
+    })
 }
 
 fn progress_bar(args: &BenchArgs, done: Arc<AtomicU64>, started: Instant) -> Option<ProgressBar> {
