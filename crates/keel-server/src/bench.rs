@@ -299,6 +299,23 @@ mod tests {
         assert!(parse_duration("fast").is_err());
     }
 
+    /// A client whose node is down counts `connection` errors and pauses between tries:
+    /// at most one try per `RECONNECT_PAUSE` (a client without the pause tries thousands
+    /// of times a second). Wall-clock bound, but a slower machine only lowers the count.
+    #[tokio::test]
+    async fn a_client_pauses_between_failed_connections() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let args = BenchArgs { clients: 1, duration: Duration::from_millis(300), ratio_reads: 0.0, key_space: 10, value_size: 16, stale_reads: false, json: true };
+        let deadline = Instant::now() + args.duration;
+        let (writes, reads) = worker(0, address, args, deadline, Arc::new(AtomicU64::new(0))).await;
+        let errors = writes.errors.get("connection").copied().unwrap_or_default();
+        let tries_max = (300 / RECONNECT_PAUSE.as_millis() + 1) as u64;
+        assert!((1..=tries_max).contains(&errors), "{errors} connection errors in 300 ms (at most {tries_max})");
+        assert_eq!(writes.latency_us.len() + reads.latency_us.len(), 0);
+    }
+
     #[test]
     fn tallies_merge_counts_and_errors() {
         let mut a = Tally::new();
