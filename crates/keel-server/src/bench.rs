@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -108,11 +109,11 @@ pub async fn run(endpoints: &[String], args: BenchArgs) -> Result<(), String> {
     }
     let mut discovery = Client::new(endpoints, Duration::from_secs(10));
     let (leader_id, leader_addr, _) = discovery.leader().await.map_err(|error| format!("no leader: {error}"))?;
-    let address = normalize_endpoint(&leader_addr);
+    let leader = Leader::follow(endpoints, normalize_endpoint(&leader_addr));
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + args.duration;
-    let workers: Vec<_> = (0..args.clients).map(|n| tokio::spawn(worker(n as u64, address.clone(), args.clone(), deadline, done.clone()))).collect();
+    let workers: Vec<_> = (0..args.clients).map(|n| tokio::spawn(worker(n as u64, leader.clone(), args.clone(), deadline, done.clone()))).collect();
     let progress = progress_bar(&args, done.clone(), started);
     let (mut writes, mut reads) = (Tally::new(), Tally::new());
     for worker in workers {
@@ -126,6 +127,8 @@ pub async fn run(endpoints: &[String], args: BenchArgs) -> Result<(), String> {
     }
     let report = json!({
         "leader": { "id": leader_id, "address": leader_addr },
+        // Where the clients were sending at the end (another node if the leader moved).
+        "leader_address_at_end": leader.address(),
         "clients": args.clients,
         "duration_s": elapsed.as_secs_f64(),
         "ratio_reads": args.ratio_reads,
@@ -147,12 +150,12 @@ pub async fn run(endpoints: &[String], args: BenchArgs) -> Result<(), String> {
 /// request and again after a failure: hyper's connection API rather than a pooled client,
 /// because on a small machine the load generator shares the cores with the nodes, and
 /// every microsecond it spends per request (URL parsing, pool checkout) is taken from them.
-async fn worker(n: u64, address: String, args: BenchArgs, deadline: Instant, done: Arc<AtomicU64>) -> (Tally, Tally) {
+async fn worker(n: u64, leader: Leader, args: BenchArgs, deadline: Instant, done: Arc<AtomicU64>) -> (Tally, Tally) {
     let (mut writes, mut reads) = (Tally::new(), Tally::new());
     let mut dice = Dice(0x9E37_79B9_7F4A_7C15 ^ (n + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
     let value = Bytes::from(vec![b'v'; args.value_size]);
     let consistency = if args.stale_reads { "stale" } else { "linearizable" };
-    let mut connection = connect(&address).await.ok();
+    let mut connection = connect(leader.address()).await.ok();
     while Instant::now() < deadline {
         let key = dice.next() % args.key_space;
         let is_read = dice.unit() < args.ratio_reads;
@@ -161,10 +164,9 @@ async fn worker(n: u64, address: String, args: BenchArgs, deadline: Instant, don
         } else {
             Request::put(format!("/v1/kv/bench-{key}")).body(Full::new(value.clone()))
         };
-        let mut request = request.expect("a valid request");
-        request.headers_mut().insert(HOST, HeaderValue::from_str(&address).expect("an address is a valid header"));
+        let request = request.expect("a valid request");
         let began = Instant::now();
-        let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, send(&address, &mut connection, request)).await {
+        let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, send(&leader, &mut connection, request)).await {
             Ok(Ok(status)) if status.is_success() || (is_read && status == StatusCode::NOT_FOUND) => Ok(()),
             Ok(Ok(status)) => Err(format!("http {}", status.as_u16())),
             Ok(Err(kind)) => Err(kind.to_string()),
@@ -181,8 +183,10 @@ async fn worker(n: u64, address: String, args: BenchArgs, deadline: Instant, don
                 done.fetch_add(1, Ordering::Relaxed);
             }
             Err(kind) => {
-                // A node that is down refuses at once: pause rather than count a storm.
+                // A node that is down refuses at once: pause rather than count a storm, and
+                // have the leader looked up again meanwhile.
                 if connection.is_none() {
+                    leader.lost();
                     tokio::time::sleep(RECONNECT_PAUSE).await;
                 }
                 *tally.errors.entry(kind).or_default() += 1;
@@ -196,28 +200,77 @@ async fn worker(n: u64, address: String, args: BenchArgs, deadline: Instant, don
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a failed connection, the client waits this long before it tries again.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
+/// How long one lookup of the leader may try the endpoints in turn.
+const LOOKUP_DEADLINE: Duration = Duration::from_secs(1);
 
-type Connection = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+/// Where the clients send their requests: the leader found at the start, and whichever
+/// node `--endpoints` name as leader after a client failed to reach it.
+#[derive(Clone)]
+struct Leader {
+    address: watch::Receiver<String>,
+    lost: Arc<Notify>,
+}
 
-async fn connect(address: &str) -> Result<Connection, &'static str> {
+impl Leader {
+    /// Starts the task that looks the leader up again when a client reports it lost; it
+    /// ends with the last client.
+    fn follow(endpoints: &[String], address: String) -> Leader {
+        let (publish, receiver) = watch::channel(address);
+        let lost = Arc::new(Notify::new());
+        let leader = Leader { address: receiver, lost: lost.clone() };
+        // One client for every lookup: it moves on past endpoints that failed.
+        let mut discovery = Client::new(endpoints, LOOKUP_DEADLINE);
+        tokio::spawn(async move {
+            while !publish.is_closed() {
+                tokio::select! {
+                    _ = lost.notified() => {}
+                    _ = publish.closed() => break,
+                }
+                if let Ok((_, address, _)) = discovery.leader().await {
+                    publish.send_if_modified(|current| std::mem::replace(current, normalize_endpoint(&address)) != *current);
+                }
+            }
+        });
+        leader
+    }
+
+    fn address(&self) -> String {
+        self.address.borrow().clone()
+    }
+
+    fn lost(&self) {
+        self.lost.notify_one();
+    }
+}
+
+/// A client's connection and the node it goes to.
+struct Connection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    host: HeaderValue,
+}
+
+async fn connect(address: String) -> Result<Connection, &'static str> {
+    let host = HeaderValue::from_str(&address).map_err(|_| "connection")?;
     let stream = tokio::net::TcpStream::connect(address).await.map_err(|_| "connection")?;
     stream.set_nodelay(true).map_err(|_| "connection")?;
     let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|_| "connection")?;
     // Drives the connection; ends when `sender` is dropped or the server closes it.
     tokio::spawn(connection);
-    Ok(sender)
+    Ok(Connection { sender, host })
 }
 
-/// Sends `request` on the client's connection (opening one if it has none) and reads the
-/// whole answer. On a failure the connection is dropped, to be opened again next time.
-async fn send(address: &str, connection: &mut Option<Connection>, request: Request<Full<Bytes>>) -> Result<StatusCode, &'static str> {
-    if connection.as_ref().is_none_or(|sender| sender.is_closed()) {
-        *connection = Some(connect(address).await?);
+/// Sends `request` on the client's connection (opening one to the leader if it has none)
+/// and reads the whole answer. On a failure the connection is dropped, to be opened again
+/// next time.
+async fn send(leader: &Leader, connection: &mut Option<Connection>, mut request: Request<Full<Bytes>>) -> Result<StatusCode, &'static str> {
+    if connection.as_ref().is_none_or(|open| open.sender.is_closed()) {
+        *connection = Some(connect(leader.address()).await?);
     }
-    let sender = connection.as_mut().expect("connected above");
+    let open = connection.as_mut().expect("connected above");
+    request.headers_mut().insert(HOST, open.host.clone());
     let answer = async {
-        sender.ready().await?;
-        let response = sender.send_request(request).await?;
+        open.sender.ready().await?;
+        let response = open.sender.send_request(request).await?;
         let status = response.status();
         response.into_body().collect().await?;
         Ok::<StatusCode, hyper::Error>(status)
@@ -261,6 +314,10 @@ fn print_table(report: &serde_json::Value) {
         report["key_space"],
         report["value_size"],
     );
+    let at_end = report["leader_address_at_end"].as_str().unwrap_or_default();
+    if at_end != normalize_endpoint(report["leader"]["address"].as_str().unwrap_or_default()) {
+        println!("The leader moved during the run; the clients ended on {at_end}.");
+    }
     println!("{:<7} {:>9} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}", "", "ops", "ops/s", "errors", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms");
     for kind in ["writes", "reads"] {
         let row = &report[kind];
@@ -309,11 +366,36 @@ mod tests {
         drop(listener);
         let args = BenchArgs { clients: 1, duration: Duration::from_millis(300), ratio_reads: 0.0, key_space: 10, value_size: 16, stale_reads: false, json: true };
         let deadline = Instant::now() + args.duration;
-        let (writes, reads) = worker(0, address, args, deadline, Arc::new(AtomicU64::new(0))).await;
+        let leader = Leader::follow(&[address.clone()], address);
+        let (writes, reads) = worker(0, leader, args, deadline, Arc::new(AtomicU64::new(0))).await;
         let errors = writes.errors.get("connection").copied().unwrap_or_default();
         let tries_max = (300 / RECONNECT_PAUSE.as_millis() + 1) as u64;
         assert!((1..=tries_max).contains(&errors), "{errors} connection errors in 300 ms (at most {tries_max})");
         assert_eq!(writes.latency_us.len() + reads.latency_us.len(), 0);
+    }
+
+    /// A client that cannot reach the leader it was given has the leader looked up again
+    /// through the endpoints (here the dead node is listed first) and goes on there.
+    #[tokio::test]
+    async fn clients_follow_the_leader_the_endpoints_name() {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_address = dead.local_addr().unwrap().to_string();
+        drop(dead);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live = listener.local_addr().unwrap().to_string();
+        let cluster = json!({ "leader_id": 2, "leader_addr": live.clone(), "term": 3 });
+        let app = axum::Router::new()
+            .route("/v1/cluster", axum::routing::get(move || async move { axum::Json(cluster) }))
+            .route("/v1/kv/{key}", axum::routing::put(|| async { axum::Json(json!({ "index": 1 })) }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let leader = Leader::follow(&[dead_address.clone(), live.clone()], dead_address);
+        let args = BenchArgs { clients: 1, duration: Duration::from_secs(2), ratio_reads: 0.0, key_space: 10, value_size: 16, stale_reads: false, json: true };
+        let deadline = Instant::now() + args.duration;
+        let (writes, _) = worker(0, leader.clone(), args, deadline, Arc::new(AtomicU64::new(0))).await;
+        assert!(writes.errors.get("connection").copied().unwrap_or_default() >= 1);
+        assert!(writes.latency_us.len() > 0, "no write reached the live node: {:?}", writes.errors);
+        assert_eq!(leader.address(), live);
     }
 
     #[test]
