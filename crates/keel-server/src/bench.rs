@@ -366,7 +366,7 @@ mod tests {
         drop(listener);
         let args = BenchArgs { clients: 1, duration: Duration::from_millis(300), ratio_reads: 0.0, key_space: 10, value_size: 16, stale_reads: false, json: true };
         let deadline = Instant::now() + args.duration;
-        let leader = Leader::follow(&[address.clone()], address);
+        let leader = Leader::follow(std::slice::from_ref(&address), address.clone());
         let (writes, reads) = worker(0, leader, args, deadline, Arc::new(AtomicU64::new(0))).await;
         let errors = writes.errors.get("connection").copied().unwrap_or_default();
         let tries_max = (300 / RECONNECT_PAUSE.as_millis() + 1) as u64;
@@ -394,7 +394,7 @@ mod tests {
         let deadline = Instant::now() + args.duration;
         let (writes, _) = worker(0, leader.clone(), args, deadline, Arc::new(AtomicU64::new(0))).await;
         assert!(writes.errors.get("connection").copied().unwrap_or_default() >= 1);
-        assert!(writes.latency_us.len() > 0, "no write reached the live node: {:?}", writes.errors);
+        assert!(!writes.latency_us.is_empty(), "no write reached the live node: {:?}", writes.errors);
         assert_eq!(leader.address(), live);
     }
 
