@@ -93,6 +93,7 @@ async fn bench_reports_reads_writes_and_percentiles() {
         assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "percentiles are ordered: {latency}");
     }
     assert_eq!(report["clients"], 4);
+    assert_eq!(report["leader_address_at_end"], report["leader"]["address"], "no leader change: {report}");
     let usage = cluster.cli(&["bench", "--duration", "forever"]);
     assert_eq!(usage.status.code(), Some(2), "a bad duration is a usage error");
 }
