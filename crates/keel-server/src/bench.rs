@@ -222,13 +222,14 @@ impl Leader {
         // One client for every lookup: it moves on past endpoints that failed.
         let mut discovery = Client::new(endpoints, LOOKUP_DEADLINE);
         tokio::spawn(async move {
-            while !publish.is_closed() {
+            loop {
                 tokio::select! {
                     _ = lost.notified() => {}
                     _ = publish.closed() => break,
                 }
+                // Clients only read the latest address; none waits for a change.
                 if let Ok((_, address, _)) = discovery.leader().await {
-                    publish.send_if_modified(|current| std::mem::replace(current, normalize_endpoint(&address)) != *current);
+                    publish.send_replace(normalize_endpoint(&address));
                 }
             }
         });
