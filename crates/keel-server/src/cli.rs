@@ -123,7 +123,7 @@ pub async fn serve(args: ServeArgs) -> u8 {
     if let Err(problem) = crate::logging::init(config.id, config.log_format, &config.log_level) {
         return start_failure(&problem);
     }
-    let listener = match tokio::net::TcpListener::bind(&config.listen).await {
+    let listener = match crate::server::bind(&config.listen).await {
         Ok(listener) => listener,
         Err(error) => return start_failure(&format!("cannot listen on {}: {error}", config.listen)),
     };

@@ -45,6 +45,32 @@ pub const JSON_OVERHEAD_BYTES: usize = 64 * 1024;
 const HTTP_CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Extra wait for in-flight requests at shutdown, beyond the request timeout.
 const DRAIN_MARGIN: Duration = Duration::from_secs(1);
+/// Connections the kernel may hold for us before we accept them. std and tokio ask for
+/// 128: 256 clients connecting at once (`wrk -c256`) overflowed that, and every connection
+/// the kernel dropped waited a second for its SYN to be sent again. The kernel caps it at
+/// `net.core.somaxconn` (4096 on current Linux).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `address` (`host:port`; the first of its addresses that binds) with a backlog of
+/// `LISTEN_BACKLOG`.
+pub async fn bind(address: &str) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for socket_address in tokio::net::lookup_host(address).await? {
+        match bind_one(socket_address) {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{address} resolves to no address"))))
+}
+
+fn bind_one(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    // As std and tokio do: a restarted node can bind its port while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// Everything the handlers share.
 pub(crate) struct AppState {
@@ -433,5 +459,40 @@ async fn node_stopped(status: &mut watch::Receiver<keel_node::NodeStatus>) -> St
         if status.changed().await.is_err() {
             return "the node's driver ended".to_string();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: with the default backlog of 128 the kernel dropped connections beyond it
+    /// until they were accepted, and each waited a second or more to try again. Nothing
+    /// accepts here, so every connection must fit in the backlog to complete at all.
+    #[tokio::test]
+    async fn connections_beyond_128_complete_before_any_is_accepted() {
+        const CONNECTIONS: usize = 300;
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn").map_or(4096, |text| text.trim().parse().unwrap_or(4096));
+        assert!(somaxconn > CONNECTIONS, "this test needs net.core.somaxconn above {CONNECTIONS} (it is {somaxconn})");
+        let listener = bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let connects: Vec<_> = (0..CONNECTIONS).map(|_| tokio::spawn(tokio::net::TcpStream::connect(address))).collect();
+        let all = async {
+            let mut streams = Vec::new();
+            for connect in connects {
+                streams.push(connect.await.unwrap().expect("connect"));
+            }
+            streams
+        };
+        // Only a guard against hanging: a dropped SYN is sent again after 1 s, 3 s, 7 s…
+        let streams = tokio::time::timeout(Duration::from_secs(10), all).await.expect("connections beyond the backlog wait for SYN retries");
+        assert_eq!(streams.len(), CONNECTIONS);
+        drop(listener);
+    }
+
+    #[tokio::test]
+    async fn binding_an_unresolvable_address_is_an_error() {
+        assert!(bind("no-such-host.invalid:1").await.is_err());
+        assert!(bind("127.0.0.1").await.is_err(), "a port is required");
     }
 }
