@@ -261,7 +261,8 @@ impl<SM: StateMachine, T: Transport> Driver<SM, T> {
                     // Group commit at the proposal: with other proposals in flight, client
                     // tasks woken alongside this one (and requests the I/O driver is about
                     // to deliver) get one turn to queue theirs, so a single Ready carries
-                    // them all. A lone client does not wait for that turn.
+                    // them all. A lone client does not wait for that turn. (Test:
+                    // `proposals_woken_together_share_one_append`.)
                     if concurrent {
                         tokio::task::yield_now().await;
                         if let Ok(request) = requests.try_recv() {

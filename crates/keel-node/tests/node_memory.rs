@@ -424,3 +424,81 @@ async fn followers_acknowledge_only_synced_entries_with_every_job_inline() {
 async fn followers_acknowledge_only_synced_entries_with_a_storage_thread() {
     followers_acknowledge_only_synced_entries(true).await;
 }
+
+/// Group commit at the proposal (`Driver::run`): while proposals are in flight, the driver
+/// yields once after taking a request, so client tasks woken alongside the first one queue
+/// theirs in the same turn and one Ready (one append, one AppendEntries) carries them all.
+/// Without the yield, tokio runs the driver right after the first client's send (the waker
+/// goes to the worker's LIFO slot), and each of the clients gets an append of its own
+/// (10 of 10, every run, when the yield is taken out).
+/// One worker thread makes that order the same every run; real time (tokio's paused clock
+/// needs the current-thread runtime, which has no LIFO slot), so every wait has a deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn proposals_woken_together_share_one_append() {
+    const CLIENTS: usize = 10;
+    let deadline = Duration::from_secs(10);
+    let mut cluster = Cluster { network: MemoryNetwork::new(), handles: vec![None, None, None], threshold: 0 };
+    let mut ops = Vec::new();
+    for id in MEMBERS {
+        let recorded = DiskOps::default();
+        ops.push(recorded.clone());
+        cluster.start(id, TestStorage { ops: recorded, ..TestStorage::default() });
+    }
+    let mut status = cluster.handle(NodeId(1)).watch_status();
+    let found = tokio::time::timeout(deadline, status.wait_for(|status| status.raft.leader_id.is_some())).await;
+    let leader = found.expect("a leader within the deadline").expect("node runs").raft.leader_id.unwrap();
+    let handle = cluster.handle(leader).clone();
+    tokio::time::timeout(deadline, handle.propose(set("warm-up", "1"))).await.expect("commits").expect("committed");
+
+    // A proposal in flight: the leader is cut off (for a few milliseconds, far less than
+    // an election timeout), so nothing commits until the network heals.
+    cluster.network.isolate(leader);
+    let in_flight = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.propose(set("in-flight", "1")).await }
+    });
+    let leader_ops = ops[leader.0 as usize - 1].clone();
+    let appended = |ops: &DiskOps| {
+        let ops = ops.lock().unwrap();
+        let appends = ops.iter().filter_map(|(_, op)| match op {
+            DiskOp::Append { last_index, .. } => Some(*last_index),
+            _ => None,
+        });
+        appends.fold((0, LogIndex(0)), |(count, _), last_index| (count + 1, last_index))
+    };
+    let before = appended(&leader_ops);
+    let wait_until = |target: LogIndex| {
+        let leader_ops = leader_ops.clone();
+        tokio::time::timeout(deadline, async move {
+            while appended(&leader_ops).1 < target {
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    wait_until(LogIndex(before.1 .0 + 1)).await.expect("the in-flight proposal reaches the leader's log");
+
+    // The clients wait for one signal; a `Notified` receives `notify_waiters` from the
+    // moment it is created, so none misses it.
+    let start = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..CLIENTS {
+        let handle = handle.clone();
+        let started = start.clone().notified_owned();
+        clients.spawn(async move {
+            started.await;
+            handle.propose(set(&format!("client-{client}"), "1")).await
+        });
+    }
+    let before = appended(&leader_ops);
+    // From a task on the worker, as the I/O driver wakes client tasks in the server: the
+    // woken clients then wait in the worker's own queue, where the driver's yield lets them
+    // run before its next turn.
+    tokio::spawn(async move { start.notify_waiters() });
+    wait_until(LogIndex(before.1 .0 + CLIENTS as u64)).await.expect("every client's proposal reaches the leader's log");
+    let client_appends = appended(&leader_ops).0 - before.0;
+    cluster.network.heal();
+    let results = tokio::time::timeout(deadline, clients.join_all()).await.expect("every client's proposal commits");
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    in_flight.await.unwrap().expect("committed");
+    assert!(client_appends <= 2, "{CLIENTS} proposals woken together took {client_appends} appends on the leader");
+}
