@@ -4,6 +4,7 @@
 //! while it runs; a table or JSON at the end.
 
 use crate::client::{normalize_endpoint, Client};
+use crate::forward::LEADER_ADDR_HEADER;
 use axum::http::header::HOST;
 use axum::http::{HeaderValue, Request, StatusCode};
 use bytes::Bytes;
@@ -167,8 +168,18 @@ async fn worker(n: u64, leader: Leader, args: BenchArgs, deadline: Instant, done
         let request = request.expect("a valid request");
         let began = Instant::now();
         let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, send(&leader, &mut connection, request)).await {
-            Ok(Ok(status)) if status.is_success() || (is_read && status == StatusCode::NOT_FOUND) => Ok(()),
-            Ok(Ok(status)) => Err(format!("http {}", status.as_u16())),
+            Ok(Ok(answer)) => {
+                if let Some(address) = answer.leader_addr {
+                    // A follower forwarded it: go to the leader directly from now on.
+                    connection = connect(address).await.ok();
+                    leader.lost();
+                }
+                if answer.status.is_success() || (is_read && answer.status == StatusCode::NOT_FOUND) {
+                    Ok(())
+                } else {
+                    Err(format!("http {}", answer.status.as_u16()))
+                }
+            }
             Ok(Err(kind)) => Err(kind.to_string()),
             Err(_) => {
                 // The answer may still come on this connection: start afresh.
@@ -205,7 +216,8 @@ const ERROR_PAUSE: Duration = Duration::from_millis(50);
 const LOOKUP_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Where the clients send their requests: the leader found at the start, and whichever
-/// node `--endpoints` name as leader after a client failed to reach it.
+/// node `--endpoints` name as leader after a client failed to reach it or was forwarded
+/// (a client that was forwarded goes on to the leader the answer named at once).
 #[derive(Clone)]
 struct Leader {
     address: watch::Receiver<String>,
@@ -261,10 +273,17 @@ async fn connect(address: String) -> Result<Connection, &'static str> {
     Ok(Connection { sender, host })
 }
 
+/// What came back for one request.
+struct Answer {
+    status: StatusCode,
+    /// `X-Keel-Leader-Addr`: a follower forwarded the request to the leader there.
+    leader_addr: Option<String>,
+}
+
 /// Sends `request` on the client's connection (opening one to the leader if it has none)
 /// and reads the whole answer. On a failure the connection is dropped, to be opened again
 /// next time.
-async fn send(leader: &Leader, connection: &mut Option<Connection>, mut request: Request<Full<Bytes>>) -> Result<StatusCode, &'static str> {
+async fn send(leader: &Leader, connection: &mut Option<Connection>, mut request: Request<Full<Bytes>>) -> Result<Answer, &'static str> {
     if connection.as_ref().is_none_or(|open| open.sender.is_closed()) {
         *connection = Some(connect(leader.address()).await?);
     }
@@ -274,8 +293,9 @@ async fn send(leader: &Leader, connection: &mut Option<Connection>, mut request:
         open.sender.ready().await?;
         let response = open.sender.send_request(request).await?;
         let status = response.status();
+        let leader_addr = response.headers().get(LEADER_ADDR_HEADER).and_then(|value| value.to_str().ok()).map(normalize_endpoint);
         response.into_body().collect().await?;
-        Ok::<StatusCode, hyper::Error>(status)
+        Ok::<Answer, hyper::Error>(Answer { status, leader_addr })
     };
     answer.await.map_err(|_| {
         *connection = None;
@@ -398,6 +418,52 @@ mod tests {
         assert!(writes.errors.get("connection").copied().unwrap_or_default() >= 1);
         assert!(!writes.latency_us.is_empty(), "no write reached the live node: {:?}", writes.errors);
         assert_eq!(leader.address(), live);
+    }
+
+    /// A node that stays up but no longer leads forwards the requests and names the leader
+    /// in `X-Keel-Leader-Addr`: the client goes there directly after the first answer,
+    /// and the shared address moves too (the lookup through the endpoints agrees).
+    #[tokio::test]
+    async fn a_forwarded_client_goes_to_the_leader_it_names() {
+        async fn serve(app: axum::Router) -> String {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap().to_string();
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            address
+        }
+        let (at_leader, at_follower) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let leader_count = at_leader.clone();
+        let live = serve(axum::Router::new().route(
+            "/v1/kv/{key}",
+            axum::routing::put(move || async move {
+                leader_count.fetch_add(1, Ordering::Relaxed);
+                axum::Json(json!({ "index": 1 }))
+            }),
+        ))
+        .await;
+        let (named, cluster) = (live.clone(), json!({ "leader_id": 2, "leader_addr": live.clone(), "term": 3 }));
+        let follower_count = at_follower.clone();
+        let follower = serve(
+            axum::Router::new().route("/v1/cluster", axum::routing::get(move || async move { axum::Json(cluster) })).route(
+                "/v1/kv/{key}",
+                axum::routing::put(move || async move {
+                    follower_count.fetch_add(1, Ordering::Relaxed);
+                    ([(LEADER_ADDR_HEADER, named)], axum::Json(json!({ "index": 1 })))
+                }),
+            ),
+        )
+        .await;
+
+        let leader = Leader::follow(std::slice::from_ref(&follower), follower.clone());
+        let args = BenchArgs { clients: 1, duration: Duration::from_millis(300), ratio_reads: 0.0, key_space: 10, value_size: 16, stale_reads: false, json: true };
+        let deadline = Instant::now() + args.duration;
+        let (writes, _) = worker(0, leader.clone(), args, deadline, Arc::new(AtomicU64::new(0))).await;
+        assert!(writes.errors.is_empty(), "{:?}", writes.errors);
+        assert_eq!(at_follower.load(Ordering::Relaxed), 1, "only the first request goes through the follower");
+        assert!(at_leader.load(Ordering::Relaxed) >= 1);
+        let mut shared = leader.address.clone();
+        let moved = tokio::time::timeout(Duration::from_secs(10), shared.wait_for(|address| *address == live)).await;
+        assert!(moved.is_ok(), "the shared address stayed at {}", leader.address());
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //! they came (method, path and query, `Content-Type`, body) and its answer is passed back
 //! (status, body, and the `Content-Type`, `Retry-After` and `X-Keel-Index` headers).
 //!
+//! The answer passed back also carries `X-Keel-Leader-Addr: <the leader's address>`, so a
+//! client that sends many requests can go to the leader directly and save the hop
+//! (`keel bench` does).
+//!
 //! The proxied request carries `X-Keel-Forwarded-By: <this node's id>`. A node receiving a
 //! forwarded request never forwards it again: if it is not the leader (any more) it answers
 //! 421 `not_leader` with its own hint, which the first node passes back. So a request
@@ -13,7 +17,7 @@
 
 use crate::api_error::ApiError;
 use crate::server::{AppState, Incoming};
-use axum::http::{header, HeaderMap, HeaderName, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keel_core::NodeId;
 use keel_node::Outcome;
@@ -22,6 +26,8 @@ use tracing::debug;
 
 pub const FORWARDED_HEADER: &str = "x-keel-forwarded-by";
 pub const INDEX_HEADER: &str = "x-keel-index";
+/// On an answer a follower passed back from the leader: where the leader is.
+pub const LEADER_ADDR_HEADER: &str = "x-keel-leader-addr";
 
 /// The leader answers a timed-out request itself after `request_timeout`; wait a little
 /// longer for that answer before giving up on the hop.
@@ -64,6 +70,9 @@ pub(crate) async fn proxy(state: &AppState, leader: NodeId, incoming: &Incoming,
         if let Some(value) = response.headers().get(&name) {
             headers.insert(name, value.clone());
         }
+    }
+    if let Ok(value) = HeaderValue::from_str(&address) {
+        headers.insert(HeaderName::from_static(LEADER_ADDR_HEADER), value);
     }
     match response.bytes().await {
         Ok(body) => (status, headers, body).into_response(),

@@ -200,8 +200,10 @@ async fn followers_redirect_the_seed_api_and_forward_the_v1_api() {
     assert_eq!(refused_read.json()["leader_hint"], leader);
     assert!(seed_read(&cluster.http, &cluster.addr(leader), "k").await.json()["value"].is_null(), "the refused write was not applied");
 
-    // v1 API: the follower forwards.
-    let index = index_of(&put(&cluster.http, &follower, "k", "forwarded").await);
+    // v1 API: the follower forwards, and says where the leader is.
+    let forwarded = put(&cluster.http, &follower, "k", "forwarded").await;
+    assert_eq!(forwarded.headers["x-keel-leader-addr"].to_str().unwrap(), cluster.addr(leader));
+    let index = index_of(&forwarded);
     let read = get(&cluster.http, &follower, "k").await;
     assert_eq!((read.status, read.text()), (StatusCode::OK, "forwarded".to_string()));
     assert!(read.headers["x-keel-index"].to_str().unwrap().parse::<u64>().unwrap() >= index);
