@@ -71,8 +71,11 @@ pub(crate) async fn proxy(state: &AppState, leader: NodeId, incoming: &Incoming,
             headers.insert(name, value.clone());
         }
     }
-    if let Ok(value) = HeaderValue::from_str(&address) {
-        headers.insert(HeaderName::from_static(LEADER_ADDR_HEADER), value);
+    // A 421 means the node no longer leads: it names no leader, its body's hint does.
+    if status != StatusCode::MISDIRECTED_REQUEST {
+        if let Ok(value) = HeaderValue::from_str(&address) {
+            headers.insert(HeaderName::from_static(LEADER_ADDR_HEADER), value);
+        }
     }
     match response.bytes().await {
         Ok(body) => (status, headers, body).into_response(),
