@@ -167,13 +167,10 @@ async fn worker(n: u64, leader: Leader, args: BenchArgs, deadline: Instant, done
         };
         let request = request.expect("a valid request");
         let began = Instant::now();
+        let mut forwarded_by_follower = None;
         let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, send(&leader, &mut connection, request)).await {
             Ok(Ok(answer)) => {
-                if let Some(address) = answer.leader_addr {
-                    // A follower forwarded it: go to the leader directly from now on.
-                    connection = connect(address).await.ok();
-                    leader.lost();
-                }
+                forwarded_by_follower = answer.leader_addr;
                 if answer.status.is_success() || (is_read && answer.status == StatusCode::NOT_FOUND) {
                     Ok(())
                 } else {
@@ -192,6 +189,11 @@ async fn worker(n: u64, leader: Leader, args: BenchArgs, deadline: Instant, done
             Ok(()) => {
                 tally.latency_us.saturating_record(began.elapsed().as_micros().max(1) as u64);
                 done.fetch_add(1, Ordering::Relaxed);
+                if let Some(address) = forwarded_by_follower {
+                    // Go to the leader the follower named directly from now on.
+                    connection = connect(address).await.ok();
+                    leader.lost();
+                }
             }
             Err(kind) => {
                 *tally.errors.entry(kind).or_default() += 1;
