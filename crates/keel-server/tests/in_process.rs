@@ -68,7 +68,23 @@ async fn in_process_cluster_serves_both_apis_and_shuts_down_gracefully() {
     let write = tokio::spawn(http.put(url(leader, "/v1/kv/stuck")).body("never").send());
     let leader_server = servers.remove(&leader).unwrap();
     eventually("the write reaches the log", || (leader_server.handle().status().raft.last_log_index > last_log_before).then_some(())).await;
-    leader_server.shutdown().await.unwrap();
+    let stopping = tokio::spawn(leader_server.shutdown());
+    // While the write waits, new key-value requests are refused (step 1 of the shutdown);
+    // the node-information routes still answer.
+    let mut refused = None;
+    for _ in 0..1_000 {
+        // Stale: answered at once before the shutdown (a linearizable read would wait).
+        let answer = http.get(url(leader, "/v1/kv/greeting?consistency=stale")).send().await.expect("the node still listens while it drains");
+        if answer.status() == 503 {
+            refused = Some(answer.json::<serde_json::Value>().await.unwrap());
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let refused = refused.expect("a request during the shutdown is refused");
+    assert_eq!((refused["error"].as_str(), refused["outcome"].as_str()), (Some("shutting_down"), Some("not_applied")), "{refused}");
+    assert_eq!(http.get(url(leader, "/v1/status")).send().await.unwrap().status(), 200);
+    stopping.await.unwrap().unwrap();
     let answer = write.await.unwrap().expect("the in-flight request was answered, not cut off");
     assert_eq!(answer.status(), 503);
     let body: serde_json::Value = answer.json().await.unwrap();
