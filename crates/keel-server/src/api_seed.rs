@@ -3,7 +3,7 @@
 //! hint and never forwards. Reference: docs/API.md.
 
 use crate::api_error::ApiError;
-use crate::server::{check_key, AppState, Incoming, Key};
+use crate::server::{check_key, Admitted, AppState, Incoming, Key};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -45,7 +45,7 @@ fn parse_submit(body: &[u8], value_bytes_max: usize) -> Result<Command, ApiError
 }
 
 /// `POST /client/submit` with `{"command": "SET key value" | "DELETE key"}`.
-pub(crate) async fn submit(State(state): State<Arc<AppState>>, incoming: Incoming) -> Response {
+pub(crate) async fn submit(state: Admitted, incoming: Incoming) -> Response {
     let command = match parse_submit(&incoming.body, state.value_bytes_max) {
         Ok(command) => command,
         Err(error) => return error.into_response(),
@@ -57,7 +57,7 @@ pub(crate) async fn submit(State(state): State<Arc<AppState>>, incoming: Incomin
 }
 
 /// `GET /client/read/{key}`: a linearizable (ReadIndex) read on the leader.
-pub(crate) async fn read(State(state): State<Arc<AppState>>, Key(key): Key) -> Response {
+pub(crate) async fn read(state: Admitted, Key(key): Key) -> Response {
     let read_key = key.clone();
     match state.read(Consistency::Linearizable, move |kv| kv.get(&read_key).map(|value| String::from_utf8_lossy(value).into_owned())).await {
         Ok((index, value)) => Json(json!({ "key": key, "value": value, "read_index": index.0 })).into_response(),

@@ -3,7 +3,7 @@
 
 use crate::api_error::ApiError;
 use crate::forward::{proxy, INDEX_HEADER};
-use crate::server::{AppState, Failure, Incoming, Key, Route};
+use crate::server::{Admitted, AppState, Failure, Incoming, Key, Route};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -35,17 +35,23 @@ async fn serve_at_leader(state: &AppState, incoming: &Incoming, is_write: bool, 
 }
 
 /// `PUT /v1/kv/{key}`: the body is the value.
-pub(crate) async fn put_value(State(state): State<Arc<AppState>>, Key(key): Key, incoming: Incoming) -> Response {
+pub(crate) async fn put_value(state: Admitted, Key(key): Key, incoming: Incoming) -> Response {
     let command = Command::Set { key, value: incoming.body.to_vec() };
     let local = async {
         let (index, _) = state.propose(&command).await?;
-        Ok(Json(json!({ "index": index.0 })).into_response())
+        Ok(index_response(index))
     };
     serve_at_leader(&state, &incoming, true, local).await
 }
 
+/// `{"index":N}`, the answer to a write: formatted directly, the hottest answer there is
+/// (no JSON map built and serialized per request).
+fn index_response(index: LogIndex) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], format!("{{\"index\":{}}}", index.0)).into_response()
+}
+
 /// `DELETE /v1/kv/{key}`.
-pub(crate) async fn delete_value(State(state): State<Arc<AppState>>, Key(key): Key, incoming: Incoming) -> Response {
+pub(crate) async fn delete_value(state: Admitted, Key(key): Key, incoming: Incoming) -> Response {
     let command = Command::Delete { key };
     let local = async {
         let (index, result) = state.propose(&command).await?;
@@ -70,7 +76,7 @@ pub(crate) fn parse_consistency(query: Result<Query<ReadParams>, QueryRejection>
 }
 
 /// `GET /v1/kv/{key}[?consistency=linearizable|stale]`: the raw value, `X-Keel-Index`.
-pub(crate) async fn get_value(State(state): State<Arc<AppState>>, Key(key): Key, query: Result<Query<ReadParams>, QueryRejection>, incoming: Incoming) -> Response {
+pub(crate) async fn get_value(state: Admitted, Key(key): Key, query: Result<Query<ReadParams>, QueryRejection>, incoming: Incoming) -> Response {
     let consistency = match parse_consistency(query) {
         Ok(consistency) => consistency,
         Err(error) => return error.into_response(),
@@ -97,7 +103,7 @@ fn value_response(key: &str, index: LogIndex, value: Option<Vec<u8>>) -> Respons
 }
 
 /// `POST /v1/kv/{key}/cas` with `{"expected": "old"|null, "value": "new"|null}`.
-pub(crate) async fn compare_and_set(State(state): State<Arc<AppState>>, Key(key): Key, incoming: Incoming) -> Response {
+pub(crate) async fn compare_and_set(state: Admitted, Key(key): Key, incoming: Incoming) -> Response {
     let (expected, value) = match parse_cas_body(&incoming.body, state.value_bytes_max) {
         Ok(fields) => fields,
         Err(error) => return error.into_response(),

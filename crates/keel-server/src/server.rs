@@ -18,10 +18,9 @@ use crate::api_error::ApiError;
 use crate::config::ServerConfig;
 use crate::{api_seed, api_v1};
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::middleware::{self, Next};
 use axum::serve::ListenerExt;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
@@ -257,14 +256,7 @@ struct InFlight {
     idle: Notify,
 }
 
-struct InFlightGuard<'a>(&'a InFlight);
-
 impl InFlight {
-    fn enter(&self) -> InFlightGuard<'_> {
-        self.count.fetch_add(1, Ordering::SeqCst);
-        InFlightGuard(self)
-    }
-
     async fn wait_idle(&self) {
         loop {
             // Created before the check: a wake-up between the check and the await is kept.
@@ -277,27 +269,46 @@ impl InFlight {
     }
 }
 
-impl Drop for InFlightGuard<'_> {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.idle.notify_waiters();
-        }
+/// The shared state, for a key-value request counted in flight (shutdown waits for it) as
+/// long as its handler runs. Every key-value handler takes it as its first argument, so a
+/// request that arrives while the node drains is refused with 503 `shutting_down` before
+/// anything else is extracted (its body is not read). An extractor rather than a
+/// middleware layer: a layer costs a boxed service clone and a boxed future per request.
+pub(crate) struct Admitted(Arc<AppState>);
+
+impl std::ops::Deref for Admitted {
+    type Target = AppState;
+
+    fn deref(&self) -> &AppState {
+        &self.0
     }
 }
 
-async fn track_kv_request(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    // Counted before the check (both SeqCst): either shutdown sees this request in flight
-    // and waits for it, or this request sees the shutdown and is refused.
-    let guard = state.inflight.enter();
-    if state.draining.load(Ordering::SeqCst) {
-        drop(guard);
+impl FromRequestParts<Arc<AppState>> for Admitted {
+    type Rejection = Response;
+
+    async fn from_request_parts(_parts: &mut Parts, state: &Arc<AppState>) -> Result<Admitted, Response> {
+        // Counted before the check (both SeqCst): either shutdown sees this request in flight
+        // and waits for it, or this request sees the shutdown and is refused.
+        state.inflight.count.fetch_add(1, Ordering::SeqCst);
+        let admitted = Admitted(state.clone());
+        if !state.draining.load(Ordering::SeqCst) {
+            return Ok(admitted);
+        }
+        drop(admitted);
         let refusal = ApiError::unavailable("shutting_down", "this node is shutting down; retry on another node");
         let leader = state.handle.status().raft.leader_id.filter(|leader| *leader != state.id);
-        return refusal.with_leader(leader, leader.and_then(|id| state.address_of(id))).into_response();
+        Err(refusal.with_leader(leader, leader.and_then(|id| state.address_of(id))).into_response())
     }
-    let response = next.run(request).await;
-    drop(guard);
-    response
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let inflight = &self.0.inflight;
+        if inflight.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            inflight.idle.notify_waiters();
+        }
+    }
 }
 
 async fn unknown_route(method: Method, uri: Uri) -> ApiError {
@@ -326,8 +337,7 @@ fn router(state: Arc<AppState>, raft_routes: Router) -> Router {
         .route("/v1/kv/{key}/cas", post(api_v1::compare_and_set).layer(json_limit))
         .route("/v1/kv/", any(empty_key))
         .route("/client/submit", post(api_seed::submit).layer(submit_limit))
-        .route("/client/read/{key}", get(api_seed::read))
-        .layer(middleware::from_fn_with_state(state.clone(), track_kv_request));
+        .route("/client/read/{key}", get(api_seed::read));
     let info = Router::new()
         .route("/v1/status", get(api_v1::status))
         .route("/v1/cluster", get(api_v1::cluster))
