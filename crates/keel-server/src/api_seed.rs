@@ -3,7 +3,7 @@
 //! hint and never forwards. Reference: docs/API.md.
 
 use crate::api_error::ApiError;
-use crate::server::{check_key, Admitted, AppState, Incoming, Key};
+use crate::server::{check_key, Admitted, AppState, Incoming, Key, SubmitLimit};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -45,7 +45,7 @@ fn parse_submit(body: &[u8], value_bytes_max: usize) -> Result<Command, ApiError
 }
 
 /// `POST /client/submit` with `{"command": "SET key value" | "DELETE key"}`.
-pub(crate) async fn submit(state: Admitted, incoming: Incoming) -> Response {
+pub(crate) async fn submit(state: Admitted, incoming: Incoming<SubmitLimit>) -> Response {
     let command = match parse_submit(&incoming.body, state.value_bytes_max) {
         Ok(command) => command,
         Err(error) => return error.into_response(),

@@ -3,7 +3,7 @@
 
 use crate::api_error::ApiError;
 use crate::forward::{proxy, INDEX_HEADER};
-use crate::server::{Admitted, AppState, Failure, Incoming, Key, Route};
+use crate::server::{Admitted, AppState, CasLimit, Failure, Incoming, Key, Route, ValueLimit};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 /// Runs `local` here if this node should serve the request, else proxies it to the leader.
 /// `local` is a future not yet polled: when the request is forwarded it never runs.
-async fn serve_at_leader(state: &AppState, incoming: &Incoming, is_write: bool, local: impl Future<Output = Result<Response, Failure>>) -> Response {
+async fn serve_at_leader<L>(state: &AppState, incoming: &Incoming<L>, is_write: bool, local: impl Future<Output = Result<Response, Failure>>) -> Response {
     let forwarded = incoming.forwarded();
     match state.route(forwarded) {
         Err(error) => return error.into_response(),
@@ -35,7 +35,7 @@ async fn serve_at_leader(state: &AppState, incoming: &Incoming, is_write: bool, 
 }
 
 /// `PUT /v1/kv/{key}`: the body is the value.
-pub(crate) async fn put_value(state: Admitted, Key(key): Key, incoming: Incoming) -> Response {
+pub(crate) async fn put_value(state: Admitted, Key(key): Key, incoming: Incoming<ValueLimit>) -> Response {
     let command = Command::Set { key, value: incoming.body.to_vec() };
     let local = async {
         let (index, _) = state.propose(&command).await?;
@@ -103,7 +103,7 @@ fn value_response(key: &str, index: LogIndex, value: Option<Vec<u8>>) -> Respons
 }
 
 /// `POST /v1/kv/{key}/cas` with `{"expected": "old"|null, "value": "new"|null}`.
-pub(crate) async fn compare_and_set(state: Admitted, Key(key): Key, incoming: Incoming) -> Response {
+pub(crate) async fn compare_and_set(state: Admitted, Key(key): Key, incoming: Incoming<CasLimit>) -> Response {
     let (expected, value) = match parse_cas_body(&incoming.body, state.value_bytes_max) {
         Ok(fields) => fields,
         Err(error) => return error.into_response(),

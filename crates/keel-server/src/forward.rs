@@ -45,7 +45,7 @@ pub fn client() -> reqwest::Client {
         .expect("building the forwarding HTTP client")
 }
 
-pub(crate) async fn proxy(state: &AppState, leader: NodeId, incoming: &Incoming, is_write: bool) -> Response {
+pub(crate) async fn proxy<L>(state: &AppState, leader: NodeId, incoming: &Incoming<L>, is_write: bool) -> Response {
     let Some(address) = state.address_of(leader) else {
         return ApiError::no_leader().into_response();
     };

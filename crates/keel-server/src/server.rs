@@ -24,11 +24,12 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::serve::ListenerExt;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
-use axum::{Extension, Router};
+use axum::Router;
 use keel_core::{LogIndex, NodeId, Role};
 use keel_kv::{Command, CommandResult, KvStore, KEY_BYTES_MAX};
 use keel_node::{Consistency, FileStorage, FileStorageConfig, HttpTransport, HttpTransportConfig, NodeError, RaftHandle, RaftNode};
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -146,27 +147,64 @@ impl AppState {
 }
 
 /// A request's method, URI, headers and body, kept so it can be forwarded as it came.
-/// The body was read under the route's [`BodyLimit`] (413 past it).
-pub(crate) struct Incoming {
+/// The body was read under the limit `L` names (413 past it): each handler picks its
+/// route's limit by the type it extracts, so no per-route layer runs on every request.
+pub(crate) struct Incoming<L = NoBodyLimit> {
     pub method: Method,
     pub uri: Uri,
     pub headers: HeaderMap,
     pub body: Bytes,
+    limit: PhantomData<L>,
 }
 
-impl Incoming {
+impl<L> Incoming<L> {
     /// Set by a follower that forwarded this request to us.
     pub fn forwarded(&self) -> bool {
         self.headers.contains_key(crate::forward::FORWARDED_HEADER)
     }
 }
 
-/// The largest body a route accepts, set on the route as an `Extension` layer.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct BodyLimit(pub usize);
+/// The largest body a route accepts (docs/API.md, "Limits").
+pub(crate) trait BodyLimit {
+    fn bytes_max(state: &AppState) -> usize;
+}
 
-/// For routes without a `BodyLimit` (whose bodies are ignored).
-const BODY_BYTES_MAX_DEFAULT: usize = 64 * 1024;
+/// `PUT /v1/kv/{key}`: the body is the value.
+pub(crate) enum ValueLimit {}
+/// `POST /v1/kv/{key}/cas`: two values in JSON.
+pub(crate) enum CasLimit {}
+/// `POST /client/submit`: a command with a key and a value in JSON.
+pub(crate) enum SubmitLimit {}
+/// Routes whose bodies are ignored.
+pub(crate) enum NoBodyLimit {}
+
+impl BodyLimit for ValueLimit {
+    fn bytes_max(state: &AppState) -> usize {
+        state.value_bytes_max
+    }
+}
+
+impl BodyLimit for CasLimit {
+    fn bytes_max(state: &AppState) -> usize {
+        2 * state.value_bytes_max + JSON_OVERHEAD_BYTES
+    }
+}
+
+impl BodyLimit for SubmitLimit {
+    fn bytes_max(state: &AppState) -> usize {
+        state.value_bytes_max + KEY_BYTES_MAX + JSON_OVERHEAD_BYTES
+    }
+}
+
+impl BodyLimit for NoBodyLimit {
+    fn bytes_max(_: &AppState) -> usize {
+        IGNORED_BODY_BYTES_MAX
+    }
+}
+
+/// What a route that ignores its body still reads (and drains past) before answering.
+const IGNORED_BODY_BYTES_MAX: usize = 64 * 1024;
+
 /// An oversize body is read and discarded up to this many bytes (and `DRAIN_WAIT`) before
 /// the 413 goes out. Closing a connection with unread bytes makes the kernel reset it,
 /// and a client still sending would then see the reset instead of the 413. Nothing read
@@ -174,14 +212,13 @@ const BODY_BYTES_MAX_DEFAULT: usize = 64 * 1024;
 const DRAIN_BYTES_MAX: u64 = 16 << 20;
 const DRAIN_WAIT: Duration = Duration::from_secs(2);
 
-impl<S: Send + Sync> FromRequest<S> for Incoming {
+impl<L: BodyLimit> FromRequest<Arc<AppState>> for Incoming<L> {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, _state: &S) -> Result<Incoming, ApiError> {
-        let limit = request.extensions().get::<BodyLimit>().map_or(BODY_BYTES_MAX_DEFAULT, |limit| limit.0);
+    async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Incoming<L>, ApiError> {
         let (parts, body) = request.into_parts();
-        let body = read_body(&parts.headers, body, limit).await?;
-        Ok(Incoming { method: parts.method, uri: parts.uri, headers: parts.headers, body })
+        let body = read_body(&parts.headers, body, L::bytes_max(state)).await?;
+        Ok(Incoming { method: parts.method, uri: parts.uri, headers: parts.headers, body, limit: PhantomData })
     }
 }
 
@@ -329,14 +366,11 @@ fn accepted_keepalive() -> socket2::TcpKeepalive {
 }
 
 fn router(state: Arc<AppState>, raft_routes: Router) -> Router {
-    let value_limit = Extension(BodyLimit(state.value_bytes_max));
-    let json_limit = Extension(BodyLimit(2 * state.value_bytes_max + JSON_OVERHEAD_BYTES));
-    let submit_limit = Extension(BodyLimit(state.value_bytes_max + KEY_BYTES_MAX + JSON_OVERHEAD_BYTES));
     let kv = Router::new()
-        .route("/v1/kv/{key}", put(api_v1::put_value).get(api_v1::get_value).delete(api_v1::delete_value).layer(value_limit))
-        .route("/v1/kv/{key}/cas", post(api_v1::compare_and_set).layer(json_limit))
+        .route("/v1/kv/{key}", put(api_v1::put_value).get(api_v1::get_value).delete(api_v1::delete_value))
+        .route("/v1/kv/{key}/cas", post(api_v1::compare_and_set))
         .route("/v1/kv/", any(empty_key))
-        .route("/client/submit", post(api_seed::submit).layer(submit_limit))
+        .route("/client/submit", post(api_seed::submit))
         .route("/client/read/{key}", get(api_seed::read));
     let info = Router::new()
         .route("/v1/status", get(api_v1::status))

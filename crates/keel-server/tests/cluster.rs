@@ -429,6 +429,10 @@ async fn bad_inputs_get_their_documented_status_and_the_cluster_keeps_serving() 
         expect(call(Method::POST, "/v1/kv/a/cas".into(), Some(b"[1,2".to_vec())).await, 400, "bad_request");
         expect(call(Method::POST, "/v1/kv/a/cas".into(), Some(br#"{"value": "v"}"#.to_vec())).await, 400, "bad_request");
         expect(call(Method::POST, "/v1/kv/a/cas".into(), Some(br#"{"expected": 5, "value": "v"}"#.to_vec())).await, 400, "bad_request");
+        // Each route's body limit: a compare-and-set's is 2 × 1024 + 64 KiB; a body a route
+        // ignores may still be at most 64 KiB.
+        expect(call(Method::POST, "/v1/kv/a/cas".into(), Some(vec![b'x'; 100_000])).await, 413, "too_large");
+        expect(call(Method::DELETE, "/v1/kv/a".into(), Some(vec![b'x'; 100_000])).await, 413, "too_large");
         // Routes.
         expect(call(Method::GET, "/nope".into(), None).await, 404, "unknown_route");
         expect(call(Method::GET, "/v1/kv/a/b/c".into(), None).await, 404, "unknown_route");
