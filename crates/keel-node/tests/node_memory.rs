@@ -301,10 +301,9 @@ impl Storage for TestStorage {
     }
 }
 
-// `Ready::may_defer_sync`: while both followers keep up, the leader appends without syncing
-// and syncs at most a tick later; followers sync every append before acknowledging it.
-#[tokio::test(start_paused = true)]
-async fn the_leader_defers_its_sync_by_at_most_a_tick_and_followers_never_do() {
+/// A cluster whose nodes' storage records what it is asked to do, and those records (one
+/// per node, in `MEMBERS` order).
+fn recording_cluster() -> (Cluster, Vec<DiskOps>) {
     let mut cluster = Cluster { network: MemoryNetwork::new(), handles: vec![None, None, None], threshold: 0 };
     let mut ops = Vec::new();
     for id in MEMBERS {
@@ -312,6 +311,14 @@ async fn the_leader_defers_its_sync_by_at_most_a_tick_and_followers_never_do() {
         ops.push(recorded.clone());
         cluster.start(id, TestStorage { ops: recorded, ..TestStorage::default() });
     }
+    (cluster, ops)
+}
+
+// `Ready::may_defer_sync`: while both followers keep up, the leader appends without syncing
+// and syncs at most a tick later; followers sync every append before acknowledging it.
+#[tokio::test(start_paused = true)]
+async fn the_leader_defers_its_sync_by_at_most_a_tick_and_followers_never_do() {
+    let (cluster, ops) = recording_cluster();
     let leader = cluster.wait_for_leader(&MEMBERS).await;
     for round in 0..30 {
         cluster.handle(leader).propose(set("k", &round.to_string())).await.expect("committed");
@@ -437,13 +444,7 @@ async fn followers_acknowledge_only_synced_entries_with_a_storage_thread() {
 async fn proposals_woken_together_share_one_append() {
     const CLIENTS: usize = 10;
     let deadline = Duration::from_secs(10);
-    let mut cluster = Cluster { network: MemoryNetwork::new(), handles: vec![None, None, None], threshold: 0 };
-    let mut ops = Vec::new();
-    for id in MEMBERS {
-        let recorded = DiskOps::default();
-        ops.push(recorded.clone());
-        cluster.start(id, TestStorage { ops: recorded, ..TestStorage::default() });
-    }
+    let (cluster, ops) = recording_cluster();
     let mut status = cluster.handle(NodeId(1)).watch_status();
     let found = tokio::time::timeout(deadline, status.wait_for(|status| status.raft.leader_id.is_some())).await;
     let leader = found.expect("a leader within the deadline").expect("node runs").raft.leader_id.unwrap();
