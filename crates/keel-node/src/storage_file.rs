@@ -87,10 +87,11 @@ pub struct FileStorageConfig {
     /// Create each segment at its full `segment_bytes_max`, zero-filled, and write records
     /// over the zeros. An fdatasync after writing inside the file's allocated size flushes
     /// only data; one after growing the file must also write the new size (the inode: a
-    /// journal commit on a journaling file system). Measured on the benchmark machine (3 writers, one fdatasync per
-    /// 200-byte write): p50 357 µs instead of 507 µs; under load, fewer of the disk's
-    /// throttling stalls (docs/BENCHMARKS.md). The cost: a new segment's 64 MiB are written
-    /// once (about 0.2 s, ahead of time), and every segment file is full-size on disk.
+    /// journal commit on a journaling file system). Measured on the benchmark machine (3
+    /// writers, one fdatasync per 200-byte write): p50 357 µs instead of 507 µs; under load,
+    /// fewer of the disk's throttling stalls (docs/BENCHMARKS.md). The cost: a new
+    /// segment's 64 MiB are written once (about 0.2 s, ahead of time), and every segment
+    /// file is full-size on disk.
     pub preallocate: bool,
 }
 
