@@ -13,96 +13,18 @@
 
 mod common;
 
+use common::fabric::{is_root, Fabric};
 use common::{agreed_leader_at, eventually, try_status_at, BINARY};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 const NODES: u64 = 3;
-const PORT: u16 = 7001;
 /// Elections, a partition noticed, a heal: each well under this on a loaded 2-core machine.
 const DEADLINE: Duration = Duration::from_secs(30);
 /// Accepted connections probe after 10 s of silence, 3 probes 5 s apart: ~25 s.
 const KEEPALIVE_DEADLINE: Duration = Duration::from_secs(60);
-
-/// Namespaces, veth pairs and a bridge, named after this process so runs cannot collide;
-/// all deleted on drop.
-struct Fabric {
-    tag: u32,
-    subnet: String,
-}
-
-impl Fabric {
-    fn new() -> Fabric {
-        let pid = std::process::id();
-        let fabric = Fabric { tag: pid % 10_000, subnet: format!("10.213.{}", pid % 250) };
-        fabric.run(&["ip", "link", "add", &fabric.bridge(), "type", "bridge"]);
-        fabric.run(&["ip", "addr", "add", &format!("{}.254/24", fabric.subnet), "dev", &fabric.bridge()]);
-        fabric.run(&["ip", "link", "set", &fabric.bridge(), "up"]);
-        for id in 1..=NODES {
-            let (namespace, outside, inside) = (fabric.namespace(id), format!("kv{}o{id}", fabric.tag), format!("kv{}i{id}", fabric.tag));
-            fabric.run(&["ip", "netns", "add", &namespace]);
-            fabric.run(&["ip", "link", "add", &outside, "type", "veth", "peer", "name", &inside]);
-            fabric.run(&["ip", "link", "set", &inside, "netns", &namespace]);
-            fabric.run(&["ip", "link", "set", &outside, "master", &fabric.bridge()]);
-            fabric.run(&["ip", "link", "set", &outside, "up"]);
-            fabric.run(&["ip", "netns", "exec", &namespace, "ip", "addr", "add", &format!("{}/24", fabric.ip(id)), "dev", &inside]);
-            fabric.run(&["ip", "netns", "exec", &namespace, "ip", "link", "set", &inside, "up"]);
-            fabric.run(&["ip", "netns", "exec", &namespace, "ip", "link", "set", "lo", "up"]);
-        }
-        fabric
-    }
-
-    fn bridge(&self) -> String {
-        format!("kb{}", self.tag)
-    }
-
-    fn namespace(&self, id: u64) -> String {
-        format!("keel-test-{}-{id}", self.tag)
-    }
-
-    fn ip(&self, id: u64) -> String {
-        format!("{}.{id}", self.subnet)
-    }
-
-    fn address(&self, id: u64) -> String {
-        format!("{}:{PORT}", self.ip(id))
-    }
-
-    fn run(&self, command: &[&str]) {
-        let output = Command::new(command[0]).args(&command[1..]).output().unwrap_or_else(|error| panic!("{}: {error} (is it installed?)", command.join(" ")));
-        assert!(output.status.success(), "{} failed: {}", command.join(" "), String::from_utf8_lossy(&output.stderr));
-    }
-
-    /// Drops every packet between node `id` and the rest of the subnet, both ways.
-    fn cut_off(&self, id: u64) {
-        let (namespace, subnet) = (self.namespace(id), format!("{}.0/24", self.subnet));
-        self.run(&["ip", "netns", "exec", &namespace, "iptables", "-A", "INPUT", "-s", &subnet, "-j", "DROP"]);
-        self.run(&["ip", "netns", "exec", &namespace, "iptables", "-A", "OUTPUT", "-d", &subnet, "-j", "DROP"]);
-    }
-
-    /// Established connections that node `from` opened to node `id`'s port, seen from `id`.
-    fn established_from(&self, id: u64, from: u64) -> usize {
-        let filter = format!("( sport = :{PORT} and dst {} )", self.ip(from));
-        let output = Command::new("ip").args(["netns", "exec", &self.namespace(id), "ss", "-Htn", "state", "established", &filter]).output().expect("ss (iproute2)");
-        assert!(output.status.success(), "ss failed: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8_lossy(&output.stdout).lines().filter(|line| !line.trim().is_empty()).count()
-    }
-
-    fn heal(&self, id: u64) {
-        self.run(&["ip", "netns", "exec", &self.namespace(id), "iptables", "-F"]);
-    }
-}
-
-impl Drop for Fabric {
-    fn drop(&mut self) {
-        for id in 1..=NODES {
-            let _ = Command::new("ip").args(["netns", "del", &self.namespace(id)]).output();
-        }
-        let _ = Command::new("ip").args(["link", "del", &self.bridge()]).output();
-    }
-}
 
 /// The `keel serve` processes, killed on drop (before the fabric goes).
 struct Nodes {
@@ -125,8 +47,9 @@ fn start_nodes(fabric: &Fabric, dir: &Path) -> Nodes {
     for id in 1..=NODES {
         let log = dir.join(format!("node{id}.log"));
         let data_dir = dir.join(format!("node{id}"));
-        let child = Command::new("ip")
-            .args(["netns", "exec", &fabric.namespace(id), BINARY, "serve", "--id", &id.to_string(), "--listen", &fabric.address(id)])
+        let child = fabric
+            .command(id, BINARY)
+            .args(["serve", "--id", &id.to_string(), "--listen", &fabric.address(id)])
             .args(["--data-dir", data_dir.to_str().expect("utf-8 path"), "--peers", &peers])
             .env("KEEL_LOG_LEVEL", "info")
             .stdin(Stdio::null())
@@ -158,10 +81,6 @@ async fn stale_get(http: &reqwest::Client, fabric: &Fabric, id: u64, key: &str) 
     response.text().await.ok()
 }
 
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|output| output.stdout == b"0\n").unwrap_or(false)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_leader_is_replaced_notices_and_rejoins() {
     if !is_root() {
@@ -169,7 +88,7 @@ async fn a_partitioned_leader_is_replaced_notices_and_rejoins() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let fabric = Fabric::new();
+    let fabric = Fabric::new(NODES);
     let nodes = start_nodes(&fabric, dir.path());
     let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(2)).build().expect("client");
     let all: Vec<u64> = (1..=NODES).collect();

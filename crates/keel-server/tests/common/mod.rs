@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod fabric;
+
 use keel_core::{Entry, EntryKind};
 use keel_kv::{Command, KvStore};
 use keel_node::{FileStorage, FileStorageConfig, Storage};
@@ -87,6 +89,9 @@ pub struct Cluster {
     pub nodes: BTreeMap<u64, Node>,
     pub extra_args: Vec<String>,
     pub http: reqwest::Client,
+    /// With a fabric, each node runs in a network namespace of its own (see fabric.rs);
+    /// without, all on 127.0.0.1. Last, so it is dropped after the processes.
+    pub fabric: Option<fabric::Fabric>,
 }
 
 pub struct Reply {
@@ -124,9 +129,22 @@ impl Cluster {
 
     /// Starts the processes without waiting for anything.
     pub fn spawn(size: u64, extra_args: &[&str]) -> Cluster {
-        let nodes = (1..=size).map(|id| (id, Node { id, port: free_port(), child: None })).collect();
+        Cluster::spawn_with(size, extra_args, None)
+    }
+
+    /// Starts `size` nodes, each in a namespace of its own (needs root), and waits for a leader.
+    pub async fn start_on_fabric(size: u64, extra_args: &[&str]) -> Cluster {
+        let cluster = Cluster::spawn_with(size, extra_args, Some(fabric::Fabric::new(size)));
+        cluster.wait_for_leader().await;
+        cluster
+    }
+
+    fn spawn_with(size: u64, extra_args: &[&str], fabric: Option<fabric::Fabric>) -> Cluster {
+        let port = |_| if fabric.is_some() { fabric::PORT } else { free_port() };
+        let nodes = (1..=size).map(|id| (id, Node { id, port: port(id), child: None })).collect();
         let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(15)).build().unwrap();
-        let mut cluster = Cluster { dir: tempfile::tempdir().unwrap(), nodes, extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(), http };
+        let extra_args = extra_args.iter().map(|arg| arg.to_string()).collect();
+        let mut cluster = Cluster { dir: tempfile::tempdir().unwrap(), nodes, extra_args, http, fabric };
         for id in 1..=size {
             cluster.start_node(id);
         }
@@ -142,7 +160,10 @@ impl Cluster {
     }
 
     pub fn addr(&self, id: u64) -> String {
-        format!("127.0.0.1:{}", self.nodes[&id].port)
+        match &self.fabric {
+            Some(fabric) => fabric.address(id),
+            None => format!("127.0.0.1:{}", self.nodes[&id].port),
+        }
     }
 
     pub fn endpoints(&self) -> String {
@@ -168,7 +189,11 @@ impl Cluster {
     pub fn start_node(&mut self, id: u64) {
         assert!(self.nodes[&id].child.is_none(), "node {id} already runs");
         let log = File::options().create(true).append(true).open(self.log_path(id)).unwrap();
-        let child = std::process::Command::new(BINARY)
+        let mut command = match &self.fabric {
+            Some(fabric) => fabric.command(id, BINARY),
+            None => std::process::Command::new(BINARY),
+        };
+        let child = command
             .arg("serve")
             .args(["--id", &id.to_string(), "--data-dir", self.data_dir(id).to_str().unwrap(), "--peers", &self.peers()])
             .args(&self.extra_args)
@@ -186,6 +211,13 @@ impl Cluster {
         let mut child = self.nodes.get_mut(&id).unwrap().child.take().expect("node runs");
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`...) to a running node.
+    pub fn signal_node(&self, id: u64, signal: &str) {
+        let child = self.nodes[&id].child.as_ref().expect("node runs");
+        let status = std::process::Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
+        assert!(status.success(), "kill -{signal} node {id}");
     }
 
     /// SIGTERM; waits for the exit and returns its code.

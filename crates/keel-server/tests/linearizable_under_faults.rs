@@ -1,0 +1,222 @@
+//! Jepsen-style: clients run random reads, writes, deletes and compare-and-sets on a few
+//! keys against a real 3-process cluster while a nemesis crashes (SIGKILL) and restarts
+//! nodes, pauses one (SIGSTOP, then SIGCONT), and, run as root, cuts the leader off from
+//! the other nodes while clients can still reach it — the leader most often. Each
+//! operation's call and answer times go into a history, and each key's history is checked
+//! for linearizability with the simulator's checker (todc-utils' Wing–Gong–Lowe), under a
+//! time bound that fails the test when hit.
+//!
+//! The simulator checks the same property over millions of operations, but on its own network
+//! and disk. This runs the product: the HTTP API, forwarding, the CLI's client and its retry
+//! rules, file storage with real fsync, and recovery after SIGKILL. The cut-off leader is the
+//! case a read served without a quorum's confirmation gets wrong: it keeps answering clients
+//! while the others elect a leader and take writes (§8: ReadIndex must not answer there).
+//!
+//! The nemesis is paced by progress, not by the clock: each fault comes after the clients
+//! completed a number of operations, and a paused or cut-off node comes back once the others
+//! have elected a leader and the clients made progress. The clients' choices come from a
+//! fixed seed; the interleaving is the machine's.
+
+mod common;
+
+use common::fabric::is_root;
+use common::{eventually, Cluster};
+use keel_server::client::{Client, ClientError};
+use keel_sim::linearizability::{HistoryLog, Operation, Outcome, RegisterOp};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const SEED: u64 = 20261127;
+const CLIENTS: usize = 6;
+const KEYS: [&str; 4] = ["x", "y", "z", "w"];
+/// A client gives up on one request after this long (a write then has an unknown outcome).
+const CLIENT_DEADLINE: Duration = Duration::from_secs(3);
+/// Operations the clients complete between one fault and the next step.
+const OPERATIONS_BETWEEN_FAULTS: u64 = 150;
+/// Per key; hitting it fails the test.
+const CHECK_TIME_BOUND: Duration = Duration::from_secs(60);
+/// Progress that normally takes a second or two; a hang guard.
+const PROGRESS_DEADLINE: Duration = Duration::from_secs(45);
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    KillLeader,
+    KillFollower,
+    PauseLeader,
+    /// Needs the fabric (root).
+    IsolateLeader,
+}
+
+/// What every client shares: the history, and a count of completed operations for pacing.
+#[derive(Default)]
+struct Shared {
+    history: Mutex<HistoryLog>,
+    completed: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn record(&self, key: &str, operation: Operation) {
+        self.history.lock().unwrap().record(key, operation);
+        self.completed.fetch_add(1, Ordering::SeqCst);
+    }
+
+    async fn wait_for_progress(&self, what: &str) {
+        let target = self.completed.load(Ordering::SeqCst) + OPERATIONS_BETWEEN_FAULTS;
+        eventually(what, PROGRESS_DEADLINE, || async { (self.completed.load(Ordering::SeqCst) >= target).then_some(()) }).await;
+    }
+}
+
+fn micros_since(start: Instant) -> u64 {
+    start.elapsed().as_micros() as u64
+}
+
+fn parse(value: &[u8]) -> u32 {
+    std::str::from_utf8(value).ok().and_then(|text| text.parse().ok()).unwrap_or_else(|| panic!("a value no client wrote: {value:?}"))
+}
+
+/// One client: closed loop over random operations until told to stop. Values are unique
+/// (`client * 1_000_000 + n`), so a read names the write it saw. `endpoints` is every node
+/// (the client follows the leader) or one (the node forwards to its leader, or answers
+/// itself if it believes it leads: the way to meet a deposed leader that does not know yet).
+async fn run_client(client_id: usize, endpoints: Vec<String>, shared: Arc<Shared>, start: Instant) {
+    let mut client = Client::new(&endpoints, CLIENT_DEADLINE);
+    let mut rng = ChaCha8Rng::seed_from_u64(SEED + client_id as u64);
+    let mut last_seen: [Option<u32>; KEYS.len()] = [None; KEYS.len()];
+    for n in 0u32.. {
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let slot = rng.gen_range(0..KEYS.len());
+        let key = KEYS[slot];
+        let value = client_id as u32 * 1_000_000 + n;
+        let invoked_at = micros_since(start);
+        let roll: f64 = rng.gen();
+        let (op, completed) = if roll < 0.4 {
+            match client.get(key, false).await {
+                Ok(read) => {
+                    let read = read.as_deref().map(parse);
+                    last_seen[slot] = read;
+                    (RegisterOp::Read(read), true)
+                }
+                Err(error) => {
+                    assert!(matches!(error, ClientError::Unavailable(_)), "a read failed unexpectedly: {error}");
+                    continue; // A read that got no answer changed nothing.
+                }
+            }
+        } else if roll < 0.85 {
+            let written = if roll < 0.75 { Some(value) } else { None };
+            let result = match written {
+                Some(value) => client.put(key, value.to_string().as_bytes()).await.map(|_| ()),
+                None => client.delete(key).await.map(|_| ()),
+            };
+            match outcome_of(result) {
+                Some(outcome) => (RegisterOp::Write(written, outcome), outcome != Outcome::Unknown),
+                None => continue,
+            }
+        } else {
+            let expected = last_seen[slot];
+            let result = client.cas(key, expected.map(|value| value.to_string()).as_deref(), Some(&value.to_string())).await;
+            let cas = |outcome| RegisterOp::Cas { expected, new: value, outcome };
+            match result {
+                Ok(answer) if answer.succeeded => (cas(Outcome::Ok), true),
+                Ok(answer) => {
+                    // A failed compare-and-set also reads the key, at the same instant.
+                    let current = answer.current.as_deref().map(str::as_bytes).map(parse);
+                    last_seen[slot] = current;
+                    let read = Operation { client: client_id, invoked_at, completed_at: Some(micros_since(start)), op: RegisterOp::Read(current) };
+                    shared.record(key, read);
+                    (cas(Outcome::Failed), true)
+                }
+                Err(error) => match outcome_of(Err(error)) {
+                    Some(outcome) => (cas(outcome), false),
+                    None => continue,
+                },
+            }
+        };
+        let completed_at = completed.then(|| micros_since(start));
+        shared.record(key, Operation { client: client_id, invoked_at, completed_at, op });
+    }
+}
+
+/// How a write ended; `None` when it was certainly not applied (it is left out).
+fn outcome_of(result: Result<(), ClientError>) -> Option<Outcome> {
+    match result {
+        Ok(()) => Some(Outcome::Ok),
+        Err(ClientError::OutcomeUnknown(_)) => Some(Outcome::Unknown),
+        Err(ClientError::Unavailable(_)) => None,
+        Err(error) => panic!("a write was refused: {error}"),
+    }
+}
+
+async fn inject(cluster: &mut Cluster, shared: &Shared, fault: Fault) {
+    let leader = cluster.wait_for_leader().await;
+    match fault {
+        Fault::KillLeader | Fault::KillFollower => {
+            let victim = match fault {
+                Fault::KillLeader => leader,
+                _ => *cluster.ids().iter().find(|id| **id != leader).unwrap(),
+            };
+            cluster.kill_node(victim);
+            shared.wait_for_progress(&format!("progress with node {victim} killed")).await;
+            cluster.start_node(victim);
+        }
+        Fault::PauseLeader | Fault::IsolateLeader => {
+            match fault {
+                Fault::PauseLeader => cluster.signal_node(leader, "STOP"),
+                _ => cluster.fabric.as_ref().expect("isolation needs the fabric").isolate_from_peers(leader),
+            }
+            let others: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != leader).collect();
+            let successor = cluster.wait_for_leader_among(&others).await;
+            eprintln!("{fault:?}: node {successor} took over from node {leader}");
+            shared.wait_for_progress(&format!("progress without node {leader}")).await;
+            match fault {
+                Fault::PauseLeader => cluster.signal_node(leader, "CONT"),
+                _ => cluster.fabric.as_ref().unwrap().heal(leader),
+            }
+        }
+    }
+    shared.wait_for_progress(&format!("progress after {fault:?}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_stay_linearizable_through_crashes_pauses_and_partitions() {
+    let on_fabric = is_root();
+    let mut cluster = if on_fabric { Cluster::start_on_fabric(3, &[]).await } else { Cluster::start(3, &[]).await };
+    if !on_fabric {
+        eprintln!("not root: no network namespaces, so crashes and pauses only (CI runs as root)");
+    }
+    let endpoints: Vec<String> = cluster.ids().iter().map(|id| cluster.addr(*id)).collect();
+    let shared = Arc::new(Shared::default());
+    let start = Instant::now();
+    // Even clients roam; odd ones each stay with one node.
+    let endpoints_of = |client: usize| if client.is_multiple_of(2) { endpoints.clone() } else { vec![endpoints[client / 2 % endpoints.len()].clone()] };
+    let clients: Vec<_> = (0..CLIENTS).map(|id| tokio::spawn(run_client(id, endpoints_of(id), shared.clone(), start))).collect();
+
+    shared.wait_for_progress("progress before any fault").await;
+    let mut rng = ChaCha8Rng::seed_from_u64(SEED);
+    let kinds: &[Fault] = if on_fabric { &[Fault::KillLeader, Fault::PauseLeader, Fault::KillFollower, Fault::IsolateLeader] } else { &[Fault::KillLeader, Fault::PauseLeader, Fault::KillFollower] };
+    let mut faults = kinds.to_vec();
+    for _ in 0..3 {
+        faults.push(kinds[rng.gen_range(0..kinds.len())]);
+    }
+    for fault in faults {
+        eprintln!("nemesis: {fault:?}");
+        inject(&mut cluster, &shared, fault).await;
+    }
+    shared.stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.await.expect("a client panicked");
+    }
+
+    let history = std::mem::take(&mut *shared.history.lock().unwrap());
+    eprintln!("checking {} operations", history.operation_count());
+    let checked = Instant::now();
+    if let Err(problem) = history.check(CHECK_TIME_BOUND) {
+        panic!("{problem}");
+    }
+    eprintln!("linearizable; checked in {:?}", checked.elapsed());
+}
