@@ -1,7 +1,7 @@
 //! Jepsen-style: clients run random reads, writes, deletes and compare-and-sets on a few
-//! keys against a real 3-process cluster while a nemesis crashes (SIGKILL) and restarts
-//! nodes, pauses one (SIGSTOP, then SIGCONT), and, run as root, cuts the leader off from
-//! the other nodes while clients can still reach it — the leader most often. Each
+//! keys against a real 3-process cluster while a nemesis crashes (SIGKILL) and restarts one
+//! node or all three, pauses one (SIGSTOP, then SIGCONT) and, run as root, cuts the leader
+//! off from the other nodes while clients can still reach it — the leader most often. Each
 //! operation's call and answer times go into a history, and each key's history is checked
 //! for linearizability with the simulator's checker (todc-utils' Wing–Gong–Lowe), under a
 //! time bound that fails the test when hit.
@@ -45,6 +45,9 @@ const PROGRESS_DEADLINE: Duration = Duration::from_secs(45);
 enum Fault {
     KillLeader,
     KillFollower,
+    /// Every node at once, then all restarted: what was acknowledged must survive (a
+    /// majority synced it; the leader's own copy may not have been).
+    KillAll,
     PauseLeader,
     /// Needs the fabric (root).
     IsolateLeader,
@@ -152,6 +155,20 @@ fn outcome_of(result: Result<(), ClientError>) -> Option<Outcome> {
     }
 }
 
+async fn stale_values_of(cluster: &Cluster, key: &str) -> Vec<Option<Vec<u8>>> {
+    let mut values = Vec::new();
+    for id in cluster.ids() {
+        values.push(cluster.stale_get(id, key).await);
+    }
+    values
+}
+
+/// Faults per run: every kind once, then random ones up to 7, or `KEEL_NEMESIS_FAULTS` for a
+/// longer soak (`KEEL_NEMESIS_FAULTS=100 cargo test --test linearizable_under_faults`).
+fn fault_count() -> usize {
+    std::env::var("KEEL_NEMESIS_FAULTS").ok().map(|count| count.parse().expect("KEEL_NEMESIS_FAULTS is a number")).unwrap_or(7)
+}
+
 async fn inject(cluster: &mut Cluster, shared: &Shared, fault: Fault) {
     let leader = cluster.wait_for_leader().await;
     match fault {
@@ -163,6 +180,14 @@ async fn inject(cluster: &mut Cluster, shared: &Shared, fault: Fault) {
             cluster.kill_node(victim);
             shared.wait_for_progress(&format!("progress with node {victim} killed")).await;
             cluster.start_node(victim);
+        }
+        Fault::KillAll => {
+            for id in cluster.ids() {
+                cluster.kill_node(id);
+            }
+            for id in cluster.ids() {
+                cluster.start_node(id);
+            }
         }
         Fault::PauseLeader | Fault::IsolateLeader => {
             match fault {
@@ -198,9 +223,13 @@ async fn histories_stay_linearizable_through_crashes_pauses_and_partitions() {
 
     shared.wait_for_progress("progress before any fault").await;
     let mut rng = ChaCha8Rng::seed_from_u64(SEED);
-    let kinds: &[Fault] = if on_fabric { &[Fault::KillLeader, Fault::PauseLeader, Fault::KillFollower, Fault::IsolateLeader] } else { &[Fault::KillLeader, Fault::PauseLeader, Fault::KillFollower] };
+    let kinds: &[Fault] = if on_fabric {
+        &[Fault::KillLeader, Fault::PauseLeader, Fault::KillFollower, Fault::IsolateLeader, Fault::KillAll]
+    } else {
+        &[Fault::KillLeader, Fault::PauseLeader, Fault::KillFollower, Fault::KillAll]
+    };
     let mut faults = kinds.to_vec();
-    for _ in 0..3 {
+    while faults.len() < fault_count() {
         faults.push(kinds[rng.gen_range(0..kinds.len())]);
     }
     for fault in faults {
@@ -210,6 +239,13 @@ async fn histories_stay_linearizable_through_crashes_pauses_and_partitions() {
     shared.stop.store(true, Ordering::SeqCst);
     for client in clients {
         client.await.expect("a client panicked");
+    }
+
+    // Every node ends with the same log applied, and so the same value for every key.
+    cluster.wait_for_applied(0).await;
+    for key in KEYS {
+        let values: Vec<Option<Vec<u8>>> = stale_values_of(&cluster, key).await;
+        assert!(values.windows(2).all(|pair| pair[0] == pair[1]), "nodes disagree on {key:?}: {values:?}");
     }
 
     let history = std::mem::take(&mut *shared.history.lock().unwrap());
