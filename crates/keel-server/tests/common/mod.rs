@@ -132,11 +132,9 @@ impl Cluster {
         Cluster::spawn_with(size, extra_args, None)
     }
 
-    /// Starts `size` nodes, each in a namespace of its own (needs root), and waits for a leader.
-    pub async fn start_on_fabric(size: u64, extra_args: &[&str]) -> Cluster {
-        let cluster = Cluster::spawn_with(size, extra_args, Some(fabric::Fabric::new(size)));
-        cluster.wait_for_leader().await;
-        cluster
+    /// Like `spawn`, each node in a network namespace of its own (needs root; see fabric.rs).
+    pub fn spawn_on_fabric(size: u64, extra_args: &[&str]) -> Cluster {
+        Cluster::spawn_with(size, extra_args, Some(fabric::Fabric::new(size)))
     }
 
     fn spawn_with(size: u64, extra_args: &[&str], fabric: Option<fabric::Fabric>) -> Cluster {
