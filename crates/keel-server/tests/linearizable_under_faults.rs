@@ -98,12 +98,12 @@ async fn run_client(client_id: usize, endpoints: Vec<String>, shared: Arc<Shared
         let value = client_id as u32 * 1_000_000 + n;
         let invoked_at = micros_since(start);
         let roll: f64 = rng.gen();
-        let (op, completed) = if roll < 0.4 {
+        let op = if roll < 0.4 {
             match client.get(key, false).await {
                 Ok(read) => {
                     let read = read.as_deref().map(parse);
                     last_seen[slot] = read;
-                    (RegisterOp::Read(read), true)
+                    RegisterOp::Read(read)
                 }
                 Err(error) => {
                     assert!(matches!(error, ClientError::Unavailable(_)), "a read failed unexpectedly: {error}");
@@ -117,7 +117,7 @@ async fn run_client(client_id: usize, endpoints: Vec<String>, shared: Arc<Shared
                 None => client.delete(key).await.map(|_| ()),
             };
             match outcome_of(result) {
-                Some(outcome) => (RegisterOp::Write(written, outcome), outcome != Outcome::Unknown),
+                Some(outcome) => RegisterOp::Write(written, outcome),
                 None => continue,
             }
         } else {
@@ -125,22 +125,24 @@ async fn run_client(client_id: usize, endpoints: Vec<String>, shared: Arc<Shared
             let result = client.cas(key, expected.map(|value| value.to_string()).as_deref(), Some(&value.to_string())).await;
             let cas = |outcome| RegisterOp::Cas { expected, new: value, outcome };
             match result {
-                Ok(answer) if answer.succeeded => (cas(Outcome::Ok), true),
+                Ok(answer) if answer.succeeded => cas(Outcome::Ok),
                 Ok(answer) => {
                     // A failed compare-and-set also reads the key, at the same instant.
                     let current = answer.current.as_deref().map(str::as_bytes).map(parse);
                     last_seen[slot] = current;
                     let read = Operation { client: client_id, invoked_at, completed_at: Some(micros_since(start)), op: RegisterOp::Read(current) };
                     shared.record(key, read);
-                    (cas(Outcome::Failed), true)
+                    cas(Outcome::Failed)
                 }
                 Err(error) => match outcome_of(Err(error)) {
-                    Some(outcome) => (cas(outcome), false),
+                    Some(outcome) => cas(outcome),
                     None => continue,
                 },
             }
         };
-        let completed_at = completed.then(|| micros_since(start));
+        // An unknown outcome stays open: it may take effect at any time after its call.
+        let unknown = matches!(op, RegisterOp::Write(_, Outcome::Unknown) | RegisterOp::Cas { outcome: Outcome::Unknown, .. });
+        let completed_at = (!unknown).then(|| micros_since(start));
         shared.record(key, Operation { client: client_id, invoked_at, completed_at, op });
     }
 }
@@ -210,7 +212,8 @@ async fn inject(cluster: &mut Cluster, shared: &Shared, fault: Fault) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn histories_stay_linearizable_through_crashes_pauses_and_partitions() {
     let on_fabric = is_root();
-    let mut cluster = if on_fabric { Cluster::start_on_fabric(3, &[]).await } else { Cluster::start(3, &[]).await };
+    let mut cluster = if on_fabric { Cluster::spawn_on_fabric(3, &[]) } else { Cluster::spawn(3, &[]) };
+    cluster.wait_for_leader().await;
     if !on_fabric {
         eprintln!("not root: no network namespaces, so crashes and pauses only (CI runs as root)");
     }
