@@ -27,6 +27,16 @@ pub struct Config {
     pub snapshot_chunk_bytes_max: usize,
     /// Proposals refused once this many entries are appended but not yet committed.
     pub uncommitted_entries_max: usize,
+    /// Proposals refused once the commands of this leader's uncommitted entries hold this
+    /// many bytes (one proposal is always let in when nothing is uncommitted, however large).
+    pub uncommitted_bytes_max: usize,
+    /// At most this many committed entries, and about this many bytes of them (at least
+    /// one entry), in one `Ready`: applying a large backlog never holds the driver for long.
+    pub committed_entries_per_ready_max: usize,
+    pub committed_bytes_per_ready_max: usize,
+    /// An InstallSnapshot whose image is larger than this is refused (`StepError`): the
+    /// image is gathered in memory before it is installed.
+    pub snapshot_bytes_max: u64,
     /// ReadIndex requests waiting for confirmation before new ones are refused.
     pub read_requests_max: usize,
     /// Seeds the core's private PRNG (randomized election timeouts).
@@ -48,6 +58,10 @@ impl Config {
             inflight_messages_max: 64,
             snapshot_chunk_bytes_max: 1 << 20,
             uncommitted_entries_max: 8192,
+            uncommitted_bytes_max: 64 << 20,
+            committed_entries_per_ready_max: 4096,
+            committed_bytes_per_ready_max: 16 << 20,
+            snapshot_bytes_max: 1 << 30,
             read_requests_max: 65_536,
             random_seed: id.0,
         }
@@ -66,9 +80,22 @@ impl Config {
         if self.heartbeat_interval_ticks == 0 || self.heartbeat_interval_ticks >= self.election_timeout_ticks_min {
             return Err("heartbeat interval must be at least 1 tick and below the election timeout".into());
         }
-        let limits = [self.append_entries_max, self.append_bytes_max, self.inflight_messages_max, self.snapshot_chunk_bytes_max, self.uncommitted_entries_max, self.read_requests_max];
-        if limits.contains(&0) {
-            return Err("every limit must be at least 1".into());
+        let limits = [
+            ("append_entries_max", self.append_entries_max),
+            ("append_bytes_max", self.append_bytes_max),
+            ("inflight_messages_max", self.inflight_messages_max),
+            ("snapshot_chunk_bytes_max", self.snapshot_chunk_bytes_max),
+            ("uncommitted_entries_max", self.uncommitted_entries_max),
+            ("uncommitted_bytes_max", self.uncommitted_bytes_max),
+            ("committed_entries_per_ready_max", self.committed_entries_per_ready_max),
+            ("committed_bytes_per_ready_max", self.committed_bytes_per_ready_max),
+            ("read_requests_max", self.read_requests_max),
+        ];
+        if let Some((name, _)) = limits.iter().find(|(_, limit)| *limit == 0) {
+            return Err(format!("{name} must be at least 1"));
+        }
+        if self.snapshot_bytes_max == 0 {
+            return Err("snapshot_bytes_max must be at least 1".into());
         }
         Ok(())
     }

@@ -20,6 +20,7 @@ mod rng;
 mod snapshot_transfer;
 pub mod state_machine;
 pub mod types;
+mod validate;
 
 pub use config::Config;
 pub use message::{AppendResult, Message, MessageBody};

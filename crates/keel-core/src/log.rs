@@ -247,7 +247,7 @@ mod tests {
     fn term_lookup_goes_through_the_snapshot_offset() {
         let mut log = log_with_terms(&[1, 1, 2, 2, 3]);
         log.commit_to(LogIndex(4));
-        log.compact_to(SnapshotMeta { last_included_index: LogIndex(3), last_included_term: Term(2) });
+        log.compact_to(SnapshotMeta { last_included_index: LogIndex(3), last_included_term: Term(2), ..Default::default() });
         assert_eq!(log.term(LogIndex(2)), None, "compacted");
         assert_eq!(log.term(LogIndex(3)), Some(Term(2)), "snapshot's last entry");
         assert_eq!(log.term(LogIndex(5)), Some(Term(3)));
@@ -285,11 +285,11 @@ mod tests {
     #[test]
     fn install_snapshot_keeps_matching_suffix() {
         let mut log = log_with_terms(&[1, 1, 2, 2]);
-        log.install_snapshot(SnapshotMeta { last_included_index: LogIndex(2), last_included_term: Term(1) });
+        log.install_snapshot(SnapshotMeta { last_included_index: LogIndex(2), last_included_term: Term(1), ..Default::default() });
         assert_eq!(log.last_index(), LogIndex(4));
         assert_eq!(log.commit_index(), LogIndex(2));
         let mut log = log_with_terms(&[1, 1, 2, 2]);
-        log.install_snapshot(SnapshotMeta { last_included_index: LogIndex(3), last_included_term: Term(5) });
+        log.install_snapshot(SnapshotMeta { last_included_index: LogIndex(3), last_included_term: Term(5), ..Default::default() });
         assert_eq!(log.last_index(), LogIndex(3), "mismatching log discarded");
     }
 
@@ -297,7 +297,7 @@ mod tests {
     fn last_index_of_term_sees_the_snapshot_boundary() {
         let mut log = log_with_terms(&[1, 1, 2, 3]);
         log.commit_to(LogIndex(3));
-        log.compact_to(SnapshotMeta { last_included_index: LogIndex(3), last_included_term: Term(2) });
+        log.compact_to(SnapshotMeta { last_included_index: LogIndex(3), last_included_term: Term(2), ..Default::default() });
         assert_eq!(log.last_index_of_term(Term(2)), Some(LogIndex(3)));
         assert_eq!(log.last_index_of_term(Term(3)), Some(LogIndex(4)));
         assert_eq!(log.last_index_of_term(Term(1)), None, "compacted away");

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// A message between two nodes. `term` is the sender's current term, checked first on
 /// receipt (Figure 2, "Rules for Servers: All Servers").
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Message {
     pub from: NodeId,
     pub to: NodeId,
@@ -13,7 +13,7 @@ pub struct Message {
     pub body: MessageBody,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum MessageBody {
     /// §5.2 RequestVote; with `pre_vote` set, the PreVote of thesis §9.6: "would you vote for
     /// me in `term`?", which changes no one's term or vote.
@@ -30,7 +30,7 @@ pub enum MessageBody {
     InstallSnapshotResponse { meta: SnapshotMeta, next_offset: u64, done: bool, read_round: u64 },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum AppendResult {
     /// The follower's log matches the leader's up to and including `match_index`.
     Success { match_index: LogIndex },

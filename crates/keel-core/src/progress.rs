@@ -30,6 +30,9 @@ pub struct Progress {
     pub snapshot_chunk_answered: bool,
     /// Highest ReadIndex round this follower acknowledged in the current term.
     pub read_round_acked: u64,
+    /// Highest log index any message we sent it names (last entry, or the snapshot's last
+    /// included index): an answer naming a higher one is refused (`validate.rs`).
+    pub sent_index_max: LogIndex,
 }
 
 impl Progress {
@@ -45,6 +48,7 @@ impl Progress {
             recent_active: true,
             snapshot_chunk_answered: true,
             read_round_acked: 0,
+            sent_index_max: LogIndex::ZERO,
         }
     }
 
@@ -81,6 +85,11 @@ impl Progress {
             ReplicationState::Replicate => self.inflight.len() < inflight_messages_max,
             ReplicationState::Snapshot { .. } => false,
         }
+    }
+
+    /// Any message naming `index` went out.
+    pub fn sent_up_to(&mut self, index: LogIndex) {
+        self.sent_index_max = self.sent_index_max.max(index);
     }
 
     /// Bookkeeping after sending entries up to `last_index`.

@@ -82,7 +82,9 @@ pub struct RaftCore {
     /// Our latest snapshot, kept to send to followers behind the compacted prefix (§7).
     pub(crate) snapshot: Option<Snapshot>,
     /// Follower: chunks of a snapshot being received.
-    pub(crate) incoming_snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    pub(crate) incoming_snapshot: Option<crate::snapshot_transfer::IncomingSnapshot>,
+    /// Leader: bytes of the commands this leader appended that are not committed yet.
+    pub(crate) uncommitted_bytes: usize,
     pub(crate) reads: ReadQueue,
     /// Leader: entries were appended and followers should hear of them at the next `ready`.
     pub(crate) broadcast_needed: bool,
@@ -132,6 +134,7 @@ impl RaftCore {
             progress: BTreeMap::new(),
             snapshot: restored.snapshot,
             incoming_snapshot: None,
+            uncommitted_bytes: 0,
             reads: ReadQueue::default(),
             broadcast_needed: false,
             sync_requested: false,
@@ -169,18 +172,15 @@ impl RaftCore {
 
     /// A message from a peer. Term checks first (Figure 2, "All Servers"), then the role's
     /// handler.
+    ///
+    /// A message no correct peer would send is refused (`validate.rs`) before anything
+    /// changes; the one exception is a snapshot whose checksum fails, found only when its
+    /// last chunk arrives (the term check has run by then).
     pub fn step(&mut self, message: Message) -> Result<(), StepError> {
-        if message.to != self.id {
-            return Err(StepError::UnknownNode(message.to));
-        }
-        if message.from == self.id || !self.config.members.contains(&message.from) {
-            return Err(StepError::UnknownNode(message.from));
-        }
-        if self.check_term(&message) {
-            self.dispatch(message);
-        }
+        self.check_message(&message)?;
+        let result = if self.check_term(&message) { self.check_answer(&message).and_then(|()| self.dispatch(message)) } else { Ok(()) };
         self.check_invariants();
-        Ok(())
+        result
     }
 
     /// Appends a client command if we lead; returns where it will sit in the log. It is
@@ -189,14 +189,22 @@ impl RaftCore {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader { leader_hint: self.leader_id });
         }
+        let command = command.into();
         let uncommitted = (self.log.last_index().0 - self.log.commit_index().0) as usize;
-        if uncommitted >= self.config.uncommitted_entries_max {
+        if uncommitted >= self.config.uncommitted_entries_max || !self.uncommitted_bytes_allow(command.len()) {
             return Err(ProposeError::TooManyUncommitted);
         }
-        let index = self.log.append_new(self.current_term, EntryKind::Command(command.into()));
+        self.uncommitted_bytes += command.len();
+        let index = self.log.append_new(self.current_term, EntryKind::Command(command));
         self.broadcast_needed = true;
         self.check_invariants();
         Ok((index, self.current_term))
+    }
+
+    /// TIGER_STYLE limit on the leader's uncommitted bytes. One proposal is always let in
+    /// while nothing of ours is uncommitted, so a command above the limit still moves.
+    fn uncommitted_bytes_allow(&self, bytes: usize) -> bool {
+        self.uncommitted_bytes == 0 || self.uncommitted_bytes.saturating_add(bytes) <= self.config.uncommitted_bytes_max
     }
 
     /// Asks for a linearizable read point (thesis §6.4). The answer comes in a later
@@ -212,17 +220,16 @@ impl RaftCore {
         Ok(())
     }
 
-    /// The driver saved a snapshot of the state machine as of `index` (≤ applied): the log
-    /// up to it may go (§7).
-    pub fn compact(&mut self, index: LogIndex, data: impl Into<std::sync::Arc<Vec<u8>>>) {
-        assert!(index <= self.applied_index, "snapshot at {index} beyond applied {}", self.applied_index);
-        if index <= self.log.snapshot_meta().last_included_index {
+    /// The driver saved `snapshot`, an image of the state machine as of an applied index:
+    /// the log up to it may go (§7). Its term must be the log's at that index.
+    pub fn compact(&mut self, snapshot: Snapshot) {
+        let meta = snapshot.meta;
+        assert!(meta.last_included_index <= self.applied_index, "snapshot at {} beyond applied {}", meta.last_included_index, self.applied_index);
+        if meta.last_included_index <= self.log.snapshot_meta().last_included_index {
             return;
         }
-        let term = self.log.term(index).expect("applied entries are in the log");
-        let meta = SnapshotMeta { last_included_index: index, last_included_term: term };
         self.log.compact_to(meta);
-        self.snapshot = Some(Snapshot { meta, data: data.into() });
+        self.snapshot = Some(snapshot);
         self.check_invariants();
     }
 
@@ -323,7 +330,7 @@ impl RaftCore {
         self.send(message.from, body);
     }
 
-    fn dispatch(&mut self, message: Message) {
+    fn dispatch(&mut self, message: Message) -> Result<(), StepError> {
         let from = message.from;
         match message.body {
             MessageBody::RequestVote { pre_vote, last_log_index, last_log_term } => {
@@ -342,7 +349,7 @@ impl RaftCore {
             }
             MessageBody::InstallSnapshot { meta, offset, data, done, read_round } => {
                 if self.accept_leader(from) {
-                    self.handle_install_snapshot(from, meta, offset, data, done, read_round);
+                    return self.handle_install_snapshot(from, meta, offset, data, done, read_round);
                 }
             }
             MessageBody::InstallSnapshotResponse { meta, next_offset, done, read_round } => {
@@ -351,6 +358,7 @@ impl RaftCore {
                 }
             }
         }
+        Ok(())
     }
 
     /// A message from the leader of our current term. §5.2: a candidate that hears from it
@@ -383,6 +391,7 @@ impl RaftCore {
     pub(crate) fn leave_role(&mut self) {
         self.votes.clear();
         self.progress.clear();
+        self.uncommitted_bytes = 0;
         self.broadcast_needed = false;
         self.reads.fail_all(ReadError::LeadershipLost);
         self.reset_election_timer();
@@ -509,12 +518,12 @@ impl RaftCore {
     }
 
     fn take_committed(&mut self) -> Vec<Entry> {
-        const COMMITTED_ENTRIES_PER_READY_MAX: usize = 4096;
         let commit_index = self.log.commit_index();
         if self.applied_handed >= commit_index {
             return Vec::new();
         }
-        let entries = self.log.slice(self.applied_handed.next(), commit_index, COMMITTED_ENTRIES_PER_READY_MAX, usize::MAX);
+        let (count_max, bytes_max) = (self.config.committed_entries_per_ready_max, self.config.committed_bytes_per_ready_max);
+        let entries = self.log.slice(self.applied_handed.next(), commit_index, count_max, bytes_max);
         if let Some(last) = entries.last() {
             self.applied_handed = last.index;
         }

@@ -82,10 +82,19 @@ pub enum ProposeError {
     TooManyUncommitted,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why `step` refused a message. Nothing changed in the core; the driver logs and counts
+/// the refusal and drops the message. Every variant but `UnknownNode` means the sender is
+/// broken (or not a keel peer at all): a correct peer never sends such a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StepError {
     /// The sender or the addressee is not a member of this cluster.
     UnknownNode(NodeId),
+    /// The message breaks a rule every correct peer keeps; `reason` names it.
+    Invalid { from: NodeId, message: &'static str, reason: String },
+    /// An InstallSnapshot announces an image larger than `Config::snapshot_bytes_max`.
+    SnapshotTooLarge { from: NodeId, data_bytes: u64, bytes_max: u64 },
+    /// A received snapshot's image does not match the CRC-32C its metadata carries.
+    SnapshotChecksum { from: NodeId, index: LogIndex, expected: u32, actual: u32 },
 }
 
 impl std::fmt::Display for ProposeError {
@@ -101,6 +110,13 @@ impl std::fmt::Display for StepError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StepError::UnknownNode(id) => write!(f, "message names node {id}, which is not a member"),
+            StepError::Invalid { from, message, reason } => write!(f, "invalid {message} from node {from}: {reason}"),
+            StepError::SnapshotTooLarge { from, data_bytes, bytes_max } => {
+                write!(f, "node {from} offers a snapshot of {data_bytes} bytes, over the limit of {bytes_max} bytes (snapshot_bytes_max)")
+            }
+            StepError::SnapshotChecksum { from, index, expected, actual } => {
+                write!(f, "snapshot at {index} from node {from} has CRC-32C {actual:#010x}, its metadata says {expected:#010x}")
+            }
         }
     }
 }

@@ -85,6 +85,8 @@ impl RaftCore {
 
     fn send_append_message(&mut self, peer: NodeId, prev_log_index: LogIndex, entries: Vec<Entry>) {
         let prev_log_term = self.log.term(prev_log_index).expect("caller checked prev_log_index is not compacted");
+        let last_index = entries.last().map_or(prev_log_index, |entry| entry.index);
+        self.progress.get_mut(&peer).expect("leader tracks every peer").sent_up_to(last_index);
         let body = MessageBody::AppendEntries {
             prev_log_index,
             prev_log_term,
@@ -186,11 +188,26 @@ impl RaftCore {
         let current_term_entry = self.log.term(candidate) == Some(self.current_term);
         if current_term_entry || self.fault_commit_by_counting() {
             let had_committed_in_term = self.committed_in_current_term();
+            self.release_uncommitted_bytes(self.log.commit_index(), candidate);
             // Followers learn the new commit index from the next AppendEntries or heartbeat.
             self.log.commit_to(candidate);
             if !had_committed_in_term {
                 self.on_first_commit_in_term();
             }
+        }
+    }
+
+    /// The commands of our term in `(from, to]` are committed: they no longer count against
+    /// `uncommitted_bytes_max` (entries of earlier terms never did).
+    fn release_uncommitted_bytes(&mut self, from: LogIndex, to: LogIndex) {
+        let mut index = from.next();
+        while index <= to {
+            if let Some(Entry { term, kind: crate::types::EntryKind::Command(data), .. }) = self.log.entry(index) {
+                if *term == self.current_term {
+                    self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(data.len());
+                }
+            }
+            index = index.next();
         }
     }
 

@@ -4,8 +4,17 @@
 use crate::message::MessageBody;
 use crate::progress::ReplicationState;
 use crate::raft::RaftCore;
+use crate::ready::StepError;
 use crate::types::{NodeId, Snapshot, SnapshotMeta};
 use std::sync::Arc;
+
+/// Follower: a snapshot being received, chunk by chunk, with the CRC-32C of what arrived.
+#[derive(Debug)]
+pub(crate) struct IncomingSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+    crc32c: u32,
+}
 
 impl RaftCore {
     pub(crate) fn start_snapshot(&mut self, peer: NodeId) {
@@ -33,6 +42,7 @@ impl RaftCore {
         }
         let begin = (next_offset as usize).min(snapshot.data.len());
         let end = (begin + self.config.snapshot_chunk_bytes_max).min(snapshot.data.len());
+        self.progress.get_mut(&peer).expect("leader tracks every peer").sent_up_to(meta.last_included_index);
         let body = MessageBody::InstallSnapshot {
             meta,
             offset: begin as u64,
@@ -63,37 +73,47 @@ impl RaftCore {
         self.send_snapshot_chunk(from, true);
     }
 
-    /// InstallSnapshot receiver (Figure 13): gather chunks in order; when the last arrives,
-    /// replace the log and hand the snapshot to the driver to persist and restore.
-    pub(crate) fn handle_install_snapshot(&mut self, from: NodeId, meta: SnapshotMeta, offset: u64, data: Vec<u8>, done: bool, read_round: u64) {
+    /// InstallSnapshot receiver (Figure 13): gather chunks in order; when the last arrives
+    /// and its checksum matches, replace the log and hand the snapshot to the driver to
+    /// persist and restore. (`validate.rs` has checked that the chunk fits its image.)
+    pub(crate) fn handle_install_snapshot(&mut self, from: NodeId, meta: SnapshotMeta, offset: u64, data: Vec<u8>, done: bool, read_round: u64) -> Result<(), StepError> {
         if meta.last_included_index <= self.log.commit_index() {
             // Our committed log already covers it.
             self.incoming_snapshot = None;
-            return self.reply_snapshot(from, meta, 0, true, read_round);
+            self.reply_snapshot(from, meta, 0, true, read_round);
+            return Ok(());
         }
         if offset == 0 {
-            self.incoming_snapshot = Some((meta, Vec::new()));
+            self.incoming_snapshot = Some(IncomingSnapshot { meta, data: Vec::new(), crc32c: 0 });
         }
         let expected = match &self.incoming_snapshot {
-            Some((receiving, bytes)) if *receiving == meta => bytes.len() as u64,
+            Some(incoming) if incoming.meta == meta => incoming.data.len() as u64,
             _ => 0,
         };
-        if offset != expected || self.incoming_snapshot.as_ref().is_none_or(|(receiving, _)| *receiving != meta) {
+        if offset != expected || self.incoming_snapshot.as_ref().is_none_or(|incoming| incoming.meta != meta) {
             // A chunk from another transfer, or out of order: ask for what we need.
-            return self.reply_snapshot(from, meta, expected, false, read_round);
+            self.reply_snapshot(from, meta, expected, false, read_round);
+            return Ok(());
         }
-        let (_, bytes) = self.incoming_snapshot.as_mut().expect("checked above");
-        bytes.extend_from_slice(&data);
-        let received = bytes.len() as u64;
+        let incoming = self.incoming_snapshot.as_mut().expect("checked above");
+        incoming.crc32c = crc32c::crc32c_append(incoming.crc32c, &data);
+        incoming.data.extend_from_slice(&data);
+        let received = incoming.data.len() as u64;
         if !done {
-            return self.reply_snapshot(from, meta, received, false, read_round);
+            self.reply_snapshot(from, meta, received, false, read_round);
+            return Ok(());
         }
-        let (_, bytes) = self.incoming_snapshot.take().expect("checked above");
-        let snapshot = Snapshot { meta, data: Arc::new(bytes) };
+        let incoming = self.incoming_snapshot.take().expect("checked above");
+        if incoming.crc32c != meta.data_crc32c {
+            // Changes nothing: the next chunk we are sent starts the transfer over.
+            return Err(StepError::SnapshotChecksum { from, index: meta.last_included_index, expected: meta.data_crc32c, actual: incoming.crc32c });
+        }
+        let snapshot = Snapshot { meta, data: Arc::new(incoming.data) };
         self.log.install_snapshot(meta);
         self.snapshot = Some(snapshot.clone());
         self.snapshot_to_install = Some(snapshot);
         self.reply_snapshot(from, meta, received, true, read_round);
+        Ok(())
     }
 
     fn reply_snapshot(&mut self, to: NodeId, meta: SnapshotMeta, next_offset: u64, done: bool, read_round: u64) {

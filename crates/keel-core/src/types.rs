@@ -17,6 +17,9 @@ pub struct LogIndex(pub u64);
 pub struct NodeId(pub u64);
 
 impl Term {
+    /// No message may carry it: `next()` of it would overflow. A peer that sends it is broken.
+    pub const MAX: Term = Term(u64::MAX);
+
     pub fn next(self) -> Term {
         Term(self.0 + 1)
     }
@@ -90,18 +93,30 @@ impl Entry {
 /// State that must be on stable storage before the node answers any RPC (Figure 2,
 /// "Persistent state on all servers"). `commit_index` is persisted too so that a restarted
 /// node can re-apply committed entries without waiting for a leader.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct HardState {
     pub current_term: Term,
     pub voted_for: Option<NodeId>,
     pub commit_index: LogIndex,
 }
 
-/// The position a snapshot covers (§7: "last included index" and "last included term").
+/// The position a snapshot covers (§7: "last included index" and "last included term"),
+/// and the size and CRC-32C of its image, so a receiver (and a reader from disk) can check
+/// every byte before trusting it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SnapshotMeta {
     pub last_included_index: LogIndex,
     pub last_included_term: Term,
+    pub data_bytes: u64,
+    pub data_crc32c: u32,
+}
+
+impl SnapshotMeta {
+    /// The log position alone: two metas of one position describe the same state (the state
+    /// machine is deterministic), whatever else they say.
+    pub fn position(&self) -> (LogIndex, Term) {
+        (self.last_included_index, self.last_included_term)
+    }
 }
 
 /// A state machine image plus the log position it reflects.
@@ -109,6 +124,27 @@ pub struct SnapshotMeta {
 pub struct Snapshot {
     pub meta: SnapshotMeta,
     pub data: std::sync::Arc<Vec<u8>>,
+}
+
+impl Snapshot {
+    /// An image of the state as of `last_included_index`, with its size and checksum.
+    pub fn new(last_included_index: LogIndex, last_included_term: Term, data: impl Into<std::sync::Arc<Vec<u8>>>) -> Snapshot {
+        let data = data.into();
+        let meta = SnapshotMeta { last_included_index, last_included_term, data_bytes: data.len() as u64, data_crc32c: crc32c::crc32c(&data) };
+        Snapshot { meta, data }
+    }
+
+    /// Whether the image is the one its metadata describes (size and CRC-32C).
+    pub fn verify(&self) -> Result<(), String> {
+        if self.data.len() as u64 != self.meta.data_bytes {
+            return Err(format!("snapshot at {} holds {} bytes, its metadata says {}", self.meta.last_included_index, self.data.len(), self.meta.data_bytes));
+        }
+        let crc = crc32c::crc32c(&self.data);
+        if crc != self.meta.data_crc32c {
+            return Err(format!("snapshot at {} has CRC-32C {crc:#010x}, its metadata says {:#010x}", self.meta.last_included_index, self.meta.data_crc32c));
+        }
+        Ok(())
+    }
 }
 
 /// The three roles of §5.1, plus the pre-candidate of PreVote (thesis §9.6).

@@ -144,7 +144,7 @@ fn vote_survives_a_crash() {
     let mut cluster = Cluster::new(3);
     let ready = cluster.deliver_message(message(2, 1, 1, request_vote(0, 0))).expect("answer");
     assert_eq!(ready.persisted_messages, vec![message(1, 2, 1, vote_response(false, true))]);
-    assert_eq!(cluster.node(1).disk.hard_state, hard(1, Some(2), 0), "durable before the yes was sent");
+    assert_eq!(cluster.stored(1).hard_state, hard(1, Some(2), 0), "durable before the yes was sent");
 
     cluster.restart(1);
     let ready = cluster.deliver_message(message(3, 1, 1, request_vote(0, 0))).expect("answer");
@@ -289,7 +289,7 @@ fn leader_cut_off_from_the_majority_steps_down() {
 /// while the leader's lease holds (thesis §4.2.3).
 #[test]
 fn leader_that_sees_a_higher_term_becomes_follower() {
-    let snapshot_meta = SnapshotMeta { last_included_index: LogIndex(0), last_included_term: Term(0) };
+    let snapshot_meta = SnapshotMeta { last_included_index: LogIndex(5), last_included_term: Term(1), ..Default::default() };
     let cases: Vec<(&str, MessageBody, Option<Option<u64>>)> = vec![
         // (what, body in term 2 from node 2, Some(new leader) if the leader steps down)
         ("AppendEntries", append(1, 1, vec![], 1, 0), Some(Some(2))),
@@ -795,7 +795,7 @@ fn follower_behind_the_compacted_prefix_catches_up_by_snapshot_in_chunks() {
         assert_eq!(cluster.node(id).state_machine.bytes, b"abcdefghijk", "node {id}");
         cluster.assert_disk_matches_core(id);
     }
-    assert_eq!(cluster.node(3).disk.snapshot.as_ref(), Some(&snapshot));
+    assert_eq!(cluster.stored(3).snapshot.as_ref(), Some(&snapshot));
 }
 
 /// §7: the follower says which offset it wants next, so a transfer survives a lost chunk or
@@ -827,7 +827,7 @@ fn snapshot_transfer_restarts_from_the_offset_the_follower_asks_for() {
     cluster.stabilize();
     cluster.ticks(1, 2);
     cluster.stabilize();
-    assert_eq!(cluster.node(3).disk.snapshot.as_ref(), Some(&snapshot));
+    assert_eq!(cluster.stored(3).snapshot.as_ref(), Some(&snapshot));
     assert_eq!(cluster.node(3).state_machine.bytes, b"abcdefghijk");
     cluster.assert_disk_matches_core(3);
 }
@@ -849,8 +849,7 @@ fn follower_behind_a_compacted_leader() -> (Cluster, Snapshot) {
     cluster.stabilize();
     assert_eq!(cluster.node(1).state_machine.applied_index, LogIndex(10));
     let snapshot = cluster.compact(1);
-    let meta = SnapshotMeta { last_included_index: LogIndex(10), last_included_term: Term(1) };
-    assert_eq!(snapshot, Snapshot { meta, data: std::sync::Arc::new(b"abcdefghi".to_vec()) });
+    assert_eq!(snapshot, Snapshot::new(LogIndex(10), Term(1), b"abcdefghi".to_vec()));
     assert_eq!(cluster.core(1).first_log_index(), LogIndex(11), "the log now starts after the snapshot");
     cluster.propose(1, "j");
     cluster.propose(1, "k");

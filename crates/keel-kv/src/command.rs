@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 /// Keys are 1 to 1024 bytes of UTF-8.
 pub const KEY_BYTES_MAX: usize = 1024;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Command {
     Set { key: String, value: Vec<u8> },
     Delete { key: String },
@@ -14,7 +14,7 @@ pub enum Command {
     Cas { key: String, expected: Option<Vec<u8>>, value: Option<Vec<u8>> },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum CommandResult {
     /// The no-op a new leader appends, or an entry that could not be decoded.
     Noop,

@@ -13,6 +13,9 @@ pub struct NodeConfig {
     pub election_timeout_ms: u64,
     /// Take a snapshot once this many entries were applied since the last one; 0 disables.
     pub snapshot_threshold_entries: u64,
+    /// ... or once the entries applied since the last one hold this many bytes, so a log of
+    /// large values is compacted before it fills memory; 0 disables.
+    pub snapshot_threshold_bytes: u64,
     pub snapshot_chunk_bytes_max: usize,
     /// Client requests queued for the driver before new ones are refused.
     pub requests_queued_max: usize,
@@ -22,6 +25,11 @@ pub struct NodeConfig {
     pub append_bytes_max: usize,
     pub inflight_messages_max: usize,
     pub uncommitted_entries_max: usize,
+    /// See the fields of the same names in `keel_core::Config`.
+    pub uncommitted_bytes_max: usize,
+    pub committed_entries_per_ready_max: usize,
+    pub committed_bytes_per_ready_max: usize,
+    pub snapshot_bytes_max: u64,
     /// Seeds the election-timeout PRNG; `None` derives one from the clock and the node id.
     /// Tests set it so a run replays exactly.
     pub random_seed: Option<u64>,
@@ -43,6 +51,7 @@ impl NodeConfig {
             heartbeat_ms: 50,
             election_timeout_ms: 300,
             snapshot_threshold_entries: 10_000,
+            snapshot_threshold_bytes: 64 << 20,
             snapshot_chunk_bytes_max: 1 << 20,
             requests_queued_max: 16_384,
             inbox_messages_max: 16_384,
@@ -50,6 +59,10 @@ impl NodeConfig {
             append_bytes_max: 4 << 20,
             inflight_messages_max: 64,
             uncommitted_entries_max: 65_536,
+            uncommitted_bytes_max: 64 << 20,
+            committed_entries_per_ready_max: 4096,
+            committed_bytes_per_ready_max: 16 << 20,
+            snapshot_bytes_max: 1 << 30,
             random_seed: None,
             storage_on_thread: true,
             defer_leader_sync: true,
@@ -78,6 +91,10 @@ impl NodeConfig {
         config.inflight_messages_max = self.inflight_messages_max;
         config.snapshot_chunk_bytes_max = self.snapshot_chunk_bytes_max;
         config.uncommitted_entries_max = self.uncommitted_entries_max;
+        config.uncommitted_bytes_max = self.uncommitted_bytes_max;
+        config.committed_entries_per_ready_max = self.committed_entries_per_ready_max;
+        config.committed_bytes_per_ready_max = self.committed_bytes_per_ready_max;
+        config.snapshot_bytes_max = self.snapshot_bytes_max;
         config.defer_leader_sync = self.defer_leader_sync;
         // Different per node and per process start, so nodes don't time out in lockstep.
         let clock_seed = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);

@@ -19,7 +19,6 @@ use crate::storage::Storage;
 use crate::storage_memory::MemoryStorage;
 use keel_core::{Entry, EntryKind, HardState, LogIndex, NodeId, RestoredState, Snapshot, SnapshotMeta, Term};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
 
 /// Makes and restarts storages for the suite.
 pub trait Harness {
@@ -28,11 +27,19 @@ pub trait Harness {
     fn create(&mut self) -> Self::Storage;
     /// The same storage after a process restart. Everything synced must survive.
     fn reopen(&mut self, storage: Self::Storage) -> Self::Storage;
+    /// The same storage after a crash at this moment (a power cut, where the storage can
+    /// model one): everything synced survives, writes since the last sync may be lost.
+    fn crash(&mut self, storage: Self::Storage) -> Self::Storage {
+        self.reopen(storage)
+    }
 }
 
-/// `MemoryStorage` has no restart to model: `reopen` hands the same value back.
+/// `MemoryStorage`'s restart is a crash that loses nothing synced; its crash loses the
+/// unsynced writes it is told to (`crash_kept_unsynced`, all of them by default).
 #[derive(Default)]
-pub struct MemoryHarness;
+pub struct MemoryHarness {
+    pub crash_kept_unsynced: usize,
+}
 
 impl Harness for MemoryHarness {
     type Storage = MemoryStorage;
@@ -40,15 +47,22 @@ impl Harness for MemoryHarness {
         MemoryStorage::new()
     }
     fn reopen(&mut self, storage: MemoryStorage) -> MemoryStorage {
-        storage
+        assert_eq!(storage.unsynced_entries(), 0, "the suite syncs before every restart");
+        storage.crash(0).0
+    }
+    fn crash(&mut self, storage: MemoryStorage) -> MemoryStorage {
+        let kept = self.crash_kept_unsynced.min(storage.unsynced_entries());
+        storage.crash(kept).0
     }
 }
 
-/// Generates one `#[test]` per case, each with a fresh harness from `$make_harness`.
+/// Every case of the suite, named once: `cases()` and `storage_conformance_tests!` both
+/// expand from this list, so neither can miss one. Calls `$then!($($prefix)* case, ...)`.
+#[doc(hidden)]
 #[macro_export]
-macro_rules! storage_conformance_tests {
-    ($make_harness:expr) => {
-        $crate::storage_conformance_tests!(@cases $make_harness;
+macro_rules! __storage_conformance_with_cases {
+    ($then:ident ! ($($prefix:tt)*)) => {
+        $crate::$then! { $($prefix)*
             fresh_storage_is_empty, append_and_read_back, append_in_batches, append_empty_is_noop,
             overwrite_conflicting_suffix, overwrite_whole_log, overwrite_with_longer_suffix,
             overwrite_last_entry, hard_state_latest_wins, hard_state_and_entries_together,
@@ -56,8 +70,17 @@ macro_rules! storage_conformance_tests {
             install_snapshot_beyond_log_discards_log, install_snapshot_on_empty_storage_then_append,
             compact_drops_prefix, compact_whole_log_then_append, compact_twice_keeps_latest_snapshot,
             staged_compact_matches_compact, stale_staged_snapshot_is_dropped, overwrite_after_compaction, large_and_empty_entries, reopen_then_append_continues,
+            crash_keeps_synced_writes_and_a_prefix_of_the_rest,
             append_with_gap_panics, append_into_snapshot_panics, compact_with_wrong_term_panics,
-            stale_snapshot_panics, random_operations_match_model);
+            stale_snapshot_panics, random_operations_match_model }
+    };
+}
+
+/// Generates one `#[test]` per case, each with a fresh harness from `$make_harness`.
+#[macro_export]
+macro_rules! storage_conformance_tests {
+    ($make_harness:expr) => {
+        $crate::__storage_conformance_with_cases!(storage_conformance_tests!(@cases $make_harness;));
     };
     (@cases $make_harness:expr; $($case:ident),* $(,)?) => {
         $(
@@ -70,48 +93,32 @@ macro_rules! storage_conformance_tests {
     };
 }
 
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __storage_conformance_case_vec {
+    ($harness:ty; $($case:ident),* $(,)?) => {
+        vec![$((stringify!($case), $crate::conformance::$case::<$harness> as $crate::conformance::Case<$harness>)),*]
+    };
+}
+
 /// One case of the suite.
 pub type Case<H> = fn(&mut H);
 
 /// Every case, by name, for `run_all` and for callers that want their own loop.
 pub fn cases<H: Harness>() -> Vec<(&'static str, Case<H>)> {
-    vec![
-        ("fresh_storage_is_empty", fresh_storage_is_empty::<H>),
-        ("append_and_read_back", append_and_read_back::<H>),
-        ("append_in_batches", append_in_batches::<H>),
-        ("append_empty_is_noop", append_empty_is_noop::<H>),
-        ("overwrite_conflicting_suffix", overwrite_conflicting_suffix::<H>),
-        ("overwrite_whole_log", overwrite_whole_log::<H>),
-        ("overwrite_with_longer_suffix", overwrite_with_longer_suffix::<H>),
-        ("overwrite_last_entry", overwrite_last_entry::<H>),
-        ("hard_state_latest_wins", hard_state_latest_wins::<H>),
-        ("hard_state_and_entries_together", hard_state_and_entries_together::<H>),
-        ("install_snapshot_keeps_matching_suffix", install_snapshot_keeps_matching_suffix::<H>),
-        ("install_snapshot_discards_log_on_term_mismatch", install_snapshot_discards_log_on_term_mismatch::<H>),
-        ("install_snapshot_beyond_log_discards_log", install_snapshot_beyond_log_discards_log::<H>),
-        ("install_snapshot_on_empty_storage_then_append", install_snapshot_on_empty_storage_then_append::<H>),
-        ("compact_drops_prefix", compact_drops_prefix::<H>),
-        ("compact_whole_log_then_append", compact_whole_log_then_append::<H>),
-        ("compact_twice_keeps_latest_snapshot", compact_twice_keeps_latest_snapshot::<H>),
-        ("staged_compact_matches_compact", staged_compact_matches_compact::<H>),
-        ("stale_staged_snapshot_is_dropped", stale_staged_snapshot_is_dropped::<H>),
-        ("overwrite_after_compaction", overwrite_after_compaction::<H>),
-        ("large_and_empty_entries", large_and_empty_entries::<H>),
-        ("reopen_then_append_continues", reopen_then_append_continues::<H>),
-        ("append_with_gap_panics", append_with_gap_panics::<H>),
-        ("append_into_snapshot_panics", append_into_snapshot_panics::<H>),
-        ("compact_with_wrong_term_panics", compact_with_wrong_term_panics::<H>),
-        ("stale_snapshot_panics", stale_snapshot_panics::<H>),
-        ("random_operations_match_model", random_operations_match_model::<H>),
-    ]
+    crate::__storage_conformance_with_cases!(__storage_conformance_case_vec!(H;))
 }
 
-/// Runs every case with harnesses from `make_harness`, printing each name as it starts.
-pub fn run_all<H: Harness>(mut make_harness: impl FnMut() -> H) {
+/// Runs every case with harnesses from `make_harness`, printing each name as it starts;
+/// returns the names in the order they ran.
+pub fn run_all<H: Harness>(mut make_harness: impl FnMut() -> H) -> Vec<&'static str> {
+    let mut ran = Vec::new();
     for (name, case) in cases::<H>() {
         eprintln!("storage conformance: {name}");
         case(&mut make_harness());
+        ran.push(name);
     }
+    ran
 }
 
 // ----- helpers ----------------------------------------------------------------------------
@@ -127,8 +134,7 @@ pub fn entries(from: u64, to: u64, term: u64) -> Vec<Entry> {
 }
 
 fn snapshot(index: u64, term: u64) -> Snapshot {
-    let meta = SnapshotMeta { last_included_index: LogIndex(index), last_included_term: Term(term) };
-    Snapshot { meta, data: Arc::new(format!("state machine at {index}@{term}").into_bytes()) }
+    Snapshot::new(LogIndex(index), Term(term), format!("state machine at {index}@{term}").into_bytes())
 }
 
 fn hard_state(term: u64, voted_for: Option<u64>, commit_index: u64) -> HardState {
@@ -374,6 +380,26 @@ pub fn reopen_then_append_continues<H: Harness>(harness: &mut H) {
         storage.sync().expect("sync");
     }
     check(harness, storage, &log_only(entries(1, 30, 1), hard_state(1, Some(1), 0)), "five restarts");
+}
+
+/// A crash keeps what was synced, and of the writes since at most a prefix (in the order
+/// written): never a later write without an earlier one, never a broken log.
+pub fn crash_keeps_synced_writes_and_a_prefix_of_the_rest<H: Harness>(harness: &mut H) {
+    let mut storage = filled(harness, 5);
+    storage.set_hard_state(&hard_state(2, Some(2), 3)).expect("set_hard_state");
+    storage.sync().expect("sync");
+    storage.append(&entries(6, 9, 2)).expect("append");
+    let storage = harness.crash(storage);
+    let restored = storage.initial_state().expect("initial_state after a crash");
+    assert_eq!(restored.hard_state, hard_state(2, Some(2), 3), "the synced hard state survives");
+    let written = [entries(1, 5, 1), entries(6, 9, 2)].concat();
+    assert!(restored.entries.len() >= 5, "the synced entries 1..=5 survive, found {}", restored.entries.len());
+    assert_eq!(restored.entries[..], written[..restored.entries.len()], "a prefix of what was written, in order");
+    let mut storage = storage;
+    let next = restored.entries.len() as u64 + 1;
+    storage.append(&entries(next, next, 2)).expect("append after the crash");
+    let expected = [restored.entries.clone(), entries(next, next, 2)].concat();
+    check(harness, storage, &log_only(expected, hard_state(2, Some(2), 3)), "append after a crash");
 }
 
 // ----- programmer errors panic ------------------------------------------------------------

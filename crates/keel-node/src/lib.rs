@@ -1,6 +1,8 @@
 //! # keel-node: a `RaftCore` that runs
 //!
-//! - [`RaftNode`] (`node.rs`): the tokio driver carrying out the core's `Ready` contract.
+//! - [`Executor`] (`executor.rs`): the one driver of the core's `Ready` contract, generic over
+//!   its effects ([`Io`], `io.rs`); production and the simulator both run it.
+//! - [`RaftNode`] (`node.rs`): the tokio shell around it: real time, channels, threads.
 //! - [`Storage`] (`storage.rs`) with [`MemoryStorage`] and [`FileStorage`] (a segmented,
 //!   checksummed write-ahead log), and the [`conformance`] suite both pass.
 //! - [`Transport`] (`transport.rs`) with [`MemoryNetwork`] (channels, for tests) and the HTTP
@@ -9,6 +11,8 @@
 pub mod config;
 pub mod conformance;
 pub mod error;
+pub mod executor;
+pub mod io;
 pub mod node;
 pub mod storage;
 pub mod storage_file;
@@ -20,10 +24,14 @@ pub mod transport_memory;
 
 pub use config::NodeConfig;
 pub use error::{NodeError, Outcome};
+#[cfg(feature = "fault-injection")]
+pub use executor::DriverFaults;
+pub use executor::{Executor, ProposeReply, ReadFn};
+pub use io::{build_image, run_storage_job, Io, JobResult, Observation, SnapshotBuild, SnapshotImage, SnapshotJob, StorageDone, StorageJob};
 pub use node::{Consistency, NodeStatus, RaftHandle, RaftNode, StartError};
 pub use storage::{SnapshotStager, Storage, StorageError};
 pub use storage_file::{FileStorage, FileStorageConfig, Recovery, TornTail};
-pub use storage_memory::MemoryStorage;
+pub use storage_memory::{DurablePoint, MemoryStorage};
 pub use transport::{Transport, PROTOCOL_VERSION};
 pub use transport_http::{raft_routes, HttpTransport, HttpTransportConfig};
 pub use transport_memory::{MemoryNetwork, MemoryTransport};

@@ -11,8 +11,9 @@
 use keel_core::Message;
 
 /// Bumped on any incompatible change of the peer wire format. 2: streams of frames
-/// (`transport_http.rs`) replaced one request per batch.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// (`transport_http.rs`) replaced one request per batch. 3: snapshot metadata carries the
+/// image's size and CRC-32C.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 pub trait Transport: Send + Sync + 'static {
     /// Queues `message` for `message.to`. Must not block the driver: a full queue or an

@@ -8,7 +8,12 @@ use keel_node::conformance::{Harness, MemoryHarness};
 use keel_node::{FileStorage, FileStorageConfig};
 
 mod memory {
-    keel_node::storage_conformance_tests!(super::MemoryHarness);
+    keel_node::storage_conformance_tests!(super::MemoryHarness::default());
+}
+
+/// A crash that keeps two of the unsynced writes: the crash case sees a longer prefix.
+mod memory_keeping_some_unsynced_writes {
+    keel_node::storage_conformance_tests!(super::MemoryHarness { crash_kept_unsynced: 2 });
 }
 
 pub struct FileHarness {
@@ -51,22 +56,37 @@ mod file_small_growing_segments {
     keel_node::storage_conformance_tests!(super::FileHarness::new(300, false));
 }
 
+/// `run_all` runs each case exactly once, and the case list holds every case the suite's
+/// source defines (a `pub fn name<H: Harness>(harness: &mut H)`), so a case written and not
+/// listed is caught here.
 #[test]
 fn run_all_covers_every_case_once() {
-    keel_node::conformance::run_all(|| MemoryHarness);
+    let ran = keel_node::conformance::run_all(MemoryHarness::default);
+    let mut unique = ran.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), ran.len(), "a case ran twice: {ran:?}");
+    let source = include_str!("../src/conformance.rs");
+    let mut defined: Vec<&str> = source
+        .lines()
+        .filter_map(|line| line.strip_prefix("pub fn ")?.split_once("<H: Harness>(harness: &mut H)").map(|(name, _)| name))
+        .collect();
+    defined.sort();
+    assert!(defined.len() >= 25, "the source scan found only {} cases: {defined:?}", defined.len());
+    assert_eq!(unique, defined, "cases run by run_all against cases defined in conformance.rs");
 }
 
 /// A staged snapshot that lost to a newer one leaves no temp file behind.
 #[test]
 fn stale_staged_snapshot_file_is_deleted() {
-    use keel_core::{Entry, EntryKind, LogIndex, Snapshot, SnapshotMeta, Term};
+    use keel_core::{Entry, EntryKind, LogIndex, Snapshot, Term};
     use keel_node::Storage;
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut storage = FileStorage::open(dir.path(), FileStorageConfig::default()).expect("open");
     let entries: Vec<Entry> = (1..=20).map(|index| Entry { term: Term(1), index: LogIndex(index), kind: EntryKind::Noop }).collect();
     storage.append(&entries).expect("append");
     storage.sync().expect("sync");
-    let snapshot = |index: u64, term: u64| Snapshot { meta: SnapshotMeta { last_included_index: LogIndex(index), last_included_term: Term(term) }, data: std::sync::Arc::new(vec![7; 64]) };
+    let snapshot = |index: u64, term: u64| Snapshot::new(LogIndex(index), Term(term), vec![7; 64]);
     (storage.snapshot_stager())(&snapshot(10, 1)).expect("stage");
     let temp_files = || std::fs::read_dir(dir.path()).unwrap().filter(|item| item.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp")).count();
     assert_eq!(temp_files(), 1, "the stager wrote the image's temp file");

@@ -6,11 +6,10 @@
 //! preallocated layout (records written over zeros) has its own cases at the end, which take
 //! record places from the same log written growing: the records' bytes are identical.
 
-use keel_core::{Entry, EntryKind, HardState, LogIndex, NodeId, Snapshot, SnapshotMeta, Term};
+use keel_core::{Entry, EntryKind, HardState, LogIndex, NodeId, Snapshot, Term};
 use keel_node::{FileStorage, FileStorageConfig, Storage, StorageError, TornTail};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 const SEGMENT_BYTES_MAX: u64 = 300;
 
@@ -31,8 +30,7 @@ fn hard_state(term: u64) -> HardState {
 }
 
 fn snapshot(index: u64, term: u64) -> Snapshot {
-    let meta = SnapshotMeta { last_included_index: LogIndex(index), last_included_term: Term(term) };
-    Snapshot { meta, data: Arc::new(vec![7; 100]) }
+    Snapshot::new(LogIndex(index), Term(term), vec![7; 100])
 }
 
 /// Where one record landed on disk.

@@ -2,8 +2,7 @@
 //! (Each node also checks its own invariants after every input: see keel-core's
 //! `invariants.rs`, switched on here by the `invariants` feature.)
 
-use keel_core::{Entry, EntryKind, LogIndex, NodeId, RaftCore, Snapshot, StateMachine, Term};
-use keel_kv::KvStore;
+use keel_core::{Entry, EntryKind, LogIndex, NodeId, RaftCore, SnapshotMeta, Term};
 use std::collections::BTreeMap;
 
 #[derive(Default)]
@@ -52,16 +51,15 @@ impl ClusterChecker {
     }
 
     /// A snapshot must end with an entry that is committed with the same term, and must not
-    /// take a state machine backwards.
-    pub fn on_snapshot(&self, snapshot: &Snapshot, store: &KvStore) -> Result<(), String> {
-        let meta = snapshot.meta;
+    /// take a state machine (applied up to `applied_index`) backwards.
+    pub fn on_snapshot(&self, meta: SnapshotMeta, applied_index: LogIndex) -> Result<(), String> {
         if let Some((term, _)) = self.applied.get(&meta.last_included_index) {
             if *term != meta.last_included_term {
                 return Err(format!("snapshot at {} has term {}, the committed entry there has term {term}", meta.last_included_index, meta.last_included_term));
             }
         }
-        if meta.last_included_index <= store.applied_index() {
-            return Err(format!("snapshot at {} would move applied index {} backwards", meta.last_included_index, store.applied_index()));
+        if meta.last_included_index <= applied_index {
+            return Err(format!("snapshot at {} would move applied index {applied_index} backwards", meta.last_included_index));
         }
         Ok(())
     }

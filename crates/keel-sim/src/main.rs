@@ -4,7 +4,7 @@
 //!     cargo run --release -p keel-sim -- --seed 42 --nodes 3     # replay one run
 
 use clap::Parser;
-use keel_sim::{run_seed, RunStats, SimConfig};
+use keel_sim::{run_seed, Failure, RunStats, SimConfig};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -21,8 +21,9 @@ struct Args {
     /// Cluster size.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(3..=5))]
     nodes: u8,
-    /// Break one rule in every core, to see the simulator catch it:
-    /// `commit-previous-term` (§5.4.2) or `double-vote` (§5.2).
+    /// Break one rule in every node, to see the simulator catch it: of the core,
+    /// `commit-previous-term` (§5.4.2) or `double-vote` (§5.2); of the driver,
+    /// `ack-before-sync` (contract step 5) or `skip-leader-sync` (step 4).
     #[cfg(feature = "fault-injection")]
     #[arg(long)]
     inject_fault: Option<String>,
@@ -39,17 +40,20 @@ fn main() -> ExitCode {
     };
     keel_sim::quiet_panics();
     let mut totals = RunStats::default();
-    let (mut passed, mut failed) = (0u64, 0u64);
+    let mut failures = Failures::default();
+    let mut passed = 0u64;
     for seed in seeds {
         #[allow(unused_mut)]
         let mut config = SimConfig::new(seed, usize::from(args.nodes));
         config.nemesis_interval_ms = (args.nemesis_interval_ms[0], args.nemesis_interval_ms[1].max(args.nemesis_interval_ms[0]));
         #[cfg(feature = "fault-injection")]
         {
-            config.configure_core = match args.inject_fault.as_deref() {
+            config.inject = match args.inject_fault.as_deref() {
                 None => None,
-                Some("commit-previous-term") => Some(|core| core.faults.commit_previous_term_by_counting = true),
-                Some("double-vote") => Some(|core| core.faults.grant_two_votes_per_term = true),
+                Some("commit-previous-term") => Some(|executor| executor.core_mut().faults.commit_previous_term_by_counting = true),
+                Some("double-vote") => Some(|executor| executor.core_mut().faults.grant_two_votes_per_term = true),
+                Some("ack-before-sync") => Some(|executor| executor.faults.acknowledge_before_sync = true),
+                Some("skip-leader-sync") => Some(|executor| executor.faults.skip_leader_sync = true),
                 Some(other) => panic!("unknown fault {other:?}"),
             };
         }
@@ -59,27 +63,61 @@ fn main() -> ExitCode {
                 add(&mut totals, &stats);
             }
             Err(problem) => {
-                failed += 1;
+                failures.count(&problem);
                 println!("seed {seed} FAILED: {problem}");
                 println!("  reproduce: cargo run --release -p keel-sim {} --seed {seed} --nodes {}{}", features(&args), args.nodes, options(&args));
             }
         }
     }
     println!(
-        "totals: leaders elected {}, crashes {}, partitions {}, snapshots installed {}, messages delivered {}, client ops checked {} ({} ok, {} unknown outcome), deferred leader writes {} ({} entries lost in crashes)",
+        "totals: leaders elected {}, crashes {}, partitions {}, snapshots built {} and installed {}, storage-thread jobs {}, messages delivered {}, client ops checked {} ({} ok, {} unknown outcome) in {} checker steps, deferred leader writes {} ({} entries lost in crashes)",
         totals.leaders_elected,
         totals.crashes,
         totals.partitions,
+        totals.snapshots_built,
         totals.snapshots_installed,
+        totals.thread_jobs,
         totals.messages_delivered,
         totals.ops_checked,
         totals.ops_ok,
         totals.ops_unknown,
+        totals.check_steps,
         totals.deferred_writes,
         totals.unsynced_entries_lost
     );
-    println!("{passed} passed, {failed} failed");
-    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    println!(
+        "{passed} passed, {} failed ({} safety or liveness, {} not linearizable, {} inconclusive, {} panicked)",
+        failures.total(),
+        failures.violation,
+        failures.not_linearizable,
+        failures.inconclusive,
+        failures.panic
+    );
+    if failures.total() == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// Failed seeds by kind: an inconclusive check fails the run too, but says something else.
+#[derive(Default)]
+struct Failures {
+    violation: u64,
+    not_linearizable: u64,
+    inconclusive: u64,
+    panic: u64,
+}
+
+impl Failures {
+    fn count(&mut self, failure: &Failure) {
+        match failure {
+            Failure::Violation(_) => self.violation += 1,
+            Failure::NotLinearizable(_) => self.not_linearizable += 1,
+            Failure::Inconclusive(_) => self.inconclusive += 1,
+            Failure::Panic(_) => self.panic += 1,
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.violation + self.not_linearizable + self.inconclusive + self.panic
+    }
 }
 
 fn add(totals: &mut RunStats, stats: &RunStats) {
@@ -87,6 +125,9 @@ fn add(totals: &mut RunStats, stats: &RunStats) {
     totals.crashes += stats.crashes;
     totals.partitions += stats.partitions;
     totals.snapshots_installed += stats.snapshots_installed;
+    totals.snapshots_built += stats.snapshots_built;
+    totals.thread_jobs += stats.thread_jobs;
+    totals.check_steps += stats.check_steps;
     totals.messages_delivered += stats.messages_delivered;
     totals.ops_checked += stats.ops_checked;
     totals.ops_ok += stats.ops_ok;

@@ -1,22 +1,36 @@
-//! One simulated run: N real `RaftCore`s, a simulated network and disk, crashes, restarts,
-//! partitions, a client workload; everything driven by one seeded PRNG and one event queue
-//! in simulated milliseconds. The same seed always replays the same run.
+//! One simulated run: N nodes, each the production driver (`keel_node::Executor`) over a
+//! simulated `Io` (`io.rs`), a simulated network, crashes, restarts, partitions and a client
+//! workload; everything driven by one seeded PRNG and one event queue in simulated
+//! milliseconds. The same seed always replays the same run, event for event: `RunStats`
+//! carries a hash of every event handled (`trace_hash`).
+//!
+//! Every input a node gets goes through `input`: feed it to the executor, `drive`, then
+//! turn what the executor asked of its `SimIo` into events (`flush`): messages that leave
+//! after a sync, the sync's end, the storage thread's and snapshot threads' completions,
+//! client replies. While a node's driver is blocked in an inline sync (`busy_until_ms`), its
+//! inputs wait, as they would in the channels of a blocked tokio task.
 
-use crate::disk::Disk;
-use crate::invariants::ClusterChecker;
-use crate::linearizability::{HistoryLog, Outcome};
+use crate::io::{Shared, SimIo};
+use crate::linearizability::{CheckFailure, HistoryLog, Outcome};
 use crate::network::Network;
 use crate::workload::{self, Client, OpKind};
-use keel_core::{Config, LogIndex, Message, NodeId, RaftCore, ReadError, Ready, Role, SoftState, Term};
+use keel_core::{LogIndex, Message, NodeId, RaftCore, Role, StateMachine};
 use keel_kv::{CommandResult, KvStore};
-use keel_core::StateMachine;
+use keel_node::{Consistency, DurablePoint, Executor, MemoryStorage, NodeConfig, NodeError, ProposeReply, ReadFn, SnapshotStager, Storage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 pub const TICK_MS: u64 = 10;
 const CLIENT_TIMEOUT_MS: u64 = 1_000;
+
+/// The production executor, as the simulator runs it.
+pub type SimExecutor = Executor<KvStore, SimIo>;
 
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -28,11 +42,15 @@ pub struct SimConfig {
     pub chaos_ms: u64,
     pub quiet_ms: u64,
     pub snapshot_threshold_entries: u64,
-    pub linearizability_time_bound: Duration,
+    /// Search steps the linearizability check of one key may take (a budget, not a clock,
+    /// so a seed's verdict depends on the seed alone). Running out is "inconclusive".
+    pub linearizability_steps_max: u64,
     /// The nemesis acts at random intervals in this range (milliseconds).
     pub nemesis_interval_ms: (u64, u64),
-    /// Applied to every core after it is built; tests use it to switch on injected faults.
-    pub configure_core: Option<fn(&mut RaftCore)>,
+    /// Applied to every executor after it is built; tests use it to switch on injected
+    /// faults of the core (`core_mut().faults`) or of the driver (`faults`), which exist when
+    /// keel-node's `fault-injection` feature is on.
+    pub inject: Option<fn(&mut SimExecutor)>,
 }
 
 impl SimConfig {
@@ -45,9 +63,9 @@ impl SimConfig {
             chaos_ms: 20_000,
             quiet_ms: 5_000,
             snapshot_threshold_entries: 40,
-            linearizability_time_bound: Duration::from_secs(20),
+            linearizability_steps_max: crate::linearizability::STEPS_MAX_DEFAULT,
             nemesis_interval_ms: (200, 1_500),
-            configure_core: None,
+            inject: None,
         }
     }
 }
@@ -58,21 +76,64 @@ pub struct RunStats {
     pub crashes: u64,
     pub partitions: u64,
     pub snapshots_installed: u64,
+    /// Snapshots a node built of its own state (on a simulated snapshot thread).
+    pub snapshots_built: u64,
+    /// Jobs the simulated storage thread ran (leader writes, compactions).
+    pub thread_jobs: u64,
     pub messages_delivered: u64,
     pub ops_checked: u64,
     pub ops_ok: u64,
     pub ops_unknown: u64,
-    /// Leader writes left unsynced (`Ready::may_defer_sync`), and entries of such writes
-    /// lost in a crash.
+    /// Leader writes left unsynced (`Ready::may_defer_sync`), and entries lost in crashes
+    /// because they were not synced yet.
     pub deferred_writes: u64,
     pub unsynced_entries_lost: u64,
+    /// The linearizability checker's search steps, summed over keys.
+    pub check_steps: u64,
+    /// A hash of every event the run handled, in order: two runs of one seed must agree.
+    pub trace_hash: u64,
 }
 
-#[derive(Debug)]
+/// Why a seed failed. "Inconclusive" is a failure too, reported apart: the check ran out of
+/// steps, so nothing is known either way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// A safety or liveness check, or a node that stopped.
+    Violation(String),
+    NotLinearizable(String),
+    Inconclusive(String),
+    Panic(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Violation(problem) => f.write_str(problem),
+            Failure::NotLinearizable(problem) => write!(f, "not linearizable: {problem}"),
+            Failure::Inconclusive(problem) => write!(f, "inconclusive: {problem}"),
+            Failure::Panic(problem) => write!(f, "panic: {problem}"),
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(problem: String) -> Failure {
+        Failure::Violation(problem)
+    }
+}
+
+#[derive(Debug, Hash)]
 enum Event {
     Tick { node: usize, epoch: u64 },
     Deliver(Message),
-    DiskDone { node: usize, epoch: u64 },
+    /// A message leaves `node`'s driver once the sync it was sent after has ended.
+    Send { node: usize, epoch: u64, message: Message },
+    /// A sync of `node`'s driver ends: what it covered is durable.
+    SyncDone { node: usize, epoch: u64, point: DurablePoint },
+    /// The storage thread finishes the oldest job in its queue.
+    ThreadJobDone { node: usize, epoch: u64 },
+    /// A snapshot thread finishes the oldest image being built.
+    SnapshotBuilt { node: usize, epoch: u64 },
     ClientArrive { node: usize, request: Request },
     ClientReply { client: usize, op_seq: u64, reply: Reply },
     ClientTimeout { client: usize, op_seq: u64 },
@@ -83,7 +144,18 @@ enum Event {
     EndChaos,
 }
 
-#[derive(Clone, Debug)]
+impl Event {
+    /// The node this event is an input to, if it waits while that node's driver is busy.
+    fn input_to(&self) -> Option<usize> {
+        match self {
+            Event::Tick { node, .. } | Event::ThreadJobDone { node, .. } | Event::SnapshotBuilt { node, .. } | Event::ClientArrive { node, .. } => Some(*node),
+            Event::Deliver(message) => Some(node_index(message.to)),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash)]
 struct Request {
     client: usize,
     op_seq: u64,
@@ -91,26 +163,34 @@ struct Request {
     command: Option<keel_kv::Command>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 enum Reply {
     Applied(CommandResult),
     Read(Option<Vec<u8>>),
     NotLeader(Option<NodeId>),
     /// Refused or overwritten: it will never take effect.
     NotApplied,
+    /// It may or may not take effect (the node lost leadership, or a snapshot covered it).
+    Unknown,
 }
 
+/// Client replies the executors produced, each with the driver time (ms into the current
+/// input) it was produced at.
+type ReplyOutbox = Arc<Mutex<Vec<(u64, Request, Reply)>>>;
+
 struct SimNode {
-    core: Option<RaftCore>,
-    store: KvStore,
-    disk: Disk,
-    inflight: Option<Ready>,
+    executor: Option<SimExecutor>,
+    /// A crashed node's storage, until it restarts.
+    disk: Option<MemoryStorage>,
     /// Bumped on crash and restart, so events from a previous life are ignored.
     epoch: u64,
-    proposals: BTreeMap<LogIndex, (Term, Request)>,
-    reads: BTreeMap<u64, Request>,
-    reads_waiting_apply: Vec<(LogIndex, Request)>,
-    next_read_id: u64,
+    /// The driver is blocked in an inline sync until then (or while a sync is pending).
+    busy_until_ms: u64,
+    pending_syncs: usize,
+    /// When the storage thread finishes the jobs queued so far.
+    thread_free_at_ms: u64,
+    /// The driver time of the current input (see `SimIo`), read by reply closures.
+    busy_ms: Arc<AtomicU64>,
 }
 
 pub struct Simulation {
@@ -124,15 +204,20 @@ pub struct Simulation {
     clients: Vec<Client>,
     next_value: u32,
     history: HistoryLog,
-    checker: ClusterChecker,
+    shared: Rc<RefCell<Shared>>,
+    replies: ReplyOutbox,
+    stager: SnapshotStager,
     stats: RunStats,
+    trace: DefaultHasher,
     chaos: bool,
     /// A leader the nemesis will crash once it has committed an entry it holds unsynced.
     crash_when_unsynced: Option<usize>,
     ok_after_heal: u64,
-    /// Drawn per run: how many entries one AppendEntries may carry, and the slowest disk write.
+    /// Drawn per run: how many entries one AppendEntries may carry, the slowest disk write,
+    /// and whether snapshots also trigger on bytes.
     append_entries_max: usize,
     disk_latency_ms_max: u64,
+    snapshot_threshold_bytes: u64,
 }
 
 fn node_id(index: usize) -> NodeId {
@@ -144,11 +229,12 @@ fn node_index(id: NodeId) -> usize {
 }
 
 impl Simulation {
-    pub fn new(config: SimConfig) -> Simulation {
+    pub fn new(config: SimConfig) -> Result<Simulation, Failure> {
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let network = Network::new(&mut rng);
         let append_entries_max = [1, 2, 8, 64][rng.gen_range(0..4)];
         let disk_latency_ms_max = [2, 10, 30][rng.gen_range(0..3)];
+        let snapshot_threshold_bytes = [0, 1_000][rng.gen_range(0..2)];
         let mut simulation = Simulation {
             nodes: Vec::new(),
             clients: (0..config.clients).map(|_| Client::new(rng.gen_range(0..config.nodes), config.keys)).collect(),
@@ -159,28 +245,23 @@ impl Simulation {
             queue: BTreeMap::new(),
             next_value: 0,
             history: HistoryLog::default(),
-            checker: ClusterChecker::default(),
+            shared: Rc::default(),
+            replies: ReplyOutbox::default(),
+            stager: Box::new(|_| Ok(())),
             stats: RunStats::default(),
+            trace: DefaultHasher::new(),
             chaos: true,
             crash_when_unsynced: None,
             ok_after_heal: 0,
             append_entries_max,
             disk_latency_ms_max,
+            snapshot_threshold_bytes,
             config,
         };
         for index in 0..simulation.config.nodes {
-            simulation.nodes.push(SimNode {
-                core: None,
-                store: KvStore::new(),
-                disk: Disk::default(),
-                inflight: None,
-                epoch: 0,
-                proposals: BTreeMap::new(),
-                reads: BTreeMap::new(),
-                reads_waiting_apply: Vec::new(),
-                next_read_id: 0,
-            });
-            simulation.start_node(index);
+            let busy_ms = Arc::new(AtomicU64::new(0));
+            simulation.nodes.push(SimNode { executor: None, disk: None, epoch: 0, busy_until_ms: 0, pending_syncs: 0, thread_free_at_ms: 0, busy_ms });
+            simulation.start_node(index)?;
         }
         for client in 0..simulation.config.clients {
             simulation.schedule(1, Event::ClientStart { client });
@@ -188,287 +269,298 @@ impl Simulation {
         simulation.schedule(500, Event::Nemesis);
         simulation.schedule(500, Event::CheckLogs);
         simulation.schedule(simulation.config.chaos_ms, Event::EndChaos);
-        simulation
+        Ok(simulation)
     }
 
     fn schedule(&mut self, delay_ms: u64, event: Event) {
-        self.sequence += 1;
-        self.queue.insert((self.now_ms + delay_ms, self.sequence), event);
+        self.schedule_at(self.now_ms + delay_ms, event);
     }
 
-    /// Runs to the end and checks everything. `Err` describes the first violation.
-    pub fn run(mut self) -> Result<RunStats, String> {
+    fn schedule_at(&mut self, at_ms: u64, event: Event) {
+        self.sequence += 1;
+        self.queue.insert((at_ms, self.sequence), event);
+    }
+
+    /// Runs to the end and checks everything; the first violation is the error.
+    pub fn run(mut self) -> Result<RunStats, Failure> {
         let end_ms = self.config.chaos_ms + self.config.quiet_ms;
         while let Some(((at, _), event)) = self.queue.pop_first() {
             if at > end_ms {
                 break;
             }
             self.now_ms = at;
+            if let Some(node) = event.input_to().filter(|node| self.is_busy(*node)) {
+                let until = self.nodes[node].busy_until_ms.max(at);
+                self.schedule_at(until, event);
+                continue;
+            }
+            at.hash(&mut self.trace);
+            event.hash(&mut self.trace);
             self.handle(event)?;
         }
         self.finish()
     }
 
-    /// Runs one event. Only node and invariant events can fail the run.
+    fn is_busy(&self, node: usize) -> bool {
+        let node = &self.nodes[node];
+        self.now_ms < node.busy_until_ms || node.pending_syncs > 0
+    }
+
+    /// Runs one event. Only node, invariant and restart events can fail the run.
     fn handle(&mut self, event: Event) -> Result<(), String> {
         match event {
             Event::Tick { node, epoch } => return self.on_tick(node, epoch),
             Event::Deliver(message) => return self.on_deliver(message),
-            Event::DiskDone { node, epoch } => return self.on_disk_done(node, epoch),
+            Event::Send { node, epoch, message } => {
+                if self.nodes[node].epoch == epoch {
+                    self.transmit(message);
+                }
+            }
+            Event::SyncDone { node, epoch, point } => self.on_sync_done(node, epoch, point),
+            Event::ThreadJobDone { node, epoch } => return self.on_thread_job_done(node, epoch),
+            Event::SnapshotBuilt { node, epoch } => return self.on_snapshot_built(node, epoch),
             Event::ClientArrive { node, request } => return self.on_client_arrive(node, request),
             Event::CheckLogs => return self.on_check_logs(),
             Event::ClientReply { client, op_seq, reply } => self.on_client_reply(client, op_seq, reply),
             Event::ClientTimeout { client, op_seq } => self.on_client_timeout(client, op_seq),
             Event::ClientStart { client } => self.on_client_start(client),
-            Event::Nemesis => self.on_nemesis(),
-            Event::Restart { node } => self.start_node(node),
-            Event::EndChaos => self.on_end_chaos(),
+            Event::Nemesis => return self.on_nemesis(),
+            Event::Restart { node } => return self.start_node(node),
+            Event::EndChaos => return self.on_end_chaos(),
         }
         Ok(())
     }
 
     // ----- nodes ----------------------------------------------------------------------------
 
-    fn core_config(&self, index: usize) -> Config {
+    /// The production configuration, in the simulator's units: a 10 ms tick, heartbeats every
+    /// 2 ticks, elections after 10–20, small limits so that pipelining and snapshot chunks
+    /// are exercised.
+    fn node_config(&self, index: usize) -> NodeConfig {
         let members = (0..self.config.nodes).map(node_id).collect();
-        let mut config = Config::new(node_id(index), members);
-        config.election_timeout_ticks_min = 10;
-        config.heartbeat_interval_ticks = 2;
+        let mut config = NodeConfig::new(node_id(index), members);
+        config.tick_ms = TICK_MS;
+        config.heartbeat_ms = 2 * TICK_MS;
+        config.election_timeout_ms = 10 * TICK_MS;
         config.append_entries_max = self.append_entries_max;
         config.inflight_messages_max = 4;
         config.snapshot_chunk_bytes_max = 64;
         config.uncommitted_entries_max = 256;
-        config.random_seed = self.config.seed.wrapping_mul(1_000_003).wrapping_add(index as u64 * 7919 + self.nodes[index].epoch);
+        config.snapshot_threshold_entries = self.config.snapshot_threshold_entries;
+        config.snapshot_threshold_bytes = self.snapshot_threshold_bytes;
+        config.random_seed = Some(self.config.seed.wrapping_mul(1_000_003).wrapping_add(index as u64 * 7919 + self.nodes[index].epoch));
+        config.storage_on_thread = true;
         config
     }
 
-    /// Boots (or reboots) a node from what its disk holds.
-    fn start_node(&mut self, index: usize) {
-        if self.nodes[index].core.is_some() {
-            return;
+    /// Boots (or reboots) a node from what its storage holds.
+    fn start_node(&mut self, index: usize) -> Result<(), String> {
+        if self.nodes[index].executor.is_some() {
+            return Ok(());
         }
-        let config = self.core_config(index);
+        let config = self.node_config(index);
+        let disk_rng = ChaCha8Rng::seed_from_u64(self.rng.gen());
         let node = &mut self.nodes[index];
         node.epoch += 1;
-        node.store = KvStore::new();
-        if let Some(snapshot) = &node.disk.snapshot {
-            node.store.restore(&snapshot.data).expect("the simulator's snapshots are valid");
+        let storage = node.disk.take().unwrap_or_default();
+        let restored = storage.initial_state().map_err(|error| format!("node {} cannot restart from its storage: {error}", index + 1))?;
+        let io = SimIo::new(index, storage, disk_rng, self.disk_latency_ms_max, self.shared.clone(), node.busy_ms.clone());
+        let mut executor = Executor::new(&config, restored, KvStore::new(), io).map_err(|error| format!("node {} cannot start: {error}", index + 1))?;
+        if let Some(inject) = self.config.inject {
+            inject(&mut executor);
         }
-        let mut core = RaftCore::new(config, node.disk.restored());
-        if let Some(configure) = self.config.configure_core {
-            configure(&mut core);
-        }
-        node.core = Some(core);
+        node.executor = Some(executor);
         let epoch = node.epoch;
         let phase = self.rng.gen_range(1..=TICK_MS);
         self.schedule(phase, Event::Tick { node: index, epoch });
+        Ok(())
     }
 
+    /// A power cut: the executor and everything volatile is gone; the storage keeps what
+    /// was synced and a random prefix of the rest.
     fn crash_node(&mut self, index: usize) {
         let node = &mut self.nodes[index];
-        if node.core.take().is_none() {
-            return;
-        }
+        let Some(executor) = node.executor.take() else { return };
         node.epoch += 1;
-        node.inflight = None; // The write in progress never reached the platter.
-        let kept = self.rng.gen_range(0..=node.disk.unsynced_entries());
-        self.stats.unsynced_entries_lost += node.disk.crash(kept) as u64;
-        node.proposals.clear();
-        node.reads.clear();
-        node.reads_waiting_apply.clear();
+        node.busy_until_ms = 0;
+        node.pending_syncs = 0;
+        node.thread_free_at_ms = 0;
+        let storage = executor.into_io().storage;
+        let kept = self.rng.gen_range(0..=storage.unsynced_entries());
+        let (storage, lost) = storage.crash(kept);
+        self.stats.unsynced_entries_lost += lost as u64;
+        self.nodes[index].disk = Some(storage);
         self.stats.crashes += 1;
     }
 
-    fn on_tick(&mut self, index: usize, epoch: u64) -> Result<(), String> {
-        let node = &mut self.nodes[index];
-        if node.epoch != epoch {
-            return Ok(());
-        }
-        let Some(core) = node.core.as_mut() else { return Ok(()) };
-        core.tick();
-        self.schedule(TICK_MS, Event::Tick { node: index, epoch });
-        self.drive(index)
-    }
-
-    fn on_deliver(&mut self, message: Message) -> Result<(), String> {
-        let index = node_index(message.to);
-        let Some(core) = self.nodes[index].core.as_mut() else { return Ok(()) };
-        self.stats.messages_delivered += 1;
-        core.step(message).map_err(|error| format!("step refused a cluster message: {error}"))?;
-        self.drive(index)
-    }
-
-    fn send(&mut self, message: Message) {
-        let (from, to) = (node_index(message.from), node_index(message.to));
-        for delay in self.network.deliveries(&mut self.rng, from, to) {
-            self.schedule(delay, Event::Deliver(message.clone()));
-        }
-    }
-
-    /// Driver contract steps 2–3: take a Ready, send the early messages, start the disk write;
-    /// while a write runs, send the leader's replication messages built since.
-    fn drive(&mut self, index: usize) -> Result<(), String> {
+    /// Feeds one input to node `index` (if it is up) and carries out what follows.
+    fn input(&mut self, index: usize, feed: impl FnOnce(&mut SimExecutor) -> Result<(), String>) -> Result<(), String> {
         if self.crash_when_unsynced == Some(index) && self.commits_unsynced(index) && self.may_crash_one_more() {
             self.crash_when_unsynced = None;
             self.crash_node(index);
             self.schedule_restart(index);
             return Ok(());
         }
+        let Some(executor) = self.nodes[index].executor.as_mut() else { return Ok(()) };
+        feed(executor)?;
+        executor.drive().map_err(|problem| format!("node {} stopped: {problem}", index + 1))?;
+        self.flush(index)
+    }
+
+    /// Turns what the executor asked of its `SimIo` during one input into events.
+    fn flush(&mut self, index: usize) -> Result<(), String> {
+        let now = self.now_ms;
         let node = &mut self.nodes[index];
-        let Some(core) = node.core.as_mut() else { return Ok(()) };
-        if node.inflight.is_some() {
-            for message in core.take_early_messages() {
-                self.send(message);
-            }
-            return Ok(());
-        }
-        if !core.has_ready() {
-            return Ok(());
-        }
-        let mut ready = core.ready();
-        if let Some(soft_state) = ready.soft_state {
-            self.on_soft_state(index, soft_state)?;
-        }
-        for message in std::mem::take(&mut ready.messages) {
-            self.send(message);
-        }
-        let node = &mut self.nodes[index];
-        node.inflight = Some(ready);
         let epoch = node.epoch;
-        let latency_ms = self.rng.gen_range(1..=self.disk_latency_ms_max);
-        self.schedule(latency_ms, Event::DiskDone { node: index, epoch });
-        Ok(())
+        let io = node.executor.as_mut().expect("a live node").io_mut();
+        let busy_ms = io.busy_ms();
+        io.reset_busy();
+        let sent = std::mem::take(&mut io.sent);
+        let syncs = std::mem::take(&mut io.syncs);
+        self.stats.deferred_writes += std::mem::take(&mut io.deferred_writes);
+        let thread_done_at: Vec<u64> = (0..std::mem::take(&mut io.thread_jobs_new))
+            .map(|_| {
+                node.thread_free_at_ms = node.thread_free_at_ms.max(now + busy_ms) + io.disk_latency_ms();
+                node.thread_free_at_ms
+            })
+            .collect();
+        let builds_done_at: Vec<u64> = (0..std::mem::take(&mut io.snapshot_builds_new)).map(|_| now + busy_ms + 3 * io.disk_latency_ms()).collect();
+        node.busy_until_ms = now + busy_ms;
+        node.pending_syncs += syncs.len();
+        for (offset_ms, message) in sent {
+            if offset_ms == 0 {
+                self.transmit(message);
+            } else {
+                self.schedule(offset_ms, Event::Send { node: index, epoch, message });
+            }
+        }
+        for (offset_ms, point) in syncs {
+            self.schedule(offset_ms, Event::SyncDone { node: index, epoch, point });
+        }
+        for at in thread_done_at {
+            self.schedule_at(at, Event::ThreadJobDone { node: index, epoch });
+        }
+        for at in builds_done_at {
+            self.schedule_at(at, Event::SnapshotBuilt { node: index, epoch });
+        }
+        self.deliver_replies();
+        match self.shared.borrow_mut().violation.take() {
+            Some(violation) => Err(violation),
+            None => Ok(()),
+        }
     }
 
-    fn on_soft_state(&mut self, index: usize, soft_state: SoftState) -> Result<(), String> {
-        if soft_state.role != Role::Leader {
+    fn on_tick(&mut self, index: usize, epoch: u64) -> Result<(), String> {
+        if self.nodes[index].epoch != epoch || self.nodes[index].executor.is_none() {
             return Ok(());
         }
-        self.stats.leaders_elected += 1;
-        let core = self.nodes[index].core.as_ref().expect("a live node");
-        self.checker.on_leader(core, soft_state.term)
+        self.schedule(TICK_MS, Event::Tick { node: index, epoch });
+        self.input(index, |executor| {
+            executor.tick();
+            Ok(())
+        })
     }
 
-    /// Driver contract steps 4–8, once the write is durable.
-    fn on_disk_done(&mut self, index: usize, epoch: u64) -> Result<(), String> {
+    fn on_deliver(&mut self, message: Message) -> Result<(), String> {
+        let index = node_index(message.to);
+        if self.nodes[index].executor.is_none() {
+            return Ok(());
+        }
+        self.stats.messages_delivered += 1;
+        self.input(index, |executor| executor.step(message).map_err(|error| format!("step refused a cluster message: {error}")))
+    }
+
+    fn on_sync_done(&mut self, index: usize, epoch: u64, point: DurablePoint) {
+        let node = &mut self.nodes[index];
+        if node.epoch != epoch {
+            return;
+        }
+        node.pending_syncs -= 1;
+        node.executor.as_mut().expect("a live node of this epoch").io_mut().storage.make_durable(point);
+    }
+
+    fn on_thread_job_done(&mut self, index: usize, epoch: u64) -> Result<(), String> {
         if self.nodes[index].epoch != epoch {
             return Ok(());
         }
-        let Some(mut ready) = self.nodes[index].inflight.take() else { return Ok(()) };
-        self.persist(index, &ready)?;
-        for message in std::mem::take(&mut ready.persisted_messages) {
-            self.send(message);
-        }
-        for entry in std::mem::take(&mut ready.committed_entries) {
-            self.apply(index, &entry)?;
-        }
-        for read_state in std::mem::take(&mut ready.read_states) {
-            self.on_read_state(index, read_state.request_id, read_state.result);
-        }
-        self.nodes[index].core.as_mut().expect("a live node").advance(ready);
-        self.maybe_snapshot(index);
-        self.serve_reads(index);
-        self.drive(index)
+        self.stats.thread_jobs += 1;
+        self.input(index, |executor| {
+            let (result, sent) = executor.io_mut().run_thread_job().expect("one completion is scheduled per queued job");
+            executor.io_mut().sent.extend(sent.into_iter().map(|message| (0, message)));
+            executor.storage_done(result);
+            Ok(())
+        })
     }
 
-    fn persist(&mut self, index: usize, ready: &Ready) -> Result<(), String> {
-        let node = &mut self.nodes[index];
-        if let Some(snapshot) = &ready.snapshot {
-            self.checker.on_snapshot(snapshot, &node.store)?;
-            node.disk.install_snapshot(snapshot);
-            node.store.restore(&snapshot.data).map_err(|error| format!("node {} restore: {error}", index + 1))?;
-            node.proposals.retain(|at, _| *at > snapshot.meta.last_included_index);
-            self.stats.snapshots_installed += 1;
+    fn on_snapshot_built(&mut self, index: usize, epoch: u64) -> Result<(), String> {
+        if self.nodes[index].epoch != epoch {
+            return Ok(());
         }
-        node.disk.append(&ready.entries);
-        if let Some(hard_state) = ready.hard_state {
-            node.disk.set_hard_state(hard_state);
-        }
-        if !ready.may_defer_sync {
-            node.disk.sync();
-        } else if !ready.entries.is_empty() {
-            self.stats.deferred_writes += 1;
-        }
-        Ok(())
+        self.stats.snapshots_built += 1;
+        let stager = &self.stager;
+        let Some(executor) = self.nodes[index].executor.as_mut() else { return Ok(()) };
+        let job = executor.io_mut().snapshot_builds.pop_front().expect("one completion is scheduled per build");
+        let image = keel_node::build_image(node_id(index), job, stager);
+        self.input(index, |executor| {
+            executor.snapshot_built(image);
+            Ok(())
+        })
     }
 
-    fn apply(&mut self, index: usize, entry: &keel_core::Entry) -> Result<(), String> {
-        self.checker.on_apply(index, entry)?;
-        let node = &mut self.nodes[index];
-        let result = node.store.apply(entry);
-        if let Some((term, request)) = node.proposals.remove(&entry.index) {
-            let reply = if term == entry.term { Reply::Applied(result) } else { Reply::NotApplied };
-            self.reply(request, reply);
+    /// Puts a message on the network: zero, one or two copies arrive.
+    fn transmit(&mut self, message: Message) {
+        let (from, to) = (node_index(message.from), node_index(message.to));
+        for delay in self.network.deliveries(&mut self.rng, from, to) {
+            self.schedule(delay, Event::Deliver(message.clone()));
         }
-        Ok(())
-    }
-
-    fn maybe_snapshot(&mut self, index: usize) {
-        let threshold = self.config.snapshot_threshold_entries;
-        let node = &mut self.nodes[index];
-        let core = node.core.as_mut().expect("a live node");
-        let applied = node.store.applied_index();
-        if threshold == 0 || applied.0 < core.status().snapshot_index.0 + threshold {
-            return;
-        }
-        let data = node.store.snapshot();
-        let term = core.entry(applied).expect("applied entry in the log").term;
-        let meta = keel_core::SnapshotMeta { last_included_index: applied, last_included_term: term };
-        node.disk.compact(keel_core::Snapshot { meta, data: std::sync::Arc::new(data.clone()) });
-        core.compact(applied, data);
     }
 
     // ----- clients --------------------------------------------------------------------------
 
     fn on_client_arrive(&mut self, index: usize, request: Request) -> Result<(), String> {
-        let node = &mut self.nodes[index];
-        let Some(core) = node.core.as_mut() else { return Ok(()) }; // Lost with the node.
-        match &request.command {
-            Some(command) => match core.propose(command.encode().expect("valid command")) {
-                Ok((at, term)) => {
-                    node.proposals.insert(at, (term, request));
-                }
-                Err(keel_core::ProposeError::NotLeader { leader_hint }) => self.reply(request, Reply::NotLeader(leader_hint)),
-                Err(keel_core::ProposeError::TooManyUncommitted) => self.reply(request, Reply::NotApplied),
-            },
+        if self.nodes[index].executor.is_none() {
+            return Ok(()); // Lost with the node.
+        }
+        let (outbox, busy_ms) = (self.replies.clone(), self.nodes[index].busy_ms.clone());
+        let post = move |request: Request, reply: Reply| outbox.lock().expect("reply outbox").push((busy_ms.load(Ordering::Relaxed), request, reply));
+        match request.command.clone() {
+            Some(command) => {
+                let reply: ProposeReply<KvStore> = Box::new(move |result| {
+                    let reply = match result {
+                        Ok((_, output)) => Reply::Applied(output),
+                        Err(error) => reply_for_error(&error),
+                    };
+                    post(request, reply);
+                });
+                let command = command.encode().expect("valid command");
+                self.input(index, |executor| {
+                    executor.propose(command, reply);
+                    Ok(())
+                })
+            }
             None => {
-                node.next_read_id += 1;
-                let read_id = node.next_read_id;
-                match core.read_index(read_id) {
-                    Ok(()) => {
-                        node.reads.insert(read_id, request);
-                    }
-                    Err(ReadError::NotLeader { leader_hint }) => self.reply(request, Reply::NotLeader(leader_hint)),
-                    Err(ReadError::LeadershipLost | ReadError::TooManyPending) => self.reply(request, Reply::NotApplied),
-                }
+                let run: ReadFn<KvStore> = Box::new(move |result| {
+                    let reply = match result {
+                        Ok((_, store)) => Reply::Read(store.get(&request.key).map(<[u8]>::to_vec)),
+                        Err(error) => reply_for_error(&error),
+                    };
+                    post(request, reply);
+                });
+                self.input(index, |executor| {
+                    executor.read(Consistency::Linearizable, run);
+                    Ok(())
+                })
             }
         }
-        self.drive(index)
     }
 
-    fn on_read_state(&mut self, index: usize, request_id: u64, result: Result<LogIndex, ReadError>) {
-        let Some(request) = self.nodes[index].reads.remove(&request_id) else { return };
-        match result {
-            Ok(read_index) => self.nodes[index].reads_waiting_apply.push((read_index, request)),
-            Err(_) => self.reply(request, Reply::NotApplied),
+    /// Replies produced so far reach their clients a moment after they were produced.
+    fn deliver_replies(&mut self) {
+        let replies = std::mem::take(&mut *self.replies.lock().expect("reply outbox"));
+        for (offset_ms, request, reply) in replies {
+            let delay = offset_ms + self.rng.gen_range(1..=3);
+            self.schedule(delay, Event::ClientReply { client: request.client, op_seq: request.op_seq, reply });
         }
-    }
-
-    /// Contract step 7: a confirmed read is served once applied ≥ its read index.
-    fn serve_reads(&mut self, index: usize) {
-        let applied = self.nodes[index].store.applied_index();
-        let waiting = std::mem::take(&mut self.nodes[index].reads_waiting_apply);
-        let (ready, still_waiting): (Vec<_>, Vec<_>) = waiting.into_iter().partition(|(at, _)| *at <= applied);
-        self.nodes[index].reads_waiting_apply = still_waiting;
-        for (_, request) in ready {
-            let value = self.nodes[index].store.get(&request.key).map(<[u8]>::to_vec);
-            self.reply(request, Reply::Read(value));
-        }
-    }
-
-    fn reply(&mut self, request: Request, reply: Reply) {
-        let delay = self.rng.gen_range(1..=3);
-        self.schedule(delay, Event::ClientReply { client: request.client, op_seq: request.op_seq, reply });
     }
 
     fn on_client_start(&mut self, client_index: usize) {
@@ -522,6 +614,11 @@ impl Simulation {
                 client.target = self.rng.gen_range(0..self.config.nodes);
                 None
             }
+            Reply::Unknown => {
+                client.target = self.rng.gen_range(0..self.config.nodes);
+                self.abandon(client_index, &op);
+                None
+            }
         };
         if let Some(record) = record {
             self.stats.ops_ok += 1;
@@ -557,9 +654,9 @@ impl Simulation {
 
     // ----- faults ---------------------------------------------------------------------------
 
-    fn on_nemesis(&mut self) {
+    fn on_nemesis(&mut self) -> Result<(), String> {
         if !self.chaos {
-            return;
+            return Ok(());
         }
         let n = self.config.nodes;
         let roll = self.rng.gen_range(0..100);
@@ -588,36 +685,37 @@ impl Simulation {
             self.crash_random_node();
         } else {
             for node in 0..n {
-                self.start_node(node);
+                self.start_node(node)?;
             }
         }
         let (low, high) = self.config.nemesis_interval_ms;
         let next = self.rng.gen_range(low..=high);
         self.schedule(next, Event::Nemesis);
+        Ok(())
     }
 
     /// The node's commit index covers an entry its disk holds unsynced: the moment a crash
     /// tests that commits never rest on a leader's unsynced copy.
     fn commits_unsynced(&self, index: usize) -> bool {
-        let node = &self.nodes[index];
-        let (Some(core), Some(first_unsynced)) = (&node.core, node.disk.first_unsynced_index()) else { return false };
-        core.status().commit_index >= first_unsynced
+        let Some(executor) = &self.nodes[index].executor else { return false };
+        let Some(first_unsynced) = executor.io().storage.first_unsynced_index() else { return false };
+        executor.core().status().commit_index >= first_unsynced
     }
 
     /// Fewer than half the nodes are down.
     fn may_crash_one_more(&self) -> bool {
-        let crashed = self.nodes.iter().filter(|node| node.core.is_none()).count();
+        let crashed = self.nodes.iter().filter(|node| node.executor.is_none()).count();
         crashed < self.config.nodes.div_ceil(2)
     }
 
     fn crash_random_node(&mut self) {
-        let live: Vec<usize> = (0..self.config.nodes).filter(|i| self.nodes[*i].core.is_some()).collect();
+        let live: Vec<usize> = (0..self.config.nodes).filter(|i| self.nodes[*i].executor.is_some()).collect();
         if !self.may_crash_one_more() {
             return;
         }
         // Half the time the victim is a leader: leader crashes make the interesting histories
         // (Figure 8 of the paper is a sequence of them).
-        let leaders: Vec<usize> = live.iter().copied().filter(|i| self.nodes[*i].core.as_ref().is_some_and(|core| core.role() == Role::Leader)).collect();
+        let leaders: Vec<usize> = live.iter().copied().filter(|i| self.nodes[*i].executor.as_ref().is_some_and(|executor| executor.core().role() == Role::Leader)).collect();
         let victim = if !leaders.is_empty() && self.rng.gen_bool(0.5) { leaders[self.rng.gen_range(0..leaders.len())] } else { live[self.rng.gen_range(0..live.len())] };
         // A leader holds unsynced writes only for moments (`Ready::may_defer_sync`): half
         // the time, wait until it has committed one, so crashes that lose such entries are
@@ -635,20 +733,24 @@ impl Simulation {
         self.schedule(downtime, Event::Restart { node });
     }
 
-    fn on_end_chaos(&mut self) {
+    fn on_end_chaos(&mut self) -> Result<(), String> {
         self.chaos = false;
         self.crash_when_unsynced = None;
         self.network.heal();
         self.network.loss_percent = 0;
         self.network.duplicate_percent = 0;
         for node in 0..self.config.nodes {
-            self.start_node(node);
+            self.start_node(node)?;
         }
+        Ok(())
+    }
+
+    fn cores(&self) -> Vec<&RaftCore> {
+        self.nodes.iter().filter_map(|node| node.executor.as_ref()).map(Executor::core).collect()
     }
 
     fn on_check_logs(&mut self) -> Result<(), String> {
-        let cores: Vec<&RaftCore> = self.nodes.iter().filter_map(|node| node.core.as_ref()).collect();
-        self.checker.check_log_matching(&cores)?;
+        self.shared.borrow().checker.check_log_matching(&self.cores())?;
         self.schedule(500, Event::CheckLogs);
         Ok(())
     }
@@ -656,7 +758,7 @@ impl Simulation {
     /// Liveness after healing: with the network whole and every node up for the quiet
     /// period, every node must have applied everything the most advanced one applied.
     fn check_convergence(&self) -> Result<(), String> {
-        let applied: Vec<LogIndex> = self.nodes.iter().map(|node| node.store.applied_index()).collect();
+        let applied: Vec<LogIndex> = self.nodes.iter().map(|node| node.executor.as_ref().map(|executor| executor.state_machine().applied_index()).unwrap_or_default()).collect();
         let highest = applied.iter().max().copied().unwrap_or_default();
         if applied.iter().any(|index| *index != highest) {
             return Err(format!("nodes did not converge {} ms after healing: applied indexes {applied:?}", self.config.quiet_ms));
@@ -664,20 +766,35 @@ impl Simulation {
         Ok(())
     }
 
-    fn finish(mut self) -> Result<RunStats, String> {
+    fn finish(mut self) -> Result<RunStats, Failure> {
         for client_index in 0..self.clients.len() {
             if let Some(op) = self.clients[client_index].current.take() {
                 self.abandon(client_index, &op);
             }
         }
-        let cores: Vec<&RaftCore> = self.nodes.iter().filter_map(|node| node.core.as_ref()).collect();
-        self.checker.check_log_matching(&cores)?;
+        self.shared.borrow().checker.check_log_matching(&self.cores())?;
         self.check_convergence()?;
         if self.ok_after_heal == 0 {
-            return Err(format!("no client operation succeeded in the {} ms after the cluster healed", self.config.quiet_ms));
+            return Err(Failure::Violation(format!("no client operation succeeded in the {} ms after the cluster healed", self.config.quiet_ms)));
         }
-        self.history.check(self.config.linearizability_time_bound)?;
+        let checked = self.history.check(self.config.linearizability_steps_max).map_err(|failure| match failure {
+            CheckFailure::NotLinearizable(problem) => Failure::NotLinearizable(problem),
+            CheckFailure::Inconclusive(problem) => Failure::Inconclusive(problem),
+        })?;
+        self.stats.check_steps = checked.steps;
         self.stats.ops_checked = self.history.operation_count() as u64;
-        Ok(self.stats)
+        let shared = self.shared.borrow();
+        self.stats.leaders_elected = shared.leaders_elected;
+        self.stats.snapshots_installed = shared.snapshots_installed;
+        self.stats.trace_hash = self.trace.finish();
+        Ok(self.stats.clone())
+    }
+}
+
+fn reply_for_error(error: &NodeError) -> Reply {
+    match error {
+        NodeError::NotLeader { leader_hint } => Reply::NotLeader(*leader_hint),
+        NodeError::Overloaded | NodeError::Dropped | NodeError::LeadershipLost => Reply::NotApplied,
+        NodeError::Stopped | NodeError::OutcomeUnknown => Reply::Unknown,
     }
 }

@@ -1,9 +1,14 @@
-//! A tiny deterministic harness for the scenario tests: N `RaftCore`s, an in-memory disk and
-//! state machine per node, and a network that is just a queue of messages the test delivers
-//! when and where it chooses. No threads, no clock: time passes only when a test ticks a node.
+//! A tiny deterministic harness for the scenario tests: N `RaftCore`s, a `MemoryStorage`
+//! and a state machine per node, and a network that is just a queue of messages the test
+//! delivers when and where it chooses. No threads, no clock: time passes only when a test
+//! ticks a node.
 //!
 //! The driver step (`Cluster::process`) follows the contract in `keel_core::ready` to the
-//! letter, so the tests exercise the core through the same API a real driver uses.
+//! letter, and writes through the job runner the production executor uses
+//! (`keel_node::run_storage_job`) into the storage the simulator uses (`MemoryStorage`,
+//! with its crash model), so the tests exercise the core through the same API a real driver
+//! uses. (It is not the executor itself: these tests look at each `Ready` whole, and split
+//! one in two to act between its send and its write.)
 
 #![allow(dead_code)] // Each test file uses a different subset of the helpers.
 
@@ -12,6 +17,7 @@ use keel_core::{
     AppendResult, Config, Entry, EntryKind, HardState, LogIndex, Message, MessageBody, NodeId, RaftCore, ReadState, Ready, Role, Snapshot,
     SoftState, Term,
 };
+use keel_node::{run_storage_job, MemoryStorage, Storage, StorageJob};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 // ----- what a Ready asked for ----------------------------------------------------------------
@@ -20,40 +26,19 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 /// unexpected message or entry fails the comparison instead of going unnoticed.
 pub type ReadyRecord = Ready;
 
-// ----- one node: core, disk, state machine -----------------------------------------------------
+// ----- one node: core, storage, state machine --------------------------------------------------
 
-/// Stable storage (Figure 2, "persistent state on all servers"), plus the latest snapshot (§7).
-#[derive(Debug, Default)]
-pub struct Disk {
-    pub hard_state: HardState,
-    pub snapshot: Option<Snapshot>,
-    /// Consecutive entries after the snapshot.
-    pub entries: Vec<Entry>,
-}
-
-impl Disk {
-    /// Contract step 4: "first deleting any stored entry at or after the first new index".
-    fn append(&mut self, entries: &[Entry]) {
-        let Some(first) = entries.first() else { return };
-        self.entries.retain(|stored| stored.index < first.index);
-        self.entries.extend_from_slice(entries);
-        let first_index = self.entries.first().map(|entry| entry.index.0).unwrap_or(0);
-        for (offset, entry) in self.entries.iter().enumerate() {
-            assert_eq!(entry.index.0, first_index + offset as u64, "the disk log must stay consecutive");
-        }
+/// A storage holding `restored`, all of it synced (Figure 2, "persistent state on all
+/// servers", plus the latest snapshot, §7).
+fn storage_holding(restored: &RestoredState) -> MemoryStorage {
+    let mut storage = MemoryStorage::new();
+    if let Some(snapshot) = &restored.snapshot {
+        storage.install_snapshot(snapshot).expect("memory storage");
     }
-
-    /// §7: keep the entries after the snapshot only if the log holds the snapshot's last entry.
-    fn save_snapshot(&mut self, snapshot: &Snapshot) {
-        let meta = snapshot.meta;
-        let holds_last = self.entries.iter().any(|entry| entry.index == meta.last_included_index && entry.term == meta.last_included_term);
-        if holds_last {
-            self.entries.retain(|entry| entry.index > meta.last_included_index);
-        } else {
-            self.entries.clear();
-        }
-        self.snapshot = Some(snapshot.clone());
-    }
+    storage.append(&restored.entries).expect("memory storage");
+    storage.set_hard_state(&restored.hard_state).expect("memory storage");
+    storage.sync().expect("memory storage");
+    storage
 }
 
 /// The replicated state machine of these tests: the bytes of every applied command, in log
@@ -82,7 +67,7 @@ impl Bytes {
 pub struct Node {
     pub config: Config,
     pub core: RaftCore,
-    pub disk: Disk,
+    pub disk: MemoryStorage,
     pub state_machine: Bytes,
     /// Every ReadState the core handed out, in order.
     pub read_states: Vec<ReadState>,
@@ -153,7 +138,7 @@ impl Cluster {
             config.random_seed = id.0; // Fixed per node: every run elects the same way.
             tweak(&mut config);
             let state = restore.state();
-            let disk = Disk { hard_state: state.hard_state, snapshot: None, entries: state.entries.clone() };
+            let disk = storage_holding(&state);
             let core = RaftCore::new(config.clone(), state);
             let node = Node { config, core, disk, state_machine: Bytes::default(), read_states: Vec::new() };
             nodes.insert(*id, node);
@@ -216,17 +201,20 @@ impl Cluster {
     pub fn finish_ready(&mut self, id: u64, ready: Ready) -> ReadyRecord {
         let record = ready.clone();
         let node = self.nodes.get_mut(&NodeId(id)).expect("known node");
-        // 4. Snapshot (restoring the state machine from it), entries, hard state; then "sync".
+        // 4. Snapshot, entries, hard state; then sync, unless the core lets the leader defer
+        // it. 5. Votes and acknowledgements promise durable state: they leave only after it.
+        let job = StorageJob::Write {
+            snapshot: ready.snapshot.clone(),
+            entries: ready.entries.clone(),
+            hard_state: ready.hard_state,
+            sync: !ready.may_defer_sync,
+            persisted_messages: ready.persisted_messages.clone(),
+        };
+        let network = &mut self.network;
+        run_storage_job(&mut node.disk, job, &mut |message| network.push_back(message)).expect("memory storage does not fail");
         if let Some(snapshot) = &ready.snapshot {
-            node.disk.save_snapshot(snapshot);
             node.state_machine.restore(snapshot);
         }
-        node.disk.append(&ready.entries);
-        if let Some(hard_state) = ready.hard_state {
-            node.disk.hard_state = hard_state;
-        }
-        // 5. Votes and acknowledgements promise durable state: only now may they leave.
-        self.network.extend(ready.persisted_messages.iter().cloned());
         // 6–7. Apply in order; remember read answers.
         for entry in &ready.committed_entries {
             node.state_machine.apply(entry);
@@ -362,22 +350,23 @@ impl Cluster {
     pub fn compact(&mut self, id: u64) -> Snapshot {
         let node = self.nodes.get_mut(&NodeId(id)).expect("known node");
         let index = node.state_machine.applied_index;
-        let data = node.state_machine.bytes.clone();
-        node.core.compact(index, data);
-        let snapshot = node.core.snapshot().expect("compact made a snapshot").clone();
-        node.disk.save_snapshot(&snapshot);
+        let term = node.core.entry(index).expect("applied entries are in the log").term;
+        let snapshot = Snapshot::new(index, term, node.state_machine.bytes.clone());
+        node.disk.compact(&snapshot).expect("memory storage");
+        node.core.compact(snapshot.clone());
         snapshot
     }
 
     // ----- crashes ---------------------------------------------------------------------------
 
-    /// Node `id` crashes and restarts from its disk: everything volatile is lost (its core and
-    /// its state machine), everything the contract made durable stays. Messages it already
-    /// sent are on the network and may still arrive.
+    /// Node `id` crashes and restarts from its storage: everything volatile is lost (its core
+    /// and its state machine), and so is every write the contract let stay unsynced; what it
+    /// made durable stays. Messages it already sent are on the network and may still arrive.
     pub fn restart(&mut self, id: u64) {
         let node = self.nodes.get_mut(&NodeId(id)).expect("known node");
-        let restored =
-            RestoredState { hard_state: node.disk.hard_state, snapshot: node.disk.snapshot.clone(), entries: node.disk.entries.clone() };
+        let (disk, _) = std::mem::take(&mut node.disk).crash(0);
+        node.disk = disk;
+        let restored = node.disk.initial_state().expect("memory storage");
         node.state_machine = Bytes::default();
         if let Some(snapshot) = &restored.snapshot {
             node.state_machine.restore(snapshot);
@@ -389,15 +378,20 @@ impl Cluster {
 
     // ----- checks ----------------------------------------------------------------------------
 
-    /// The driver contract kept the disk equal to what the core believes is durable.
+    /// What node `id`'s storage holds (its writes so far, synced or not).
+    pub fn stored(&self, id: u64) -> RestoredState {
+        self.node(id).disk.initial_state().expect("memory storage")
+    }
+
+    /// The driver contract kept the storage equal to what the core believes is durable.
     #[track_caller]
     pub fn assert_disk_matches_core(&self, id: u64) {
-        let node = self.node(id);
-        let status = node.core.status();
-        assert_eq!(node.disk.hard_state.current_term, status.term, "node {id}: term on disk");
-        assert_eq!(node.disk.hard_state.voted_for, status.voted_for, "node {id}: vote on disk");
-        assert_eq!(node.disk.hard_state.commit_index, status.commit_index, "node {id}: commit index on disk");
-        assert_eq!(node.disk.entries, self.log(id), "node {id}: log on disk");
+        let stored = self.stored(id);
+        let status = self.core(id).status();
+        assert_eq!(stored.hard_state.current_term, status.term, "node {id}: term on disk");
+        assert_eq!(stored.hard_state.voted_for, status.voted_for, "node {id}: vote on disk");
+        assert_eq!(stored.hard_state.commit_index, status.commit_index, "node {id}: commit index on disk");
+        assert_eq!(stored.entries, self.log(id), "node {id}: log on disk");
     }
 }
 

@@ -32,23 +32,29 @@ pub fn file_name(meta: SnapshotMeta) -> String {
     format!("{PREFIX}{:020}-{:020}{SUFFIX}", meta.last_included_index.0, meta.last_included_term.0)
 }
 
-/// The snapshot position a file name stands for, if it is a snapshot file name.
-pub fn parse_file_name(name: &str) -> Option<SnapshotMeta> {
+/// The snapshot position (last included index and term) a file name stands for, if it is a
+/// snapshot file name.
+pub fn parse_file_name(name: &str) -> Option<(LogIndex, Term)> {
     let middle = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
     let (index, term) = middle.split_once('-')?;
     if index.len() != 20 || term.len() != 20 {
         return None;
     }
-    Some(SnapshotMeta { last_included_index: LogIndex(index.parse().ok()?), last_included_term: Term(term.parse().ok()?) })
+    Some((LogIndex(index.parse().ok()?), Term(term.parse().ok()?)))
 }
 
+/// The header's size and checksum are the snapshot's metadata, checked against the image on
+/// the way out as they are on the way back in (`decode`).
 fn encode_header(snapshot: &Snapshot) -> [u8; HEADER_BYTES] {
+    let meta = snapshot.meta;
+    let data_crc32c = crc32c::crc32c(&snapshot.data);
+    assert_eq!((snapshot.data.len() as u64, data_crc32c), (meta.data_bytes, meta.data_crc32c), "snapshot at {} does not match its metadata", meta.last_included_index);
     let mut header = [0u8; HEADER_BYTES];
     header[0..8].copy_from_slice(MAGIC);
-    header[8..16].copy_from_slice(&snapshot.meta.last_included_index.0.to_le_bytes());
-    header[16..24].copy_from_slice(&snapshot.meta.last_included_term.0.to_le_bytes());
-    header[24..32].copy_from_slice(&(snapshot.data.len() as u64).to_le_bytes());
-    header[32..36].copy_from_slice(&crc32c::crc32c(&snapshot.data).to_le_bytes());
+    header[8..16].copy_from_slice(&meta.last_included_index.0.to_le_bytes());
+    header[16..24].copy_from_slice(&meta.last_included_term.0.to_le_bytes());
+    header[24..32].copy_from_slice(&meta.data_bytes.to_le_bytes());
+    header[32..36].copy_from_slice(&data_crc32c.to_le_bytes());
     let header_crc = crc32c::crc32c(&header[..HEADER_CHECKSUMMED_BYTES]);
     header[36..40].copy_from_slice(&header_crc.to_le_bytes());
     header
@@ -70,10 +76,11 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Snapshot, StorageError> {
         return Err(corruption(24, format!("header says {data_bytes} data bytes, file holds {}", bytes.len() - HEADER_BYTES)));
     }
     let data = &bytes[HEADER_BYTES..];
-    if crc32c::crc32c(data) != read_u32(&bytes[32..36]) {
+    let data_crc32c = read_u32(&bytes[32..36]);
+    if crc32c::crc32c(data) != data_crc32c {
         return Err(corruption(HEADER_BYTES, "snapshot data checksum mismatch".to_string()));
     }
-    let meta = SnapshotMeta { last_included_index: LogIndex(read_u64(&bytes[8..16])), last_included_term: Term(read_u64(&bytes[16..24])) };
+    let meta = SnapshotMeta { last_included_index: LogIndex(read_u64(&bytes[8..16])), last_included_term: Term(read_u64(&bytes[16..24])), data_bytes, data_crc32c };
     Ok(Snapshot { meta, data: Arc::new(data.to_vec()) })
 }
 
@@ -106,20 +113,20 @@ pub fn stage(dir: &Path, snapshot: &Snapshot) -> Result<(), StorageError> {
 
 /// The newest snapshot in `dir` (verified whole), after deleting any older snapshot files.
 pub fn load_latest(dir: &Path) -> Result<Option<Snapshot>, StorageError> {
-    let mut found: Vec<(SnapshotMeta, String)> = Vec::new();
+    let mut found: Vec<((LogIndex, Term), String)> = Vec::new();
     for name in atomic::list_files(dir)? {
-        if let Some(meta) = parse_file_name(&name) {
-            found.push((meta, name));
+        if let Some(position) = parse_file_name(&name) {
+            found.push((position, name));
         }
     }
-    found.sort_by_key(|(meta, _)| meta.last_included_index);
-    let Some((meta, name)) = found.pop() else { return Ok(None) };
+    found.sort_by_key(|((index, _), _)| *index);
+    let Some((position, name)) = found.pop() else { return Ok(None) };
     let path = dir.join(&name);
     let snapshot = decode(&path, &atomic::read_file(&path)?)?;
-    if snapshot.meta != meta {
-        return Err(StorageError::corruption(&path, 8, format!("header says {:?}, file name says {meta:?}", snapshot.meta)));
+    if snapshot.meta.position() != position {
+        return Err(StorageError::corruption(&path, 8, format!("header says {:?}, file name says {position:?}", snapshot.meta.position())));
     }
-    remove_older_than(dir, meta)?;
+    remove_older_than(dir, snapshot.meta)?;
     Ok(Some(snapshot))
 }
 
@@ -127,15 +134,15 @@ pub fn load_latest(dir: &Path) -> Result<Option<Snapshot>, StorageError> {
 /// files of older snapshots (ours, dropped because the leader's arrived first).
 pub fn remove_older_than(dir: &Path, keep: SnapshotMeta) -> Result<(), StorageError> {
     for name in atomic::list_files(dir)? {
-        if let Some(meta) = name.strip_suffix(atomic::TEMP_SUFFIX).and_then(parse_file_name) {
-            if meta.last_included_index < keep.last_included_index {
+        if let Some((index, _)) = name.strip_suffix(atomic::TEMP_SUFFIX).and_then(parse_file_name) {
+            if index < keep.last_included_index {
                 atomic::remove_file(&dir.join(&name))?;
             }
             continue;
         }
-        let Some(meta) = parse_file_name(&name) else { continue };
-        if meta != keep {
-            assert!(meta.last_included_index <= keep.last_included_index, "removing a newer snapshot than the one kept");
+        let Some(position) = parse_file_name(&name) else { continue };
+        if position != keep.position() {
+            assert!(position.0 <= keep.last_included_index, "removing a newer snapshot than the one kept");
             atomic::remove_file(&dir.join(&name))?;
         }
     }

@@ -1,0 +1,501 @@
+//! `Executor`: the one driver of a `RaftCore`, carrying out each `Ready` by the contract in
+//! `keel_core::ready`. Production's `RaftNode` (`node.rs`) wraps it in a tokio task; the
+//! simulator (`keel-sim`) drives it on simulated time. Everything a node does between two
+//! inputs happens here, synchronously; only *where* a storage job or a snapshot build runs,
+//! and when it completes, is the caller's (`io.rs`).
+//!
+//! The steps, for each input (a tick, a peer message, a client request, a finished job):
+//! 1. Feed it to the core.
+//! 2. `drive`: if no Ready is in flight and the core has one, start it (`start_ready`): send
+//!    `ready.messages` (they may leave before our own write, thesis §10.2.1) and hand the
+//!    write to storage — on the driver ("inline") or on the storage thread, see below.
+//! 3. Handle finished storage jobs in the order they finished: for a write, restore a
+//!    received snapshot, send what needed the write (unless the job sent it the moment its
+//!    sync returned), apply committed entries and answer their proposers, queue confirmed
+//!    reads, `advance`, serve reads, maybe start a snapshot (`on_persisted`).
+//! 4. Back to 2 until nothing is left; then, while a write is still in flight, send the
+//!    leader's replication messages built meanwhile (`take_early_messages`).
+//!
+//! Where a write runs: a leader's synced write goes to the storage thread, so the leader
+//! keeps stepping acknowledgements and proposals while it syncs, and the thread sends the
+//! Ready's persisted messages itself the moment the sync returns. Every other write runs
+//! inline: a leader's unsynced append is quick (no fsync, `Ready::may_defer_sync`), and a
+//! follower's acknowledgement waits for its write anyway, so two thread hand-offs would only
+//! add latency. Compactions always go to the thread (they can outlast an election timeout),
+//! and a write asked to run inline while a compaction is queued waits behind it: otherwise
+//! it could reach storage first (a leader's snapshot installed, then our older one saved
+//! over it).
+
+use crate::config::NodeConfig;
+use crate::error::NodeError;
+use crate::io::{Io, JobResult, Observation, SnapshotBuild, SnapshotImage, SnapshotJob, StorageDone, StorageJob};
+use crate::node::{Consistency, StartError};
+use keel_core::{Entry, HardState, LogIndex, Message, NodeId, RaftCore, ReadError, Ready, RestoredState, Role, SnapshotMeta, StateMachine, StepError, Term};
+use std::collections::{BTreeMap, VecDeque};
+use tracing::{debug, error, info, warn};
+
+/// Answers a proposal: its index and the state machine's output, or why it failed.
+pub type ProposeReply<SM> = Box<dyn FnOnce(Result<(LogIndex, <SM as StateMachine>::Output), NodeError>) + Send>;
+/// Runs a read against the state machine as of the applied index it is given.
+pub type ReadFn<SM> = Box<dyn FnOnce(Result<(LogIndex, &SM), NodeError>) + Send>;
+
+/// Rules of the driver broken on purpose, to prove the simulator notices (as `Faults` does
+/// for the core's rules).
+#[cfg(feature = "fault-injection")]
+#[derive(Clone, Debug, Default)]
+pub struct DriverFaults {
+    /// Break contract step 5: send votes and acknowledgements before the write is synced.
+    pub acknowledge_before_sync: bool,
+    /// Break contract step 4 for the leader: skip the sync of its own entries while the
+    /// core, told the Ready is synced, counts them towards a majority.
+    pub skip_leader_sync: bool,
+}
+
+pub struct Executor<SM: StateMachine, I: Io> {
+    id: NodeId,
+    core: RaftCore,
+    state_machine: SM,
+    io: I,
+    snapshot_threshold_entries: u64,
+    snapshot_threshold_bytes: u64,
+    /// The Ready whose write is running, or done and its completion not yet handled.
+    inflight: Option<Ready>,
+    /// Finished storage jobs not yet handled, oldest first.
+    completed: VecDeque<JobResult>,
+    /// A compaction is queued or running on the thread: inline jobs queue behind it.
+    compacting: bool,
+    proposals: BTreeMap<LogIndex, (Term, ProposeReply<SM>)>,
+    reads: BTreeMap<u64, ReadFn<SM>>,
+    reads_waiting_apply: Vec<(LogIndex, ReadFn<SM>)>,
+    next_read_id: u64,
+    /// The latest snapshot handed to storage: ours, or one installed from the leader.
+    snapshot_index: LogIndex,
+    snapshot_in_progress: bool,
+    /// Bytes of the entries applied since `snapshot_index` (`snapshot_threshold_bytes`).
+    applied_bytes_since_snapshot: u64,
+    /// The last hard state handed to storage (see `must_save`).
+    hard_state_saved: HardState,
+    /// A write was left unsynced; the next Ready that must sync does so even if it writes
+    /// nothing itself.
+    unsynced: bool,
+    /// Peer messages the core refused (`StepError`).
+    refused_messages: u64,
+    #[cfg(feature = "fault-injection")]
+    pub faults: DriverFaults,
+}
+
+impl<SM: StateMachine, I: Io> Executor<SM, I> {
+    /// A node recovered from `restored` (its storage's `initial_state`); `state_machine` must
+    /// be empty and is restored from the snapshot there.
+    pub fn new(config: &NodeConfig, restored: RestoredState, mut state_machine: SM, io: I) -> Result<Executor<SM, I>, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        if let Some(snapshot) = &restored.snapshot {
+            state_machine.restore(&snapshot.data).map_err(StartError::Snapshot)?;
+        }
+        let snapshot_index = restored.snapshot.as_ref().map(|snapshot| snapshot.meta.last_included_index).unwrap_or_default();
+        info!("[NODE {}] starting: term {}, {} log entries after snapshot {}", config.id, restored.hard_state.current_term, restored.entries.len(), snapshot_index);
+        let hard_state_saved = restored.hard_state;
+        Ok(Executor {
+            id: config.id,
+            core: RaftCore::new(config.core_config(), restored),
+            state_machine,
+            io,
+            snapshot_threshold_entries: config.snapshot_threshold_entries,
+            snapshot_threshold_bytes: config.snapshot_threshold_bytes,
+            inflight: None,
+            completed: VecDeque::new(),
+            compacting: false,
+            proposals: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            reads_waiting_apply: Vec::new(),
+            next_read_id: 0,
+            snapshot_index,
+            snapshot_in_progress: false,
+            applied_bytes_since_snapshot: 0,
+            hard_state_saved,
+            unsynced: false,
+            refused_messages: 0,
+            #[cfg(feature = "fault-injection")]
+            faults: DriverFaults::default(),
+        })
+    }
+
+    // ----- inputs ---------------------------------------------------------------------------
+
+    pub fn tick(&mut self) {
+        self.core.tick();
+    }
+
+    /// A peer message. A refusal (`StepError`) changes nothing; it is logged and counted.
+    pub fn step(&mut self, message: Message) -> Result<(), StepError> {
+        let result = self.core.step(message);
+        if let Err(error) = &result {
+            self.on_refused(error);
+        }
+        result
+    }
+
+    pub fn propose(&mut self, command: Vec<u8>, reply: ProposeReply<SM>) {
+        match self.core.propose(command) {
+            Ok((index, term)) => {
+                self.proposals.insert(index, (term, reply));
+            }
+            Err(keel_core::ProposeError::NotLeader { leader_hint }) => reply(Err(NodeError::NotLeader { leader_hint })),
+            Err(keel_core::ProposeError::TooManyUncommitted) => reply(Err(NodeError::Overloaded)),
+        }
+    }
+
+    pub fn read(&mut self, consistency: Consistency, run: ReadFn<SM>) {
+        if consistency == Consistency::Stale {
+            return run(Ok((self.state_machine.applied_index(), &self.state_machine)));
+        }
+        self.next_read_id += 1;
+        match self.core.read_index(self.next_read_id) {
+            Ok(()) => {
+                self.reads.insert(self.next_read_id, run);
+            }
+            Err(error) => run(Err(read_error(error))),
+        }
+    }
+
+    /// A job queued on the storage thread finished (in queue order).
+    pub fn storage_done(&mut self, result: JobResult) {
+        self.completed.push_back(result);
+    }
+
+    /// A snapshot image started by `Io::build_snapshot` is ready: save it and compact, unless
+    /// a newer snapshot from the leader was handed to storage meanwhile (saving an older one
+    /// would move the log's start backwards).
+    pub fn snapshot_built(&mut self, image: SnapshotImage) {
+        let index = image.snapshot.meta.last_included_index;
+        if self.snapshot_index > index {
+            info!("[NODE {}] dropped our snapshot at {index}: the leader's at {} is newer", self.id, self.snapshot_index);
+            self.snapshot_in_progress = false;
+            return;
+        }
+        // Compaction can take longer than an election timeout on a large log: never inline.
+        self.submit(StorageJob::Compact(image), false);
+    }
+
+    /// Answers every waiting client with `NodeError::Stopped`: the node is going away.
+    pub fn stop(&mut self) {
+        for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
+            reply(Err(NodeError::Stopped));
+        }
+        let reads = std::mem::take(&mut self.reads).into_values().chain(std::mem::take(&mut self.reads_waiting_apply).into_iter().map(|(_, run)| run));
+        for run in reads {
+            run(Err(NodeError::Stopped));
+        }
+    }
+
+    // ----- reads of state -------------------------------------------------------------------
+
+    pub fn core(&self) -> &RaftCore {
+        &self.core
+    }
+
+    /// For tests that switch on the core's injected faults.
+    #[cfg(feature = "fault-injection")]
+    pub fn core_mut(&mut self) -> &mut RaftCore {
+        &mut self.core
+    }
+
+    pub fn state_machine(&self) -> &SM {
+        &self.state_machine
+    }
+
+    pub fn io(&self) -> &I {
+        &self.io
+    }
+
+    pub fn io_mut(&mut self) -> &mut I {
+        &mut self.io
+    }
+
+    pub fn into_io(self) -> I {
+        self.io
+    }
+
+    pub fn refused_messages(&self) -> u64 {
+        self.refused_messages
+    }
+
+    /// Proposals accepted and not yet answered.
+    pub fn pending_proposals(&self) -> usize {
+        self.proposals.len()
+    }
+
+    // ----- the loop -------------------------------------------------------------------------
+
+    /// Steps 2–4 of the module doc, until nothing is left to do. An error means the node
+    /// must stop: storage failed, or a snapshot from the leader could not be restored.
+    pub fn drive(&mut self) -> Result<(), String> {
+        loop {
+            if self.inflight.is_none() && self.core.has_ready() {
+                self.start_ready();
+            }
+            let Some(done) = self.completed.pop_front() else { break };
+            if matches!(done, Ok(StorageDone::Compacted { .. })) {
+                self.compacting = false;
+            }
+            match done {
+                Ok(StorageDone::Written) => self.on_persisted()?,
+                Ok(StorageDone::Compacted { image, compact_ms }) => self.on_compacted(image, compact_ms),
+                Err(error) => return Err(format!("storage failed: {error}")),
+            }
+        }
+        if self.inflight.is_some() {
+            // Entries proposed during our own write go to followers now, not after it.
+            for message in self.core.take_early_messages() {
+                self.io.send(message);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `job` inline if asked and no compaction is ahead of it, else on the thread.
+    fn submit(&mut self, job: StorageJob, inline: bool) {
+        let inline = !self.io.has_threads() || (inline && !self.compacting);
+        self.compacting |= job.is_compaction();
+        if !inline {
+            return self.io.queue(job);
+        }
+        if let Some(result) = self.io.run_inline(job) {
+            self.completed.push_back(result);
+        }
+    }
+
+    /// Contract steps 2–4: take the Ready, send what may leave now, start the write.
+    fn start_ready(&mut self) {
+        let mut ready = self.core.ready();
+        if let Some(soft_state) = ready.soft_state {
+            self.io.observe(Observation::SoftState { soft_state, core: &self.core });
+            self.log_soft_state(soft_state.role, soft_state.term, soft_state.leader_id);
+            if soft_state.role != Role::Leader {
+                self.fail_proposals_on_step_down();
+            }
+        }
+        for message in std::mem::take(&mut ready.messages) {
+            self.io.send(message);
+        }
+        if self.fault_acknowledge_before_sync() {
+            for message in std::mem::take(&mut ready.persisted_messages) {
+                self.io.send(message);
+            }
+        }
+        if let Some(snapshot) = &ready.snapshot {
+            self.snapshot_index = snapshot.meta.last_included_index;
+        }
+        let hard_state = ready.hard_state.filter(|hard_state| self.must_save(hard_state));
+        let writes = ready.snapshot.is_some() || !ready.entries.is_empty() || hard_state.is_some();
+        let sync = !ready.may_defer_sync && !self.fault_skip_leader_sync(&ready);
+        let needs_disk = writes || (sync && self.unsynced);
+        self.unsynced = if sync { false } else { self.unsynced || writes };
+        if needs_disk {
+            // The job sends the acknowledgements the moment its sync returns; after a
+            // snapshot they wait for the state machine's restore (`on_persisted`).
+            let persisted_messages = if ready.snapshot.is_none() { std::mem::take(&mut ready.persisted_messages) } else { Vec::new() };
+            let job = StorageJob::Write { snapshot: ready.snapshot.clone(), entries: std::mem::take(&mut ready.entries), hard_state, sync, persisted_messages };
+            let inline = !sync || self.core.role() != Role::Leader;
+            self.submit(job, inline);
+        } else {
+            self.completed.push_back(Ok(StorageDone::Written));
+        }
+        self.inflight = Some(ready);
+    }
+
+    /// Term and vote must be durable before any message that depends on them (Figure 2).
+    /// The commit index need not be: a restarted node learns it again from the leader, and
+    /// saving it only shortens the wait to re-apply. Rewriting the hard-state file costs
+    /// several fsyncs and stalls the log writes queued behind it, so a commit-only change is
+    /// saved once per `COMMIT_SAVE_INTERVAL` entries instead of on every write: about once a
+    /// second at 15,000 writes/s, while re-applying that many entries after a restart takes
+    /// milliseconds. (Every 1,024 entries cost ~15 rewrites a second under load.)
+    fn must_save(&mut self, hard_state: &HardState) -> bool {
+        const COMMIT_SAVE_INTERVAL: u64 = 16_384;
+        let saved = self.hard_state_saved;
+        let vote_changed = hard_state.current_term != saved.current_term || hard_state.voted_for != saved.voted_for;
+        let commit_far_ahead = hard_state.commit_index.0 >= saved.commit_index.0 + COMMIT_SAVE_INTERVAL;
+        if vote_changed || commit_far_ahead {
+            self.hard_state_saved = *hard_state;
+            return true;
+        }
+        false
+    }
+
+    /// Contract steps 4 (restore) to 8, once the write is durable.
+    fn on_persisted(&mut self) -> Result<(), String> {
+        let mut ready = self.inflight.take().expect("a write was in flight");
+        if let Some(snapshot) = &ready.snapshot {
+            self.restore_snapshot(snapshot.meta, &snapshot.data)?;
+        }
+        // Still here only after a snapshot or when nothing was written (see `start_ready`).
+        for message in std::mem::take(&mut ready.persisted_messages) {
+            self.io.send(message);
+        }
+        for entry in std::mem::take(&mut ready.committed_entries) {
+            self.apply(&entry);
+        }
+        for read_state in std::mem::take(&mut ready.read_states) {
+            let Some(run) = self.reads.remove(&read_state.request_id) else { continue };
+            match read_state.result {
+                Ok(index) => self.reads_waiting_apply.push((index, run)),
+                Err(error) => run(Err(read_error(error))),
+            }
+        }
+        self.core.advance(ready);
+        self.serve_reads();
+        self.maybe_snapshot();
+        Ok(())
+    }
+
+    fn on_compacted(&mut self, image: SnapshotImage, compact_ms: u128) {
+        let SnapshotImage { snapshot, build_ms, stage_ms } = image;
+        let meta = snapshot.meta;
+        self.core.compact(snapshot);
+        self.snapshot_in_progress = false;
+        info!(
+            "[NODE {}] snapshot taken at index {} (term {}); log compacted (image {} bytes: built in {build_ms} ms, written in {stage_ms} ms, compacted in {compact_ms} ms)",
+            self.id, meta.last_included_index, meta.last_included_term, meta.data_bytes,
+        );
+    }
+
+    /// A deposed leader's pending proposals may still be committed by the next leader, or
+    /// overwritten: answer now, with "outcome unknown", rather than leave clients waiting.
+    fn fail_proposals_on_step_down(&mut self) {
+        if !self.proposals.is_empty() {
+            info!("[NODE {}] no longer leader: {} pending proposals end with an unknown outcome", self.id, self.proposals.len());
+        }
+        for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
+            reply(Err(NodeError::OutcomeUnknown));
+        }
+    }
+
+    /// The core checked the image against its checksum when the last chunk arrived; an
+    /// image the state machine still cannot read means the leader's state machine wrote
+    /// bytes ours cannot parse. The core has already moved past the log it replaces, so the
+    /// node stops (with the reason) rather than serve a state it does not have.
+    fn restore_snapshot(&mut self, meta: SnapshotMeta, data: &[u8]) -> Result<(), String> {
+        self.io.observe(Observation::InstallingSnapshot { meta, applied_index: self.state_machine.applied_index() });
+        self.state_machine.restore(data).map_err(|problem| format!("cannot restore the snapshot at {} from the leader: {problem}", meta.last_included_index))?;
+        info!("[NODE {}] installed snapshot from the leader at index {} (term {})", self.id, meta.last_included_index, meta.last_included_term);
+        self.snapshot_index = meta.last_included_index;
+        self.applied_bytes_since_snapshot = 0;
+        // Proposals inside the snapshot: we cannot tell whether ours was the entry applied.
+        let covered: Vec<LogIndex> = self.proposals.range(..=meta.last_included_index).map(|(index, _)| *index).collect();
+        for index in covered {
+            let (_, reply) = self.proposals.remove(&index).expect("listed above");
+            reply(Err(NodeError::OutcomeUnknown));
+        }
+        Ok(())
+    }
+
+    /// Contract step 6: apply, and answer the proposer if this entry is its (same term).
+    fn apply(&mut self, entry: &Entry) {
+        self.io.observe(Observation::Applying(entry));
+        let output = self.state_machine.apply(entry);
+        self.applied_bytes_since_snapshot += entry.size_bytes() as u64;
+        if let Some((term, reply)) = self.proposals.remove(&entry.index) {
+            let result = if term == entry.term { Ok((entry.index, output)) } else { Err(NodeError::Dropped) };
+            reply(result);
+        }
+    }
+
+    /// Contract step 7: a confirmed read runs once the state machine caught up to it.
+    fn serve_reads(&mut self) {
+        let applied = self.state_machine.applied_index();
+        let waiting = std::mem::take(&mut self.reads_waiting_apply);
+        for (index, run) in waiting {
+            if index <= applied {
+                run(Ok((applied, &self.state_machine)));
+            } else {
+                self.reads_waiting_apply.push((index, run));
+            }
+        }
+    }
+
+    /// §7: snapshot once enough entries, or enough bytes of them, were applied since the
+    /// last one. The state machine's copy is taken here; the image is built where `Io`
+    /// says (a thread of its own in production: a large map takes longer to serialize than
+    /// an election timeout), then saved by the storage thread, and the core drops its log.
+    fn maybe_snapshot(&mut self) {
+        let applied = self.state_machine.applied_index();
+        let entries_due = self.snapshot_threshold_entries > 0 && applied.0 >= self.snapshot_index.0 + self.snapshot_threshold_entries;
+        let bytes_due = self.snapshot_threshold_bytes > 0 && self.applied_bytes_since_snapshot >= self.snapshot_threshold_bytes;
+        if self.snapshot_in_progress || !(entries_due || bytes_due) {
+            return;
+        }
+        let Some(term) = self.core.entry(applied).map(|entry| entry.term) else { return };
+        let job = SnapshotJob { index: applied, term, make: self.state_machine.snapshot_job() };
+        self.snapshot_in_progress = true;
+        self.snapshot_index = applied;
+        self.applied_bytes_since_snapshot = 0;
+        match self.io.build_snapshot(job) {
+            SnapshotBuild::Built(image) => self.snapshot_built(image),
+            SnapshotBuild::Started => {}
+            SnapshotBuild::Failed(problem) => {
+                error!("[NODE {}] cannot build a snapshot ({problem}); will retry at the next threshold", self.id);
+                self.snapshot_in_progress = false;
+            }
+        }
+    }
+
+    /// A peer that sends what no correct peer would is broken or misconfigured: say so, but
+    /// not at every heartbeat (the 1st, 10th, 100th, ... refusal is a warning).
+    fn on_refused(&mut self, error: &StepError) {
+        self.refused_messages += 1;
+        let count = self.refused_messages;
+        if matches!(error, StepError::UnknownNode(_)) || !is_power_of_ten(count) {
+            debug!("[NODE {}] refused a peer message: {error}", self.id);
+        } else {
+            warn!("[NODE {}] refused a peer message ({count} so far): {error}", self.id);
+        }
+    }
+
+    fn log_soft_state(&self, role: Role, term: Term, leader_id: Option<NodeId>) {
+        match role {
+            Role::Leader => info!("[NODE {}] became LEADER for term {term}", self.id),
+            Role::Candidate => info!("[NODE {}] became CANDIDATE for term {term}", self.id),
+            Role::PreCandidate => debug!("[NODE {}] pre-vote campaign for term {}", self.id, term.next()),
+            Role::Follower => match leader_id {
+                Some(leader) => info!("[NODE {}] FOLLOWER in term {term}, leader is node {leader}", self.id),
+                None => info!("[NODE {}] FOLLOWER in term {term}, no leader known", self.id),
+            },
+        }
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn fault_acknowledge_before_sync(&self) -> bool {
+        self.faults.acknowledge_before_sync
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    fn fault_acknowledge_before_sync(&self) -> bool {
+        false
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn fault_skip_leader_sync(&self, ready: &Ready) -> bool {
+        self.faults.skip_leader_sync && self.core.role() == Role::Leader && !ready.entries.is_empty()
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    fn fault_skip_leader_sync(&self, _ready: &Ready) -> bool {
+        false
+    }
+}
+
+fn is_power_of_ten(mut count: u64) -> bool {
+    while count % 10 == 0 && count > 1 {
+        count /= 10;
+    }
+    count == 1
+}
+
+pub(crate) fn read_error(error: ReadError) -> NodeError {
+    match error {
+        ReadError::NotLeader { leader_hint } => NodeError::NotLeader { leader_hint },
+        ReadError::LeadershipLost => NodeError::LeadershipLost,
+        ReadError::TooManyPending => NodeError::Overloaded,
+    }
+}

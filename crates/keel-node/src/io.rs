@@ -1,0 +1,135 @@
+//! What the Ready executor (`executor.rs`) asks of its surroundings, and the storage work
+//! both drivers share.
+//!
+//! The executor decides *what* happens and in which order; an [`Io`] decides *where* and
+//! *when*. Production (`node.rs`) runs jobs on the driver task, a storage thread and
+//! short-lived snapshot threads, on real time. The simulator (`keel-sim`) runs the same jobs
+//! against `MemoryStorage` on simulated time, and chooses from its seed when a thread's job
+//! completes, how long a sync takes, and when a crash cuts it short. Every storage job, in
+//! both, goes through [`run_storage_job`], and every snapshot image through [`build_image`].
+
+use crate::storage::{SnapshotStager, Storage, StorageError};
+use keel_core::{Entry, HardState, LogIndex, Message, NodeId, RaftCore, Snapshot, SnapshotMeta, SoftState, Term};
+
+/// Work for the storage (contract step 4, and compaction after a snapshot).
+pub enum StorageJob {
+    /// `sync` false: leave the write in the OS's cache (`Ready::may_defer_sync`).
+    /// `persisted_messages` (contract step 5) are sent once the write is durable.
+    Write { snapshot: Option<Snapshot>, entries: Vec<Entry>, hard_state: Option<HardState>, sync: bool, persisted_messages: Vec<Message> },
+    /// Our own snapshot, its image already built: save it, then drop the log it covers.
+    Compact(SnapshotImage),
+}
+
+impl StorageJob {
+    pub fn is_compaction(&self) -> bool {
+        matches!(self, StorageJob::Compact(_))
+    }
+}
+
+pub enum StorageDone {
+    Written,
+    Compacted { image: SnapshotImage, compact_ms: u128 },
+}
+
+pub type JobResult = Result<StorageDone, StorageError>;
+
+/// A state machine image to build off the driver (`StateMachine::snapshot_job`): the image
+/// as of `index` (of `term`), made by `make`.
+pub struct SnapshotJob {
+    pub index: LogIndex,
+    pub term: Term,
+    pub make: Box<dyn FnOnce() -> Vec<u8> + Send>,
+}
+
+/// A built image, pre-written through the storage's stager where it has one.
+pub struct SnapshotImage {
+    pub snapshot: Snapshot,
+    /// For the log line: how long building and pre-writing the image took.
+    pub build_ms: u128,
+    pub stage_ms: u128,
+}
+
+/// How `Io::build_snapshot` went.
+pub enum SnapshotBuild {
+    /// Built here and now (no threads): hand it straight back.
+    Built(SnapshotImage),
+    /// Building elsewhere; the image arrives through `Executor::snapshot_built`.
+    Started,
+    /// Could not start (no thread could be spawned): try again at the next threshold.
+    Failed(String),
+}
+
+/// Moments of a node's life the executor reports, for checkers and observers. The
+/// simulator's cluster-wide safety checks run on these; production ignores them (its logs
+/// say the same).
+pub enum Observation<'a> {
+    /// A Ready changed the role, term or leader (`core` as it is when the Ready is taken).
+    SoftState { soft_state: SoftState, core: &'a RaftCore },
+    /// About to apply this committed entry (contract step 6).
+    Applying(&'a Entry),
+    /// About to restore the state machine, applied up to `applied_index`, from the leader's
+    /// snapshot (contract step 4).
+    InstallingSnapshot { meta: SnapshotMeta, applied_index: LogIndex },
+}
+
+/// The effects of the executor. Every method must return quickly: the executor calls them
+/// on the driver, between inputs.
+pub trait Io {
+    /// Contract steps 3 and 5: a message to a peer, best effort.
+    fn send(&mut self, message: Message);
+    /// Runs `job` now, on the driver, and returns its result; or, if the storage is busy on
+    /// the thread, queues it there and returns `None` (its result then comes back through
+    /// `Executor::storage_done`, like every queued job's).
+    fn run_inline(&mut self, job: StorageJob) -> Option<JobResult>;
+    /// Queues `job` on the storage thread, behind the jobs already there. Only called when
+    /// `has_threads()`.
+    fn queue(&mut self, job: StorageJob);
+    /// Whether there is a storage thread (and snapshot threads). Without, every job runs
+    /// inline and every image is built inline (`NodeConfig::storage_on_thread` false).
+    fn has_threads(&self) -> bool;
+    /// Builds the image of `job` where it will not hold up the driver.
+    fn build_snapshot(&mut self, job: SnapshotJob) -> SnapshotBuild;
+    fn observe(&mut self, _observation: Observation<'_>) {}
+}
+
+/// Contract step 4 for one job: snapshot, entries, hard state, then one sync for all of them
+/// (and for any write left unsynced before); step 5, `send`, once the sync returned.
+pub fn run_storage_job(storage: &mut (impl Storage + ?Sized), job: StorageJob, send: &mut dyn FnMut(Message)) -> JobResult {
+    match job {
+        StorageJob::Write { snapshot, entries, hard_state, sync, persisted_messages } => {
+            if let Some(snapshot) = &snapshot {
+                storage.install_snapshot(snapshot)?;
+            }
+            storage.append(&entries)?;
+            if let Some(hard_state) = &hard_state {
+                storage.set_hard_state(hard_state)?;
+            }
+            if sync {
+                storage.sync()?;
+            }
+            for message in persisted_messages {
+                send(message);
+            }
+            Ok(StorageDone::Written)
+        }
+        StorageJob::Compact(image) => {
+            let started = std::time::Instant::now();
+            storage.compact(&image.snapshot)?;
+            storage.sync()?;
+            Ok(StorageDone::Compacted { image, compact_ms: started.elapsed().as_millis() })
+        }
+    }
+}
+
+/// Builds the image and pre-writes it through the storage's stager, timing both.
+pub fn build_image(id: NodeId, job: SnapshotJob, stager: &SnapshotStager) -> SnapshotImage {
+    let started = std::time::Instant::now();
+    let snapshot = Snapshot::new(job.index, job.term, (job.make)());
+    let build_ms = started.elapsed().as_millis();
+    if let Err(error) = stager(&snapshot) {
+        // `compact` writes it again on the storage thread, and stops the node if that fails too.
+        tracing::warn!("[NODE {id}] could not pre-write the snapshot at {}: {error}", job.index);
+    }
+    let stage_ms = started.elapsed().as_millis() - build_ms;
+    SnapshotImage { snapshot, build_ms, stage_ms }
+}

@@ -1,0 +1,185 @@
+//! `SimIo`: the simulator's `Io` for the production executor. The executor is the one that
+//! ships (`keel_node::Executor`); only the effects are simulated, on simulated time:
+//!
+//! - **The driver's inline writes take time.** A sync started on the driver holds the node
+//!   for a latency drawn from the seed (`busy_ms`): the simulator delivers nothing to the
+//!   node until it ends, as the blocked tokio task would take nothing from its channels.
+//!   The writes reach `MemoryStorage` at once but become durable only when the sync ends
+//!   (`syncs`), and messages sent after a sync leave only then (`sent`, with their offset):
+//!   a crash in between loses both, as a power cut mid-fsync would.
+//! - **The storage thread** runs queued jobs one at a time, in order; the simulator picks
+//!   when each completes. A job runs whole at its completion (a crash before loses it).
+//! - **Snapshot threads** build images; the simulator picks when each is ready.
+//!
+//! The executor's observations (roles, applied entries, installed snapshots) go to the
+//! shared cluster checker, which records the first safety violation.
+
+use crate::invariants::ClusterChecker;
+use keel_core::Message;
+use keel_node::{DurablePoint, Io, JobResult, MemoryStorage, Observation, SnapshotBuild, SnapshotJob, Storage, StorageError, StorageJob};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// What every node's `SimIo` reports into: the cross-node checker and counters.
+#[derive(Default)]
+pub struct Shared {
+    pub checker: ClusterChecker,
+    /// The first safety violation any node's observations showed.
+    pub violation: Option<String>,
+    pub leaders_elected: u64,
+    pub snapshots_installed: u64,
+}
+
+pub struct SimIo {
+    node: usize,
+    pub storage: MemoryStorage,
+    rng: ChaCha8Rng,
+    disk_latency_ms_max: u64,
+    shared: Rc<RefCell<Shared>>,
+    /// Simulated ms the driver has spent in inline syncs during the current input, shared
+    /// with the node's client-reply closures so a reply is stamped when it was made.
+    busy_ms: Arc<AtomicU64>,
+    /// Messages sent during the current input, each with the `busy_ms` it left at.
+    pub sent: Vec<(u64, Message)>,
+    /// Syncs started during the current input: when each ends, and what it covers.
+    pub syncs: Vec<(u64, DurablePoint)>,
+    /// The storage thread's queue, oldest first; `thread_jobs_new` were queued during the
+    /// current input and have no completion scheduled yet.
+    pub thread_jobs: VecDeque<StorageJob>,
+    pub thread_jobs_new: usize,
+    /// Images to build, oldest first; `snapshot_builds_new` as above.
+    pub snapshot_builds: VecDeque<SnapshotJob>,
+    pub snapshot_builds_new: usize,
+    /// Leader writes left unsynced (`Ready::may_defer_sync`).
+    pub deferred_writes: u64,
+}
+
+impl SimIo {
+    pub fn new(node: usize, storage: MemoryStorage, rng: ChaCha8Rng, disk_latency_ms_max: u64, shared: Rc<RefCell<Shared>>, busy_ms: Arc<AtomicU64>) -> SimIo {
+        busy_ms.store(0, Ordering::Relaxed);
+        SimIo {
+            node,
+            storage,
+            rng,
+            disk_latency_ms_max,
+            shared,
+            busy_ms,
+            sent: Vec::new(),
+            syncs: Vec::new(),
+            thread_jobs: VecDeque::new(),
+            thread_jobs_new: 0,
+            snapshot_builds: VecDeque::new(),
+            snapshot_builds_new: 0,
+            deferred_writes: 0,
+        }
+    }
+
+    pub fn busy_ms(&self) -> u64 {
+        self.busy_ms.load(Ordering::Relaxed)
+    }
+
+    /// The current input is over: its time is accounted for.
+    pub fn reset_busy(&mut self) {
+        self.busy_ms.store(0, Ordering::Relaxed);
+    }
+
+    pub fn disk_latency_ms(&mut self) -> u64 {
+        self.rng.gen_range(1..=self.disk_latency_ms_max)
+    }
+
+    /// The storage thread's next job, run whole now; its persisted messages leave now.
+    pub fn run_thread_job(&mut self) -> Option<(JobResult, Vec<Message>)> {
+        let job = self.thread_jobs.pop_front()?;
+        let mut sent = Vec::new();
+        let result = keel_node::run_storage_job(&mut self.storage, job, &mut |message| sent.push(message));
+        Some((result, sent))
+    }
+}
+
+impl Io for SimIo {
+    fn send(&mut self, message: Message) {
+        self.sent.push((self.busy_ms(), message));
+    }
+
+    fn run_inline(&mut self, job: StorageJob) -> Option<JobResult> {
+        if let StorageJob::Write { entries, sync: false, .. } = &job {
+            self.deferred_writes += u64::from(!entries.is_empty());
+        }
+        let latency_ms = self.disk_latency_ms();
+        let mut disk = TimedSync { storage: &mut self.storage, busy_ms: &self.busy_ms, latency_ms, syncs: &mut self.syncs };
+        let (busy_ms, sent) = (&self.busy_ms, &mut self.sent);
+        Some(keel_node::run_storage_job(&mut disk, job, &mut |message| sent.push((busy_ms.load(Ordering::Relaxed), message))))
+    }
+
+    fn queue(&mut self, job: StorageJob) {
+        self.thread_jobs.push_back(job);
+        self.thread_jobs_new += 1;
+    }
+
+    fn has_threads(&self) -> bool {
+        true
+    }
+
+    fn build_snapshot(&mut self, job: SnapshotJob) -> SnapshotBuild {
+        self.snapshot_builds.push_back(job);
+        self.snapshot_builds_new += 1;
+        SnapshotBuild::Started
+    }
+
+    fn observe(&mut self, observation: Observation<'_>) {
+        let mut shared = self.shared.borrow_mut();
+        let shared = &mut *shared;
+        let result = match observation {
+            Observation::SoftState { soft_state, core } if soft_state.role == keel_core::Role::Leader => {
+                shared.leaders_elected += 1;
+                shared.checker.on_leader(core, soft_state.term)
+            }
+            Observation::SoftState { .. } => Ok(()),
+            Observation::Applying(entry) => shared.checker.on_apply(self.node, entry),
+            Observation::InstallingSnapshot { meta, applied_index } => {
+                shared.snapshots_installed += 1;
+                shared.checker.on_snapshot(meta, applied_index)
+            }
+        };
+        if let Err(violation) = result {
+            shared.violation.get_or_insert(violation);
+        }
+    }
+}
+
+/// `MemoryStorage` whose `sync` takes simulated time: it only notes what the sync covers and
+/// when it ends; the simulator makes that durable then (`MemoryStorage::make_durable`).
+struct TimedSync<'a> {
+    storage: &'a mut MemoryStorage,
+    busy_ms: &'a AtomicU64,
+    latency_ms: u64,
+    syncs: &'a mut Vec<(u64, DurablePoint)>,
+}
+
+impl Storage for TimedSync<'_> {
+    fn initial_state(&self) -> Result<keel_core::RestoredState, StorageError> {
+        self.storage.initial_state()
+    }
+    fn append(&mut self, entries: &[keel_core::Entry]) -> Result<(), StorageError> {
+        self.storage.append(entries)
+    }
+    fn set_hard_state(&mut self, hard_state: &keel_core::HardState) -> Result<(), StorageError> {
+        self.storage.set_hard_state(hard_state)
+    }
+    fn install_snapshot(&mut self, snapshot: &keel_core::Snapshot) -> Result<(), StorageError> {
+        self.storage.install_snapshot(snapshot)
+    }
+    fn compact(&mut self, snapshot: &keel_core::Snapshot) -> Result<(), StorageError> {
+        self.storage.compact(snapshot)
+    }
+    fn sync(&mut self) -> Result<(), StorageError> {
+        let ends_at = self.busy_ms.fetch_add(self.latency_ms, Ordering::Relaxed) + self.latency_ms;
+        self.syncs.push((ends_at, self.storage.durable_point()));
+        Ok(())
+    }
+}
