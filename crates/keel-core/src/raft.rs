@@ -173,12 +173,18 @@ impl RaftCore {
     /// A message from a peer. Term checks first (Figure 2, "All Servers"), then the role's
     /// handler.
     ///
-    /// A message no correct peer would send is refused (`validate.rs`) before anything
-    /// changes; the one exception is a snapshot whose checksum fails, found only when its
-    /// last chunk arrives (the term check has run by then).
+    ///
+    /// A message no correct peer would send is refused (`validate.rs`): checks of its shape
+    /// run before anything changes; checks against our own state (an answer naming what we
+    /// never sent, entries older than our committed log, a snapshot's checksum) run after
+    /// the term check, which may have moved us to the message's term.
     pub fn step(&mut self, message: Message) -> Result<(), StepError> {
         self.check_message(&message)?;
-        let result = if self.check_term(&message) { self.check_answer(&message).and_then(|()| self.dispatch(message)) } else { Ok(()) };
+        let result = if self.check_term(&message) {
+            self.check_answer(&message).and_then(|()| self.check_follows_committed(&message)).and_then(|()| self.dispatch(message))
+        } else {
+            Ok(())
+        };
         self.check_invariants();
         result
     }

@@ -17,8 +17,10 @@ pub struct LogIndex(pub u64);
 pub struct NodeId(pub u64);
 
 impl Term {
-    /// No message may carry it: `next()` of it would overflow. A peer that sends it is broken.
-    pub const MAX: Term = Term(u64::MAX);
+    /// The largest term a message may carry (2^62). Terms grow by one per election, so no
+    /// real cluster comes near it; a peer that sends more is broken, and refusing it keeps
+    /// `next()` from overflowing however many elections follow.
+    pub const MAX: Term = Term(1 << 62);
 
     pub fn next(self) -> Term {
         Term(self.0 + 1)
@@ -27,6 +29,8 @@ impl Term {
 
 impl LogIndex {
     pub const ZERO: LogIndex = LogIndex(0);
+    /// The largest index a message may name (2^62), for the reason `Term::MAX` gives.
+    pub const MAX: LogIndex = LogIndex(1 << 62);
 
     pub fn next(self) -> LogIndex {
         LogIndex(self.0 + 1)

@@ -13,6 +13,12 @@
 //!   they announce, no term at which `next()` overflows.
 //! - **against what we sent** (`check_answer`): a follower's answer to a leader can only
 //!   name indexes and ReadIndex rounds the leader sent it in this term.
+//! - **against what we committed** (`check_follows_committed`): a leader's entries and
+//!   snapshots past our commit index are never older than our last committed entry.
+//!
+//! The shape check runs before anything changes. The other two, and the check of a
+//! snapshot's checksum, run after the term check, which may already have moved this node
+//! to the message's (higher) term.
 
 use crate::message::{AppendResult, Message, MessageBody};
 use crate::raft::RaftCore;
@@ -39,8 +45,8 @@ impl RaftCore {
 
     fn check_shape(&self, message: &Message) -> Result<(), String> {
         let term = message.term;
-        if term == Term::MAX {
-            return Err("term u64::MAX leaves no next term".into());
+        if term > Term::MAX {
+            return Err(format!("term {term} beyond the largest any cluster reaches ({})", Term::MAX));
         }
         match &message.body {
             MessageBody::RequestVote { last_log_index, last_log_term, .. } => check_position(*last_log_index, *last_log_term, term, "last log"),
@@ -81,6 +87,29 @@ impl RaftCore {
     }
 }
 
+impl RaftCore {
+    /// A leader's message that reaches past our committed prefix: every leader holds that
+    /// prefix (§5.4.3, Leader Completeness) and log terms never decrease, so what follows our
+    /// last committed entry cannot be older than it. Refused before it reaches the log or
+    /// the storage, where an older snapshot or entry would break the log's shape.
+    pub(crate) fn check_follows_committed(&self, message: &Message) -> Result<(), StepError> {
+        let commit_index = self.log.commit_index();
+        let (index, term) = match &message.body {
+            MessageBody::AppendEntries { entries, .. } => match entries.get(entries.partition_point(|entry| entry.index <= commit_index)) {
+                Some(entry) => (entry.index, entry.term),
+                None => return Ok(()),
+            },
+            MessageBody::InstallSnapshot { meta, .. } if meta.last_included_index > commit_index => (meta.last_included_index, meta.last_included_term),
+            _ => return Ok(()),
+        };
+        let commit_term = self.log.term(commit_index).expect("the commit index is in the log or is the snapshot's last");
+        if term < commit_term {
+            return Err(invalid(message, format!("index {index} of term {term} would follow committed index {commit_index} of term {commit_term}")));
+        }
+        Ok(())
+    }
+}
+
 fn invalid(message: &Message, reason: String) -> StepError {
     StepError::Invalid { from: message.from, message: message.body.name(), reason }
 }
@@ -92,6 +121,7 @@ fn ensure(condition: bool, reason: impl FnOnce() -> String) -> Result<(), String
 /// A log position `(index, term)` a peer claims: index 0 is the only one of term 0, and no
 /// entry is newer than the term of the message that mentions it.
 fn check_position(index: LogIndex, entry_term: Term, term: Term, what: &str) -> Result<(), String> {
+    ensure(index <= LogIndex::MAX, || format!("{what} index {index} beyond the largest any log reaches ({})", LogIndex::MAX))?;
     ensure((index == LogIndex::ZERO) == (entry_term == Term(0)), || format!("{what} index {index} with term {entry_term}"))?;
     ensure(entry_term <= term, || format!("{what} term {entry_term} beyond the message's term {term}"))
 }
@@ -102,8 +132,8 @@ fn check_position(index: LogIndex, entry_term: Term, term: Term, what: &str) -> 
 fn check_entries(prev_log_index: LogIndex, prev_log_term: Term, entries: &[Entry], term: Term) -> Result<(), String> {
     ensure(term > Term(0), || "AppendEntries in term 0, before any election".into())?;
     check_position(prev_log_index, prev_log_term, term, "previous log")?;
-    let fits = prev_log_index.0.checked_add(entries.len() as u64).is_some_and(|last| last < u64::MAX);
-    ensure(fits, || format!("{} entries after index {prev_log_index} overflow the index space", entries.len()))?;
+    let fits = prev_log_index.0.checked_add(entries.len() as u64).is_some_and(|last| last <= LogIndex::MAX.0);
+    ensure(fits, || format!("{} entries after index {prev_log_index} pass the largest index any log reaches", entries.len()))?;
     let mut previous = (prev_log_index, prev_log_term);
     for entry in entries {
         ensure(entry.index == previous.0.next(), || format!("entry {} does not follow index {}", entry.index, previous.0))?;
@@ -180,10 +210,14 @@ mod tests {
     #[test]
     fn indexes_that_would_overflow_are_refused() {
         let mut core = follower();
-        let reason = refused(&mut core, from_2(2, append((u64::MAX - 1, 1), vec![entry(u64::MAX, 1)])));
-        assert!(reason.contains("overflow"), "{reason}");
-        let reason = refused(&mut core, from_2(u64::MAX, append((0, 0), vec![])));
-        assert!(reason.contains("no next term"), "{reason}");
+        let max = LogIndex::MAX.0;
+        let reason = refused(&mut core, from_2(2, append((max, 1), vec![entry(max + 1, 1)])));
+        assert!(reason.contains("pass the largest index"), "{reason}");
+        let reason = refused(&mut core, from_2(2, append((u64::MAX, 1), vec![])));
+        assert!(reason.contains("beyond the largest any log reaches"), "{reason}");
+        let reason = refused(&mut core, from_2(Term::MAX.0 + 1, append((0, 0), vec![])));
+        assert!(reason.contains("beyond the largest any cluster reaches"), "{reason}");
+        assert!(core.step(from_2(Term::MAX.0, append((0, 0), vec![]))).is_ok(), "the largest term itself is accepted");
     }
 
     #[test]
@@ -206,6 +240,23 @@ mod tests {
         let meta = SnapshotMeta { last_included_index: LogIndex(5), last_included_term: Term(1), data_bytes: (1 << 30) + 1, data_crc32c: 0 };
         let body = MessageBody::InstallSnapshot { meta, offset: 0, data: vec![0; 4], done: false, read_round: 0 };
         assert_eq!(core.step(from_2(1, body)), Err(StepError::SnapshotTooLarge { from: NodeId(2), data_bytes: (1 << 30) + 1, bytes_max: 1 << 30 }));
+    }
+
+    /// Regression (found by `peer_fuzz.rs`): a made-up snapshot past the commit index with a
+    /// term older than the committed log's passed the core and tripped the storage's
+    /// "snapshot term goes backwards" assertion. Entries as old are refused the same way.
+    #[test]
+    fn nothing_older_than_the_committed_log_may_follow_it() {
+        let entries = vec![entry(1, 1), entry(2, 2)];
+        let hard_state = crate::types::HardState { current_term: Term(2), voted_for: None, commit_index: LogIndex(2) };
+        let mut core = RaftCore::new(Config::new(NodeId(1), vec![NodeId(1), NodeId(2), NodeId(3)]), RestoredState { hard_state, snapshot: None, entries });
+        let old = crate::types::Snapshot::new(LogIndex(5), Term(1), vec![1, 2, 3]);
+        let body = MessageBody::InstallSnapshot { meta: old.meta, offset: 0, data: old.data.to_vec(), done: true, read_round: 0 };
+        assert_eq!(refused(&mut core, from_2(2, body)), "index 5 of term 1 would follow committed index 2 of term 2");
+        let body = append((0, 0), vec![entry(1, 1), entry(2, 1), entry(3, 1)]);
+        assert_eq!(refused(&mut core, from_2(2, body)), "index 3 of term 1 would follow committed index 2 of term 2");
+        assert_eq!((core.status().last_log_index, core.status().snapshot_index), (LogIndex(2), LogIndex(0)), "nothing installed or appended");
+        assert!(core.step(from_2(2, append((0, 0), vec![entry(1, 1), entry(2, 2), entry(3, 2)]))).is_ok(), "the genuine entries are taken");
     }
 
     #[test]

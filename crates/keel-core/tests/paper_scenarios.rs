@@ -531,6 +531,70 @@ fn replication_is_exact_and_duplicate_append_entries_are_harmless() {
     }
 }
 
+/// §5.3 after a lost acknowledgement. A heartbeat checks the follower's log at its *next*
+/// index - 1, not at the match index the leader last heard of: a follower that holds
+/// everything answers with its real match index and learns the commit index with it.
+/// Checked at the stale match index, its answer could not move that index, and the follower
+/// stayed one commit behind for good. (Pinned from simulator seeds 23 and 270 on three
+/// nodes, 73 and 212 on five, which found it; since the simulator runs the production
+/// driver, their timing no longer leads there.)
+#[test]
+fn a_heartbeat_repairs_a_lost_acknowledgement_and_carries_the_commit_index() {
+    let mut cluster = Cluster::with(3, |config| config.defer_leader_sync = false);
+    cluster.elect(1);
+    cluster.stabilize();
+    cluster.propose(1, "x");
+    cluster.deliver(1, 2);
+    cluster.deliver(1, 3);
+    assert_eq!(cluster.take_in_flight(3, 1), vec![message(3, 1, 1, append_success(2, 0))], "node 3's acknowledgement, lost");
+    cluster.deliver(2, 1);
+    cluster.stabilize();
+    assert_eq!(cluster.core(1).status().commit_index, LogIndex(2), "x committed with node 2");
+    assert_eq!(cluster.core(3).status().commit_index, LogIndex(1), "node 3 holds x but does not know it committed");
+
+    let heartbeat_ticks = cluster.node(1).config.heartbeat_interval_ticks;
+    cluster.ticks(1, heartbeat_ticks);
+    assert_eq!(cluster.in_flight(1, 3), vec![message(1, 3, 1, append(2, 1, vec![], 2, 0))], "checked at index 2, with commit index 2");
+    let ready = cluster.deliver(1, 3).expect("an answer");
+    assert_eq!(ready.persisted_messages, vec![message(3, 1, 1, append_success(2, 0))]);
+    assert_eq!(ready.committed_entries, vec![command(2, 1, "x")], "node 3 applies x");
+    cluster.stabilize();
+    cluster.assert_disk_matches_core(3);
+}
+
+/// §5.3 after a whole window of lost AppendEntries: with `inflight_messages_max` of them
+/// unanswered, the leader sends no more entries; the heartbeat's log check at next index - 1
+/// fails at the follower, the leader probes back and sends everything again. (The other
+/// half of the bug seeds 23, 270, 73 and 212 found: a heartbeat checked at the match index
+/// succeeded, and the full window was never resent.)
+#[test]
+fn a_heartbeat_resends_a_full_window_of_lost_append_entries() {
+    let mut cluster = Cluster::with(3, |config| {
+        config.defer_leader_sync = false;
+        config.inflight_messages_max = 2;
+        config.append_entries_max = 1;
+    });
+    cluster.elect(1);
+    cluster.stabilize();
+    cluster.propose(1, "a");
+    cluster.propose(1, "b");
+    assert_eq!(cluster.take_in_flight(1, 3).len(), 2, "both AppendEntries to node 3 are lost");
+    cluster.propose(1, "c");
+    assert!(cluster.in_flight(1, 3).is_empty(), "the window to node 3 is full: nothing more leaves");
+    cluster.stabilize();
+    assert_eq!(cluster.core(1).status().commit_index, LogIndex(4), "a, b and c commit with node 2");
+
+    let heartbeat_ticks = cluster.node(1).config.heartbeat_interval_ticks;
+    cluster.ticks(1, heartbeat_ticks);
+    assert_eq!(cluster.in_flight(1, 3), vec![message(1, 3, 1, append(3, 1, vec![], 4, 0))], "checked at the index after the window");
+    let ready = cluster.deliver(1, 3).expect("an answer");
+    assert_eq!(ready.persisted_messages, vec![message(3, 1, 1, append_conflict(3, None, 2, 0))], "node 3 lacks index 3");
+    cluster.stabilize();
+    assert_eq!(cluster.log(3), cluster.log(1), "the probe resent a, b and c");
+    assert_eq!(cluster.core(3).status().commit_index, LogIndex(4));
+    assert_eq!(cluster.node(3).state_machine.bytes, b"abc");
+}
+
 /// Thesis §10.2.1: the leader sends AppendEntries before its own write, so it must not count
 /// itself towards a majority until its write is durable. With both followers keeping up it
 /// need not even sync at once (`may_defer_sync`): it counts itself after the next synced
@@ -830,6 +894,41 @@ fn snapshot_transfer_restarts_from_the_offset_the_follower_asks_for() {
     assert_eq!(cluster.stored(3).snapshot.as_ref(), Some(&snapshot));
     assert_eq!(cluster.node(3).state_machine.bytes, b"abcdefghijk");
     cluster.assert_disk_matches_core(3);
+}
+
+/// §7 and the metadata's checksum: an image whose bytes do not match the CRC-32C its
+/// metadata carries is refused when its last chunk arrives, nothing is installed, and the
+/// transfer starts over from the first chunk.
+#[test]
+fn a_snapshot_that_fails_its_checksum_is_refused_and_sent_again() {
+    let (mut cluster, snapshot) = follower_behind_a_compacted_leader();
+    let meta = snapshot.meta;
+    let before = (cluster.core(3).status(), cluster.log(3));
+    for (offset, chunk, done) in [(0, "abcd", false), (4, "eXgh", false)] {
+        cluster.core_mut(3).step(install_snapshot(meta, offset, chunk, done)).expect("a chunk that fits");
+    }
+    let refused = cluster.core_mut(3).step(install_snapshot(meta, 8, "i", true));
+    let expected = keel_core::StepError::SnapshotChecksum { from: NodeId(1), index: LogIndex(10), expected: meta.data_crc32c, actual: crc32c_of(b"abcdeXghi") };
+    assert_eq!(refused, Err(expected));
+    cluster.process(3);
+    assert_eq!(cluster.stored(3).snapshot, None, "nothing installed");
+    assert_eq!((cluster.core(3).status(), cluster.log(3)), before, "node 3 is as it was");
+
+    // A chunk after the refusal asks for the image from its start again.
+    cluster.core_mut(3).step(install_snapshot(meta, 4, "efgh", false)).expect("a chunk that fits");
+    let ready = cluster.process(3).expect("an answer");
+    assert_eq!(ready.persisted_messages, vec![install_snapshot_response(meta, 0, false)]);
+    cluster.heal();
+    for _ in 0..20 {
+        cluster.tick_all();
+        cluster.stabilize();
+    }
+    assert_eq!(cluster.stored(3).snapshot.as_ref(), Some(&snapshot), "the genuine image installs");
+    assert_eq!(cluster.node(3).state_machine.bytes, b"abcdefghijk");
+}
+
+fn crc32c_of(bytes: &[u8]) -> u32 {
+    keel_core::Snapshot::new(LogIndex(1), Term(1), bytes.to_vec()).meta.data_crc32c
 }
 
 /// Three nodes where node 3 was away while the leader committed "a".."i" (indexes 2..=10),

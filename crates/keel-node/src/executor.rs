@@ -234,10 +234,7 @@ impl<SM: StateMachine, I: Io> Executor<SM, I> {
             if self.inflight.is_none() && self.core.has_ready() {
                 self.start_ready();
             }
-            let Some(done) = self.completed.pop_front() else { break };
-            if matches!(done, Ok(StorageDone::Compacted { .. })) {
-                self.compacting = false;
-            }
+            let Some(done) = self.next_completion() else { break };
             match done {
                 Ok(StorageDone::Written) => self.on_persisted()?,
                 Ok(StorageDone::Compacted { image, compact_ms }) => self.on_compacted(image, compact_ms),
@@ -251,6 +248,16 @@ impl<SM: StateMachine, I: Io> Executor<SM, I> {
             }
         }
         Ok(())
+    }
+
+    /// The oldest finished job; once a compaction's is handed over, inline jobs may run
+    /// inline again.
+    fn next_completion(&mut self) -> Option<JobResult> {
+        let done = self.completed.pop_front()?;
+        if matches!(done, Ok(StorageDone::Compacted { .. })) {
+            self.compacting = false;
+        }
+        Some(done)
     }
 
     /// Runs `job` inline if asked and no compaction is ahead of it, else on the thread.
@@ -497,5 +504,150 @@ pub(crate) fn read_error(error: ReadError) -> NodeError {
         ReadError::NotLeader { leader_hint } => NodeError::NotLeader { leader_hint },
         ReadError::LeadershipLost => NodeError::LeadershipLost,
         ReadError::TooManyPending => NodeError::Overloaded,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{build_image, run_storage_job};
+    use crate::storage::SnapshotStager;
+    use crate::storage_memory::MemoryStorage;
+    use keel_core::{Snapshot, Term};
+    use keel_kv::{Command, KvStore};
+
+    /// Records where each job went; queued jobs are kept, not run (a thread that is busy).
+    struct TestIo {
+        storage: MemoryStorage,
+        threads: bool,
+        ran_inline: Vec<String>,
+        queued: Vec<String>,
+        snapshots_built: usize,
+    }
+
+    fn describe(job: &StorageJob) -> String {
+        match job {
+            StorageJob::Write { entries, .. } => format!("write {:?}", entries.iter().map(|entry| entry.index.0).collect::<Vec<_>>()),
+            StorageJob::Compact(image) => format!("compact {}", image.snapshot.meta.last_included_index),
+        }
+    }
+
+    impl Io for TestIo {
+        fn send(&mut self, _message: Message) {}
+        fn run_inline(&mut self, job: StorageJob) -> Option<JobResult> {
+            self.ran_inline.push(describe(&job));
+            Some(run_storage_job(&mut self.storage, job, &mut |_| {}))
+        }
+        fn queue(&mut self, job: StorageJob) {
+            self.queued.push(describe(&job));
+        }
+        fn has_threads(&self) -> bool {
+            self.threads
+        }
+        fn build_snapshot(&mut self, job: SnapshotJob) -> SnapshotBuild {
+            self.snapshots_built += 1;
+            let stager: SnapshotStager = Box::new(|_| Ok(()));
+            SnapshotBuild::Built(build_image(NodeId(1), job, &stager))
+        }
+    }
+
+    fn single_node(threads: bool, configure: impl FnOnce(&mut NodeConfig)) -> Executor<KvStore, TestIo> {
+        let mut config = NodeConfig::new(NodeId(1), vec![NodeId(1)]);
+        config.random_seed = Some(7);
+        configure(&mut config);
+        let io = TestIo { storage: MemoryStorage::new(), threads, ran_inline: Vec::new(), queued: Vec::new(), snapshots_built: 0 };
+        Executor::new(&config, RestoredState::default(), KvStore::new(), io).expect("valid configuration")
+    }
+
+    fn write(index: u64) -> StorageJob {
+        let entries = vec![Entry { term: Term(1), index: LogIndex(index), kind: keel_core::EntryKind::Noop }];
+        StorageJob::Write { snapshot: None, entries, hard_state: None, sync: false, persisted_messages: Vec::new() }
+    }
+
+    fn compaction(index: u64) -> StorageJob {
+        StorageJob::Compact(SnapshotImage { snapshot: Snapshot::new(LogIndex(index), Term(1), Vec::new()), build_ms: 0, stage_ms: 0 })
+    }
+
+    /// The order rule of the module doc: a write the executor would run inline waits behind
+    /// a compaction still queued on the thread (else it could reach storage first), and
+    /// runs inline again once that compaction's completion is handed over.
+    #[test]
+    fn an_inline_write_queues_behind_a_pending_compaction() {
+        let mut executor = single_node(true, |_| {});
+        executor.submit(compaction(2), false);
+        executor.submit(write(5), true);
+        assert_eq!(executor.io.queued, ["compact 2", "write [5]"], "the write must not overtake the queued compaction");
+        assert!(executor.io.ran_inline.is_empty());
+
+        let compacted = StorageDone::Compacted { image: SnapshotImage { snapshot: Snapshot::new(LogIndex(2), Term(1), Vec::new()), build_ms: 0, stage_ms: 0 }, compact_ms: 0 };
+        executor.storage_done(Ok(compacted));
+        executor.storage_done(Ok(StorageDone::Written));
+        assert!(matches!(executor.next_completion(), Some(Ok(StorageDone::Compacted { .. }))));
+        assert!(matches!(executor.next_completion(), Some(Ok(StorageDone::Written))));
+        executor.submit(write(1), true);
+        assert_eq!(executor.io.ran_inline, ["write [1]"], "with the compaction done, inline again");
+    }
+
+    /// Leads alone: ticks until elected, then carries out everything.
+    fn lead(executor: &mut Executor<KvStore, TestIo>) {
+        for _ in 0..100 {
+            executor.tick();
+            executor.drive().expect("memory storage");
+        }
+        assert_eq!(executor.core().role(), Role::Leader);
+    }
+
+    fn propose_value(executor: &mut Executor<KvStore, TestIo>, key: &str, value_bytes: usize) {
+        let command = Command::Set { key: key.into(), value: vec![b'v'; value_bytes] }.encode().unwrap();
+        executor.propose(command, Box::new(|result| assert!(result.is_ok(), "{result:?}")));
+        executor.drive().expect("memory storage");
+    }
+
+    /// §7 with large values: the snapshot comes once the applied entries hold
+    /// `snapshot_threshold_bytes`, long before `snapshot_threshold_entries` of them.
+    #[test]
+    fn a_snapshot_is_taken_once_enough_bytes_were_applied() {
+        let mut executor = single_node(false, |config| {
+            config.snapshot_threshold_entries = 1_000;
+            config.snapshot_threshold_bytes = 3_000;
+        });
+        lead(&mut executor);
+        for key in ["a", "b"] {
+            propose_value(&mut executor, key, 1_000);
+        }
+        assert_eq!(executor.io.snapshots_built, 0, "about 2 KB applied");
+        propose_value(&mut executor, "c", 1_000);
+        assert_eq!(executor.io.snapshots_built, 1, "about 3 KB applied");
+        assert_eq!(executor.core().status().snapshot_index, LogIndex(4), "the no-op and a, b, c are in the snapshot");
+        propose_value(&mut executor, "d", 1_000);
+        assert_eq!(executor.io.snapshots_built, 1, "the count starts again after a snapshot");
+    }
+
+    /// A snapshot whose checksum holds but whose image the state machine cannot read (a
+    /// leader whose state machine writes another format) stops the node with the reason,
+    /// rather than panic or serve a state it does not have.
+    #[test]
+    fn an_image_the_state_machine_cannot_read_stops_the_node() {
+        let config = NodeConfig::new(NodeId(1), vec![NodeId(1), NodeId(2), NodeId(3)]);
+        let io = TestIo { storage: MemoryStorage::new(), threads: false, ran_inline: Vec::new(), queued: Vec::new(), snapshots_built: 0 };
+        let mut executor: Executor<KvStore, TestIo> = Executor::new(&config, RestoredState::default(), KvStore::new(), io).unwrap();
+        let image = Snapshot::new(LogIndex(5), Term(1), b"not a key-value image".to_vec());
+        let body = keel_core::MessageBody::InstallSnapshot { meta: image.meta, offset: 0, data: image.data.to_vec(), done: true, read_round: 0 };
+        executor.step(Message { from: NodeId(2), to: NodeId(1), term: Term(1), body }).expect("a well-formed chunk");
+        let stopped = executor.drive().expect_err("the node must stop");
+        assert!(stopped.starts_with("cannot restore the snapshot at 5 from the leader"), "{stopped}");
+    }
+
+    #[test]
+    fn no_snapshot_by_bytes_when_the_byte_threshold_is_off() {
+        let mut executor = single_node(false, |config| {
+            config.snapshot_threshold_entries = 1_000;
+            config.snapshot_threshold_bytes = 0;
+        });
+        lead(&mut executor);
+        for key in ["a", "b", "c", "d"] {
+            propose_value(&mut executor, key, 10_000);
+        }
+        assert_eq!(executor.io.snapshots_built, 0);
     }
 }

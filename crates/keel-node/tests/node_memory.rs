@@ -539,3 +539,24 @@ async fn proposals_woken_together_share_one_append() {
     in_flight.await.unwrap().expect("committed");
     assert!(client_appends <= 2, "{CLIENTS} proposals woken together took {client_appends} appends on the leader");
 }
+
+/// A peer message no correct peer would send is refused, counted in the node's status, and
+/// changes nothing: the cluster keeps its leader and its log.
+#[tokio::test(start_paused = true)]
+async fn an_invalid_peer_message_is_counted_and_dropped() {
+    use keel_core::{Entry, EntryKind, Message, MessageBody};
+    use keel_node::Transport;
+    let cluster = Cluster::new(0);
+    let leader = cluster.wait_for_leader(&MEMBERS).await;
+    let follower = MEMBERS.into_iter().find(|id| *id != leader).unwrap();
+    let before = cluster.handle(follower).status().raft;
+    // Entries that do not follow prev_log_index, from the leader's own id and term.
+    let entries = vec![Entry { term: before.term, index: LogIndex(before.last_log_index.0 + 5), kind: EntryKind::Noop }];
+    let body = MessageBody::AppendEntries { prev_log_index: before.last_log_index, prev_log_term: before.last_log_term, entries, leader_commit: before.commit_index, read_round: 0 };
+    cluster.network.transport(leader).send(Message { from: leader, to: follower, term: before.term, body });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after = cluster.handle(follower).status();
+    assert_eq!(after.peer_messages_refused, 1);
+    assert_eq!((after.raft.term, after.raft.last_log_index, after.raft.leader_id), (before.term, before.last_log_index, Some(leader)));
+    assert_eq!(cluster.leaders(), vec![(leader, before.term)]);
+}

@@ -13,6 +13,7 @@ pub const DEFAULT_CLUSTER_ID: &str = "keel-local";
 pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
 pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 300;
 pub const DEFAULT_SNAPSHOT_THRESHOLD: u64 = 10_000;
+pub const DEFAULT_SNAPSHOT_THRESHOLD_BYTES: u64 = 64 << 20;
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_VALUE_BYTES_MAX: usize = 1 << 20;
 /// A value travels in one log entry and so in one peer request, whose body the HTTP
@@ -61,6 +62,10 @@ pub struct ServeArgs {
     /// Take a snapshot after this many applied entries; 0 disables [default: 10000].
     #[arg(long, env = "KEEL_SNAPSHOT_THRESHOLD", value_name = "ENTRIES")]
     pub snapshot_threshold: Option<u64>,
+    /// ... or once the entries applied since the last snapshot hold this many bytes, so large
+    /// values are compacted before the log fills memory; 0 disables [default: 67108864].
+    #[arg(long, env = "KEEL_SNAPSHOT_THRESHOLD_BYTES", value_name = "BYTES")]
+    pub snapshot_threshold_bytes: Option<u64>,
     /// How long a client request may wait for commit or a read confirmation [default: 5000].
     #[arg(long, env = "KEEL_REQUEST_TIMEOUT_MS", value_name = "MS")]
     pub request_timeout_ms: Option<u64>,
@@ -87,6 +92,7 @@ struct FileConfig {
     heartbeat_ms: Option<u64>,
     election_timeout_ms: Option<u64>,
     snapshot_threshold: Option<u64>,
+    snapshot_threshold_bytes: Option<u64>,
     request_timeout_ms: Option<u64>,
     value_bytes_max: Option<usize>,
     log_format: Option<LogFormat>,
@@ -113,6 +119,7 @@ pub struct ServerConfig {
     pub heartbeat_ms: u64,
     pub election_timeout_ms: u64,
     pub snapshot_threshold_entries: u64,
+    pub snapshot_threshold_bytes: u64,
     pub request_timeout_ms: u64,
     pub value_bytes_max: usize,
     pub log_format: LogFormat,
@@ -132,6 +139,7 @@ impl ServerConfig {
             heartbeat_ms: DEFAULT_HEARTBEAT_MS,
             election_timeout_ms: DEFAULT_ELECTION_TIMEOUT_MS,
             snapshot_threshold_entries: DEFAULT_SNAPSHOT_THRESHOLD,
+            snapshot_threshold_bytes: DEFAULT_SNAPSHOT_THRESHOLD_BYTES,
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             value_bytes_max: DEFAULT_VALUE_BYTES_MAX,
             log_format: LogFormat::Text,
@@ -161,6 +169,7 @@ impl ServerConfig {
         config.heartbeat_ms = args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(config.heartbeat_ms);
         config.election_timeout_ms = args.election_timeout_ms.or(file.election_timeout_ms).unwrap_or(config.election_timeout_ms);
         config.snapshot_threshold_entries = args.snapshot_threshold.or(file.snapshot_threshold).unwrap_or(config.snapshot_threshold_entries);
+        config.snapshot_threshold_bytes = args.snapshot_threshold_bytes.or(file.snapshot_threshold_bytes).unwrap_or(config.snapshot_threshold_bytes);
         config.request_timeout_ms = args.request_timeout_ms.or(file.request_timeout_ms).unwrap_or(config.request_timeout_ms);
         config.value_bytes_max = args.value_bytes_max.or(file.value_bytes_max).unwrap_or(config.value_bytes_max);
         config.log_format = args.log_format.or(file.log_format).unwrap_or(config.log_format);
@@ -193,6 +202,7 @@ impl ServerConfig {
         config.heartbeat_ms = self.heartbeat_ms;
         config.election_timeout_ms = self.election_timeout_ms;
         config.snapshot_threshold_entries = self.snapshot_threshold_entries;
+        config.snapshot_threshold_bytes = self.snapshot_threshold_bytes;
         config
     }
 
@@ -304,6 +314,19 @@ mod tests {
         let overridden = ServeArgs { config: Some(path), id: Some(1), heartbeat_ms: Some(60), ..ServeArgs::default() };
         let merged = ServerConfig::resolve(overridden).unwrap();
         assert_eq!((merged.id, merged.heartbeat_ms, merged.cluster_id.as_str()), (NodeId(1), 60, "prod"));
+    }
+
+    #[test]
+    fn the_byte_threshold_for_snapshots_reaches_the_node() {
+        let config = ServerConfig::resolve(args("1=h:1")).unwrap();
+        assert_eq!(config.node_config().snapshot_threshold_bytes, DEFAULT_SNAPSHOT_THRESHOLD_BYTES);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keel.toml");
+        std::fs::write(&path, "snapshot_threshold_bytes = 1000\n").unwrap();
+        let from_file = ServerConfig::resolve(ServeArgs { config: Some(path.clone()), ..args("1=h:1") }).unwrap();
+        assert_eq!(from_file.node_config().snapshot_threshold_bytes, 1000);
+        let flag = ServerConfig::resolve(ServeArgs { config: Some(path), snapshot_threshold_bytes: Some(0), ..args("1=h:1") }).unwrap();
+        assert_eq!(flag.node_config().snapshot_threshold_bytes, 0, "0 switches it off");
     }
 
     #[test]

@@ -299,6 +299,20 @@ impl Cluster {
         taken.into()
     }
 
+    /// A copy of the message in flight at `position` (modulo how many are in flight).
+    pub fn in_flight_at(&self, position: usize) -> Option<Message> {
+        (!self.network.is_empty()).then(|| self.network[position % self.network.len()].clone())
+    }
+
+    /// Removes and returns the message in flight at `position` (modulo how many there are).
+    pub fn take_in_flight_at(&mut self, position: usize) -> Option<Message> {
+        if self.network.is_empty() {
+            return None;
+        }
+        let position = position % self.network.len();
+        self.network.remove(position)
+    }
+
     /// Steps one message into its addressee (unless a partition loses it), then runs the
     /// addressee's Ready and returns it.
     pub fn deliver_message(&mut self, message: Message) -> Option<ReadyRecord> {
