@@ -1,5 +1,7 @@
-//! What can go wrong with a client request, and whether it may have taken effect.
+//! What can go wrong with a client request, and whether it may have taken effect; and why
+//! a node cannot start.
 
+use crate::storage::StorageError;
 use keel_core::NodeId;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,3 +53,23 @@ impl std::fmt::Display for NodeError {
 }
 
 impl std::error::Error for NodeError {}
+
+/// Why a node could not start.
+#[derive(Debug)]
+pub enum StartError {
+    Config(String),
+    Storage(StorageError),
+    Snapshot(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(problem) => write!(f, "invalid configuration: {problem}"),
+            StartError::Storage(error) => write!(f, "cannot recover from storage: {error}"),
+            StartError::Snapshot(problem) => write!(f, "cannot restore the state machine from the snapshot: {problem}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}

@@ -27,17 +27,19 @@
 //! over it).
 
 use crate::config::NodeConfig;
-use crate::error::NodeError;
+use crate::error::{NodeError, StartError};
 use crate::io::{Io, JobResult, Observation, SnapshotBuild, SnapshotImage, SnapshotJob, StorageDone, StorageJob};
-use crate::node::{Consistency, StartError};
 use keel_core::{Entry, HardState, LogIndex, Message, NodeId, RaftCore, ReadError, Ready, RestoredState, Role, SnapshotMeta, StateMachine, StepError, Term};
 use std::collections::{BTreeMap, VecDeque};
 use tracing::{debug, error, info, warn};
 
-/// Answers a proposal: its index and the state machine's output, or why it failed.
-pub type ProposeReply<SM> = Box<dyn FnOnce(Result<(LogIndex, <SM as StateMachine>::Output), NodeError>) + Send>;
-/// Runs a read against the state machine as of the applied index it is given.
-pub type ReadFn<SM> = Box<dyn FnOnce(Result<(LogIndex, &SM), NodeError>) + Send>;
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// ReadIndex (thesis §6.4): reflects every write acknowledged before the read began.
+    Linearizable,
+    /// This node's applied state, however old.
+    Stale,
+}
 
 /// Rules of the driver broken on purpose, to prove the simulator notices (as `Faults` does
 /// for the core's rules).
@@ -51,7 +53,7 @@ pub struct DriverFaults {
     pub skip_leader_sync: bool,
 }
 
-pub struct Executor<SM: StateMachine, I: Io> {
+pub struct Executor<SM: StateMachine, I: Io<SM>> {
     id: NodeId,
     core: RaftCore,
     state_machine: SM,
@@ -64,9 +66,9 @@ pub struct Executor<SM: StateMachine, I: Io> {
     completed: VecDeque<JobResult>,
     /// A compaction is queued or running on the thread: inline jobs queue behind it.
     compacting: bool,
-    proposals: BTreeMap<LogIndex, (Term, ProposeReply<SM>)>,
-    reads: BTreeMap<u64, ReadFn<SM>>,
-    reads_waiting_apply: Vec<(LogIndex, ReadFn<SM>)>,
+    proposals: BTreeMap<LogIndex, (Term, I::Proposal)>,
+    reads: BTreeMap<u64, I::Read>,
+    reads_waiting_apply: Vec<(LogIndex, I::Read)>,
     next_read_id: u64,
     /// The latest snapshot handed to storage: ours, or one installed from the leader.
     snapshot_index: LogIndex,
@@ -84,7 +86,7 @@ pub struct Executor<SM: StateMachine, I: Io> {
     pub faults: DriverFaults,
 }
 
-impl<SM: StateMachine, I: Io> Executor<SM, I> {
+impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
     /// A node recovered from `restored` (its storage's `initial_state`); `state_machine` must
     /// be empty and is restored from the snapshot there.
     pub fn new(config: &NodeConfig, restored: RestoredState, mut state_machine: SM, io: I) -> Result<Executor<SM, I>, StartError> {
@@ -127,6 +129,7 @@ impl<SM: StateMachine, I: Io> Executor<SM, I> {
     }
 
     /// A peer message. A refusal (`StepError`) changes nothing; it is logged and counted.
+    #[inline]
     pub fn step(&mut self, message: Message) -> Result<(), StepError> {
         let result = self.core.step(message);
         if let Err(error) = &result {
@@ -135,26 +138,26 @@ impl<SM: StateMachine, I: Io> Executor<SM, I> {
         result
     }
 
-    pub fn propose(&mut self, command: Vec<u8>, reply: ProposeReply<SM>) {
+    pub fn propose(&mut self, command: Vec<u8>, proposal: I::Proposal) {
         match self.core.propose(command) {
             Ok((index, term)) => {
-                self.proposals.insert(index, (term, reply));
+                self.proposals.insert(index, (term, proposal));
             }
-            Err(keel_core::ProposeError::NotLeader { leader_hint }) => reply(Err(NodeError::NotLeader { leader_hint })),
-            Err(keel_core::ProposeError::TooManyUncommitted) => reply(Err(NodeError::Overloaded)),
+            Err(keel_core::ProposeError::NotLeader { leader_hint }) => self.io.answer_proposal(proposal, Err(NodeError::NotLeader { leader_hint })),
+            Err(keel_core::ProposeError::TooManyUncommitted) => self.io.answer_proposal(proposal, Err(NodeError::Overloaded)),
         }
     }
 
-    pub fn read(&mut self, consistency: Consistency, run: ReadFn<SM>) {
+    pub fn read(&mut self, consistency: Consistency, read: I::Read) {
         if consistency == Consistency::Stale {
-            return run(Ok((self.state_machine.applied_index(), &self.state_machine)));
+            return self.io.answer_read(read, Ok((self.state_machine.applied_index(), &self.state_machine)));
         }
         self.next_read_id += 1;
         match self.core.read_index(self.next_read_id) {
             Ok(()) => {
-                self.reads.insert(self.next_read_id, run);
+                self.reads.insert(self.next_read_id, read);
             }
-            Err(error) => run(Err(read_error(error))),
+            Err(error) => self.io.answer_read(read, Err(read_error(error))),
         }
     }
 
@@ -179,12 +182,12 @@ impl<SM: StateMachine, I: Io> Executor<SM, I> {
 
     /// Answers every waiting client with `NodeError::Stopped`: the node is going away.
     pub fn stop(&mut self) {
-        for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
-            reply(Err(NodeError::Stopped));
+        for (_, (_, proposal)) in std::mem::take(&mut self.proposals) {
+            self.io.answer_proposal(proposal, Err(NodeError::Stopped));
         }
-        let reads = std::mem::take(&mut self.reads).into_values().chain(std::mem::take(&mut self.reads_waiting_apply).into_iter().map(|(_, run)| run));
-        for run in reads {
-            run(Err(NodeError::Stopped));
+        let reads = std::mem::take(&mut self.reads).into_values().chain(std::mem::take(&mut self.reads_waiting_apply).into_iter().map(|(_, read)| read));
+        for read in reads {
+            self.io.answer_read(read, Err(NodeError::Stopped));
         }
     }
 
@@ -344,10 +347,10 @@ impl<SM: StateMachine, I: Io> Executor<SM, I> {
             self.apply(&entry);
         }
         for read_state in std::mem::take(&mut ready.read_states) {
-            let Some(run) = self.reads.remove(&read_state.request_id) else { continue };
+            let Some(read) = self.reads.remove(&read_state.request_id) else { continue };
             match read_state.result {
-                Ok(index) => self.reads_waiting_apply.push((index, run)),
-                Err(error) => run(Err(read_error(error))),
+                Ok(index) => self.reads_waiting_apply.push((index, read)),
+                Err(error) => self.io.answer_read(read, Err(read_error(error))),
             }
         }
         self.core.advance(ready);
@@ -373,8 +376,8 @@ impl<SM: StateMachine, I: Io> Executor<SM, I> {
         if !self.proposals.is_empty() {
             info!("[NODE {}] no longer leader: {} pending proposals end with an unknown outcome", self.id, self.proposals.len());
         }
-        for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
-            reply(Err(NodeError::OutcomeUnknown));
+        for (_, (_, proposal)) in std::mem::take(&mut self.proposals) {
+            self.io.answer_proposal(proposal, Err(NodeError::OutcomeUnknown));
         }
     }
 
@@ -391,8 +394,8 @@ impl<SM: StateMachine, I: Io> Executor<SM, I> {
         // Proposals inside the snapshot: we cannot tell whether ours was the entry applied.
         let covered: Vec<LogIndex> = self.proposals.range(..=meta.last_included_index).map(|(index, _)| *index).collect();
         for index in covered {
-            let (_, reply) = self.proposals.remove(&index).expect("listed above");
-            reply(Err(NodeError::OutcomeUnknown));
+            let (_, proposal) = self.proposals.remove(&index).expect("listed above");
+            self.io.answer_proposal(proposal, Err(NodeError::OutcomeUnknown));
         }
         Ok(())
     }
@@ -402,9 +405,9 @@ impl<SM: StateMachine, I: Io> Executor<SM, I> {
         self.io.observe(Observation::Applying(entry));
         let output = self.state_machine.apply(entry);
         self.applied_bytes_since_snapshot += entry.size_bytes() as u64;
-        if let Some((term, reply)) = self.proposals.remove(&entry.index) {
+        if let Some((term, proposal)) = self.proposals.remove(&entry.index) {
             let result = if term == entry.term { Ok((entry.index, output)) } else { Err(NodeError::Dropped) };
-            reply(result);
+            self.io.answer_proposal(proposal, result);
         }
     }
 
@@ -412,11 +415,11 @@ impl<SM: StateMachine, I: Io> Executor<SM, I> {
     fn serve_reads(&mut self) {
         let applied = self.state_machine.applied_index();
         let waiting = std::mem::take(&mut self.reads_waiting_apply);
-        for (index, run) in waiting {
+        for (index, read) in waiting {
             if index <= applied {
-                run(Ok((applied, &self.state_machine)));
+                self.io.answer_read(read, Ok((applied, &self.state_machine)));
             } else {
-                self.reads_waiting_apply.push((index, run));
+                self.reads_waiting_apply.push((index, read));
             }
         }
     }
@@ -449,6 +452,7 @@ impl<SM: StateMachine, I: Io> Executor<SM, I> {
 
     /// A peer that sends what no correct peer would is broken or misconfigured: say so, but
     /// not at every heartbeat (the 1st, 10th, 100th, ... refusal is a warning).
+    #[cold]
     fn on_refused(&mut self, error: &StepError) {
         self.refused_messages += 1;
         let count = self.refused_messages;
@@ -517,12 +521,14 @@ mod tests {
     use keel_kv::{Command, KvStore};
 
     /// Records where each job went; queued jobs are kept, not run (a thread that is busy).
+    /// Proposals are named; their answers are kept.
     struct TestIo {
         storage: MemoryStorage,
         threads: bool,
         ran_inline: Vec<String>,
         queued: Vec<String>,
         snapshots_built: usize,
+        answers: Vec<(&'static str, bool)>,
     }
 
     fn describe(job: &StorageJob) -> String {
@@ -532,7 +538,13 @@ mod tests {
         }
     }
 
-    impl Io for TestIo {
+    impl Io<KvStore> for TestIo {
+        type Proposal = &'static str;
+        type Read = ();
+        fn answer_proposal(&mut self, proposal: &'static str, result: crate::io::ProposeResult<KvStore>) {
+            self.answers.push((proposal, result.is_ok()));
+        }
+        fn answer_read(&mut self, _read: (), _result: Result<(LogIndex, &KvStore), NodeError>) {}
         fn send(&mut self, _message: Message) {}
         fn run_inline(&mut self, job: StorageJob) -> Option<JobResult> {
             self.ran_inline.push(describe(&job));
@@ -551,12 +563,15 @@ mod tests {
         }
     }
 
+    fn test_io(threads: bool) -> TestIo {
+        TestIo { storage: MemoryStorage::new(), threads, ran_inline: Vec::new(), queued: Vec::new(), snapshots_built: 0, answers: Vec::new() }
+    }
+
     fn single_node(threads: bool, configure: impl FnOnce(&mut NodeConfig)) -> Executor<KvStore, TestIo> {
         let mut config = NodeConfig::new(NodeId(1), vec![NodeId(1)]);
         config.random_seed = Some(7);
         configure(&mut config);
-        let io = TestIo { storage: MemoryStorage::new(), threads, ran_inline: Vec::new(), queued: Vec::new(), snapshots_built: 0 };
-        Executor::new(&config, RestoredState::default(), KvStore::new(), io).expect("valid configuration")
+        Executor::new(&config, RestoredState::default(), KvStore::new(), test_io(threads)).expect("valid configuration")
     }
 
     fn write(index: u64) -> StorageJob {
@@ -597,10 +612,11 @@ mod tests {
         assert_eq!(executor.core().role(), Role::Leader);
     }
 
-    fn propose_value(executor: &mut Executor<KvStore, TestIo>, key: &str, value_bytes: usize) {
+    fn propose_value(executor: &mut Executor<KvStore, TestIo>, key: &'static str, value_bytes: usize) {
         let command = Command::Set { key: key.into(), value: vec![b'v'; value_bytes] }.encode().unwrap();
-        executor.propose(command, Box::new(|result| assert!(result.is_ok(), "{result:?}")));
+        executor.propose(command, key);
         executor.drive().expect("memory storage");
+        assert_eq!(executor.io.answers.last(), Some(&(key, true)), "{key} applied");
     }
 
     /// §7 with large values: the snapshot comes once the applied entries hold
@@ -629,8 +645,7 @@ mod tests {
     #[test]
     fn an_image_the_state_machine_cannot_read_stops_the_node() {
         let config = NodeConfig::new(NodeId(1), vec![NodeId(1), NodeId(2), NodeId(3)]);
-        let io = TestIo { storage: MemoryStorage::new(), threads: false, ran_inline: Vec::new(), queued: Vec::new(), snapshots_built: 0 };
-        let mut executor: Executor<KvStore, TestIo> = Executor::new(&config, RestoredState::default(), KvStore::new(), io).unwrap();
+        let mut executor: Executor<KvStore, TestIo> = Executor::new(&config, RestoredState::default(), KvStore::new(), test_io(false)).unwrap();
         let image = Snapshot::new(LogIndex(5), Term(1), b"not a key-value image".to_vec());
         let body = keel_core::MessageBody::InstallSnapshot { meta: image.meta, offset: 0, data: image.data.to_vec(), done: true, read_round: 0 };
         executor.step(Message { from: NodeId(2), to: NodeId(1), term: Term(1), body }).expect("a well-formed chunk");

@@ -8,8 +8,13 @@
 //! completes, how long a sync takes, and when a crash cuts it short. Every storage job, in
 //! both, goes through [`run_storage_job`], and every snapshot image through [`build_image`].
 
+use crate::error::NodeError;
 use crate::storage::{SnapshotStager, Storage, StorageError};
-use keel_core::{Entry, HardState, LogIndex, Message, NodeId, RaftCore, Snapshot, SnapshotMeta, SoftState, Term};
+use keel_core::{Entry, HardState, LogIndex, Message, NodeId, RaftCore, Snapshot, SnapshotMeta, SoftState, StateMachine, Term};
+
+/// What a proposer is answered: the entry's index and the state machine's output, or why
+/// it failed (and whether it may still have been applied: `NodeError::outcome`).
+pub type ProposeResult<SM> = Result<(LogIndex, <SM as StateMachine>::Output), NodeError>;
 
 /// Work for the storage (contract step 4, and compaction after a snapshot).
 pub enum StorageJob {
@@ -74,7 +79,16 @@ pub enum Observation<'a> {
 
 /// The effects of the executor. Every method must return quickly: the executor calls them
 /// on the driver, between inputs.
-pub trait Io {
+pub trait Io<SM: StateMachine> {
+    /// A waiting proposer, as the executor keeps it until its entry is applied (production:
+    /// a channel back to the client's task; the simulator: the request itself).
+    type Proposal;
+    /// A waiting read: what to read, and where its answer goes.
+    type Read;
+    /// Contract step 6: a proposer's answer.
+    fn answer_proposal(&mut self, proposal: Self::Proposal, result: ProposeResult<SM>);
+    /// Contract step 7: runs a read against the state machine, applied up to the index given.
+    fn answer_read(&mut self, read: Self::Read, result: Result<(LogIndex, &SM), NodeError>);
     /// Contract steps 3 and 5: a message to a peer, best effort.
     fn send(&mut self, message: Message);
     /// Runs `job` now, on the driver, and returns its result; or, if the storage is busy on

@@ -23,12 +23,12 @@ pub mod transport_http;
 pub mod transport_memory;
 
 pub use config::NodeConfig;
-pub use error::{NodeError, Outcome};
+pub use error::{NodeError, Outcome, StartError};
 #[cfg(feature = "fault-injection")]
 pub use executor::DriverFaults;
-pub use executor::{Executor, ProposeReply, ReadFn};
-pub use io::{build_image, run_storage_job, Io, JobResult, Observation, SnapshotBuild, SnapshotImage, SnapshotJob, StorageDone, StorageJob};
-pub use node::{Consistency, NodeStatus, RaftHandle, RaftNode, StartError};
+pub use executor::{Consistency, Executor};
+pub use io::{build_image, run_storage_job, Io, JobResult, Observation, ProposeResult, SnapshotBuild, SnapshotImage, SnapshotJob, StorageDone, StorageJob};
+pub use node::{NodeStatus, RaftHandle, RaftNode, ReadFn};
 pub use storage::{SnapshotStager, Storage, StorageError};
 pub use storage_file::{FileStorage, FileStorageConfig, Recovery, TornTail};
 pub use storage_memory::{DurablePoint, MemoryStorage};

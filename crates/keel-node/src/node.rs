@@ -7,10 +7,10 @@
 //! executor's, the same code the simulator runs. What only production has is here: real
 //! time, channels, and the threads behind `NodeIo`.
 use crate::config::NodeConfig;
-use crate::error::NodeError;
-use crate::executor::{Executor, ProposeReply, ReadFn};
-use crate::io::{build_image, Io, JobResult, SnapshotBuild, SnapshotImage, SnapshotJob, StorageJob};
-use crate::storage::{SnapshotStager, Storage, StorageError};
+use crate::error::{NodeError, StartError};
+use crate::executor::{Consistency, Executor};
+use crate::io::{build_image, Io, JobResult, ProposeResult, SnapshotBuild, SnapshotImage, SnapshotJob, StorageJob};
+use crate::storage::{SnapshotStager, Storage};
 use crate::storage_runner::{DoneReceiver, StorageRunner};
 use crate::transport::Transport;
 use keel_core::{LogIndex, Message, NodeId, StateMachine, Status};
@@ -23,16 +23,11 @@ use tracing::{error, info};
 /// batch size, so one flood cannot starve ticks).
 const INPUTS_PER_TURN_MAX: usize = 4096;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Consistency {
-    /// ReadIndex (thesis §6.4): reflects every write acknowledged before the read began.
-    Linearizable,
-    /// This node's applied state, however old.
-    Stale,
-}
+/// Runs a read against the state machine as of the applied index it is given.
+pub type ReadFn<SM> = Box<dyn FnOnce(Result<(LogIndex, &SM), NodeError>) + Send>;
 
 enum Request<SM: StateMachine> {
-    Propose { command: Vec<u8>, reply: ProposeReply<SM> },
+    Propose { command: Vec<u8>, reply: oneshot::Sender<ProposeResult<SM>> },
     Read { consistency: Consistency, run: ReadFn<SM> },
 }
 
@@ -69,9 +64,6 @@ impl<SM: StateMachine> RaftHandle<SM> {
     /// applied. Callers bound the wait with a timeout; a timed-out write's outcome is unknown.
     pub async fn propose(&self, command: Vec<u8>) -> Result<(LogIndex, SM::Output), NodeError> {
         let (reply, response) = oneshot::channel();
-        let reply: ProposeReply<SM> = Box::new(move |result| {
-            let _ = reply.send(result);
-        });
         self.submit(Request::Propose { command, reply })?;
         response.await.unwrap_or(Err(NodeError::Stopped))
     }
@@ -151,25 +143,6 @@ impl<SM: StateMachine> RaftNode<SM> {
     }
 }
 
-#[derive(Debug)]
-pub enum StartError {
-    Config(String),
-    Storage(StorageError),
-    Snapshot(String),
-}
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StartError::Config(problem) => write!(f, "invalid configuration: {problem}"),
-            StartError::Storage(error) => write!(f, "cannot recover from storage: {error}"),
-            StartError::Snapshot(problem) => write!(f, "cannot restore the state machine from the snapshot: {problem}"),
-        }
-    }
-}
-
-impl std::error::Error for StartError {}
-
 /// Production's effects: the transport, the storage runner, and a thread per snapshot image.
 struct NodeIo<T: Transport> {
     id: NodeId,
@@ -181,7 +154,18 @@ struct NodeIo<T: Transport> {
     stager: Arc<SnapshotStager>,
 }
 
-impl<T: Transport> Io for NodeIo<T> {
+impl<SM: StateMachine, T: Transport> Io<SM> for NodeIo<T> {
+    type Proposal = oneshot::Sender<ProposeResult<SM>>;
+    type Read = ReadFn<SM>;
+
+    fn answer_proposal(&mut self, proposal: Self::Proposal, result: ProposeResult<SM>) {
+        let _ = proposal.send(result); // The client may have given up waiting.
+    }
+
+    fn answer_read(&mut self, read: ReadFn<SM>, result: Result<(LogIndex, &SM), NodeError>) {
+        read(result);
+    }
+
     fn send(&mut self, message: Message) {
         self.transport.send(message);
     }
@@ -199,7 +183,7 @@ impl<T: Transport> Io for NodeIo<T> {
     }
 
     fn build_snapshot(&mut self, job: SnapshotJob) -> SnapshotBuild {
-        if !self.has_threads() {
+        if !self.storage.has_thread() {
             // Inline storage (deterministic tests): build it here, in order.
             return SnapshotBuild::Built(build_image(self.id, job, &self.stager));
         }
@@ -237,7 +221,7 @@ impl<SM: StateMachine, T: Transport> Shell<SM, T> {
             tokio::select! {
                 biased;
                 _ = inputs.shutdown.changed() => break "shut down".to_string(),
-                done = inputs.storage_done.recv(), if self.executor.io().has_threads() => match done {
+                done = inputs.storage_done.recv(), if self.executor.io().storage.has_thread() => match done {
                     Some(done) => self.executor.storage_done(done),
                     None => break "storage thread ended".to_string(),
                 },

@@ -560,3 +560,44 @@ async fn an_invalid_peer_message_is_counted_and_dropped() {
     assert_eq!((after.raft.term, after.raft.last_log_index, after.raft.leader_id), (before.term, before.last_log_index, Some(leader)));
     assert_eq!(cluster.leaders(), vec![(leader, before.term)]);
 }
+
+/// The checks on peer messages refuse nothing a correct peer sends: a cluster that writes
+/// steadily, deferring the leader's sync or not, counts no refusal on any node.
+#[tokio::test(start_paused = true)]
+async fn a_healthy_cluster_refuses_no_peer_message() {
+    for defer_leader_sync in [true, false] {
+        let network = MemoryNetwork::new();
+        let mut handles = Vec::new();
+        for id in MEMBERS {
+            let mut node_config = config(id, 50);
+            node_config.defer_leader_sync = defer_leader_sync;
+            let node = RaftNode::start(node_config, MemoryStorage::new(), KvStore::new(), network.transport(id)).expect("node starts");
+            network.register(id, node.inbox.clone());
+            handles.push(node.handle);
+        }
+        let leader = loop {
+            if let Some(handle) = handles.iter().find(|handle| handle.status().raft.role == Role::Leader) {
+                break handle.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let writes: Vec<_> = (0..200).map(|n| leader.propose(set(&format!("k{}", n % 7), "v"))).collect();
+        for write in futures_lite(writes).await {
+            write.expect("committed");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for handle in &handles {
+            assert_eq!(handle.status().peer_messages_refused, 0, "node {} (defer_leader_sync {defer_leader_sync})", handle.id());
+            handle.shutdown();
+        }
+    }
+}
+
+/// Awaits every future, in order.
+async fn futures_lite<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut outputs = Vec::new();
+    for future in futures {
+        outputs.push(future.await);
+    }
+    outputs
+}

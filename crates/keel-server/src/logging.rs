@@ -8,7 +8,7 @@
 //! keel's own messages already start with `[NODE N]` (so they read well under any
 //! subscriber, e.g. in tests); the formatter drops that copy instead of printing it twice.
 //! `--log-format json` prints one object per line instead:
-//! `{"timestamp": "...", "level": "INFO", "node": 1, "target": "keel_node::node", "message": "...", ...fields}`.
+//! `{"timestamp": "...", "level": "INFO", "node": 1, "target": "keel_node::executor", "message": "...", ...fields}`.
 
 use crate::config::LogFormat;
 use keel_core::NodeId;

@@ -15,15 +15,45 @@
 //! shared cluster checker, which records the first safety violation.
 
 use crate::invariants::ClusterChecker;
-use keel_core::Message;
-use keel_node::{DurablePoint, Io, JobResult, MemoryStorage, Observation, SnapshotBuild, SnapshotJob, Storage, StorageError, StorageJob};
+use keel_core::{LogIndex, Message, NodeId};
+use keel_kv::{CommandResult, KvStore};
+use keel_node::{DurablePoint, Io, JobResult, MemoryStorage, NodeError, Observation, ProposeResult, SnapshotBuild, SnapshotJob, Storage, StorageError, StorageJob};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+
+/// A client's request as it reaches a node; the executor keeps it until it is answered.
+#[derive(Clone, Debug, Hash)]
+pub struct Request {
+    pub client: usize,
+    pub op_seq: u64,
+    pub key: String,
+    /// `None`: a linearizable read of `key`.
+    pub command: Option<keel_kv::Command>,
+}
+
+#[derive(Clone, Debug, Hash)]
+pub enum Reply {
+    Applied(CommandResult),
+    Read(Option<Vec<u8>>),
+    NotLeader(Option<NodeId>),
+    /// Refused or overwritten: it will never take effect.
+    NotApplied,
+    /// It may or may not take effect (the node lost leadership, or a snapshot covered it).
+    Unknown,
+}
+
+impl Reply {
+    fn for_error(error: &NodeError) -> Reply {
+        match error {
+            NodeError::NotLeader { leader_hint } => Reply::NotLeader(*leader_hint),
+            NodeError::Overloaded | NodeError::Dropped | NodeError::LeadershipLost => Reply::NotApplied,
+            NodeError::Stopped | NodeError::OutcomeUnknown => Reply::Unknown,
+        }
+    }
+}
 
 /// What every node's `SimIo` reports into: the cross-node checker and counters.
 #[derive(Default)]
@@ -41,11 +71,12 @@ pub struct SimIo {
     rng: ChaCha8Rng,
     disk_latency_ms_max: u64,
     shared: Rc<RefCell<Shared>>,
-    /// Simulated ms the driver has spent in inline syncs during the current input, shared
-    /// with the node's client-reply closures so a reply is stamped when it was made.
-    busy_ms: Arc<AtomicU64>,
+    /// Simulated ms the driver has spent in inline syncs during the current input.
+    busy_ms: Cell<u64>,
     /// Messages sent during the current input, each with the `busy_ms` it left at.
     pub sent: Vec<(u64, Message)>,
+    /// Client answers given during the current input, each with the `busy_ms` it was given at.
+    pub replies: Vec<(u64, Request, Reply)>,
     /// Syncs started during the current input: when each ends, and what it covers.
     pub syncs: Vec<(u64, DurablePoint)>,
     /// The storage thread's queue, oldest first; `thread_jobs_new` were queued during the
@@ -60,16 +91,16 @@ pub struct SimIo {
 }
 
 impl SimIo {
-    pub fn new(node: usize, storage: MemoryStorage, rng: ChaCha8Rng, disk_latency_ms_max: u64, shared: Rc<RefCell<Shared>>, busy_ms: Arc<AtomicU64>) -> SimIo {
-        busy_ms.store(0, Ordering::Relaxed);
+    pub fn new(node: usize, storage: MemoryStorage, rng: ChaCha8Rng, disk_latency_ms_max: u64, shared: Rc<RefCell<Shared>>) -> SimIo {
         SimIo {
             node,
             storage,
             rng,
             disk_latency_ms_max,
             shared,
-            busy_ms,
+            busy_ms: Cell::new(0),
             sent: Vec::new(),
+            replies: Vec::new(),
             syncs: Vec::new(),
             thread_jobs: VecDeque::new(),
             thread_jobs_new: 0,
@@ -80,12 +111,12 @@ impl SimIo {
     }
 
     pub fn busy_ms(&self) -> u64 {
-        self.busy_ms.load(Ordering::Relaxed)
+        self.busy_ms.get()
     }
 
     /// The current input is over: its time is accounted for.
     pub fn reset_busy(&mut self) {
-        self.busy_ms.store(0, Ordering::Relaxed);
+        self.busy_ms.set(0);
     }
 
     pub fn disk_latency_ms(&mut self) -> u64 {
@@ -101,7 +132,26 @@ impl SimIo {
     }
 }
 
-impl Io for SimIo {
+impl Io<KvStore> for SimIo {
+    type Proposal = Request;
+    type Read = Request;
+
+    fn answer_proposal(&mut self, request: Request, result: ProposeResult<KvStore>) {
+        let reply = match result {
+            Ok((_, output)) => Reply::Applied(output),
+            Err(error) => Reply::for_error(&error),
+        };
+        self.replies.push((self.busy_ms(), request, reply));
+    }
+
+    fn answer_read(&mut self, request: Request, result: Result<(LogIndex, &KvStore), NodeError>) {
+        let reply = match result {
+            Ok((_, store)) => Reply::Read(store.get(&request.key).map(<[u8]>::to_vec)),
+            Err(error) => Reply::for_error(&error),
+        };
+        self.replies.push((self.busy_ms(), request, reply));
+    }
+
     fn send(&mut self, message: Message) {
         self.sent.push((self.busy_ms(), message));
     }
@@ -113,7 +163,7 @@ impl Io for SimIo {
         let latency_ms = self.disk_latency_ms();
         let mut disk = TimedSync { storage: &mut self.storage, busy_ms: &self.busy_ms, latency_ms, syncs: &mut self.syncs };
         let (busy_ms, sent) = (&self.busy_ms, &mut self.sent);
-        Some(keel_node::run_storage_job(&mut disk, job, &mut |message| sent.push((busy_ms.load(Ordering::Relaxed), message))))
+        Some(keel_node::run_storage_job(&mut disk, job, &mut |message| sent.push((busy_ms.get(), message))))
     }
 
     fn queue(&mut self, job: StorageJob) {
@@ -156,7 +206,7 @@ impl Io for SimIo {
 /// when it ends; the simulator makes that durable then (`MemoryStorage::make_durable`).
 struct TimedSync<'a> {
     storage: &'a mut MemoryStorage,
-    busy_ms: &'a AtomicU64,
+    busy_ms: &'a Cell<u64>,
     latency_ms: u64,
     syncs: &'a mut Vec<(u64, DurablePoint)>,
 }
@@ -178,7 +228,8 @@ impl Storage for TimedSync<'_> {
         self.storage.compact(snapshot)
     }
     fn sync(&mut self) -> Result<(), StorageError> {
-        let ends_at = self.busy_ms.fetch_add(self.latency_ms, Ordering::Relaxed) + self.latency_ms;
+        let ends_at = self.busy_ms.get() + self.latency_ms;
+        self.busy_ms.set(ends_at);
         self.syncs.push((ends_at, self.storage.durable_point()));
         Ok(())
     }

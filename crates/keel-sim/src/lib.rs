@@ -1,7 +1,8 @@
 //! # keel-sim: deterministic simulation testing for keel
 //!
-//! Runs real `RaftCore`s against a simulated network and disk with injected faults, checks
-//! the Raft safety properties as it goes and the clients' history for linearizability at the
+//! Runs the production driver (keel-node's `Executor`, with real `RaftCore`s and `KvStore`s)
+//! against a simulated network, disk and threads (`io.rs`) with injected faults, checks the
+//! Raft safety properties as it goes and the clients' history for linearizability at the
 //! end. Every run is a pure function of its seed.
 
 pub mod invariants;

@@ -10,21 +10,19 @@
 //! client replies. While a node's driver is blocked in an inline sync (`busy_until_ms`), its
 //! inputs wait, as they would in the channels of a blocked tokio task.
 
-use crate::io::{Shared, SimIo};
+use crate::io::{Reply, Request, Shared, SimIo};
 use crate::linearizability::{CheckFailure, HistoryLog, Outcome};
 use crate::network::Network;
 use crate::workload::{self, Client, OpKind};
 use keel_core::{LogIndex, Message, NodeId, RaftCore, Role, StateMachine};
 use keel_kv::{CommandResult, KvStore};
-use keel_node::{Consistency, DurablePoint, Executor, MemoryStorage, NodeConfig, NodeError, ProposeReply, ReadFn, SnapshotStager, Storage};
+use keel_node::{Consistency, DurablePoint, Executor, MemoryStorage, NodeConfig, SnapshotStager, Storage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 pub const TICK_MS: u64 = 10;
 const CLIENT_TIMEOUT_MS: u64 = 1_000;
@@ -155,29 +153,6 @@ impl Event {
     }
 }
 
-#[derive(Clone, Debug, Hash)]
-struct Request {
-    client: usize,
-    op_seq: u64,
-    key: String,
-    command: Option<keel_kv::Command>,
-}
-
-#[derive(Clone, Debug, Hash)]
-enum Reply {
-    Applied(CommandResult),
-    Read(Option<Vec<u8>>),
-    NotLeader(Option<NodeId>),
-    /// Refused or overwritten: it will never take effect.
-    NotApplied,
-    /// It may or may not take effect (the node lost leadership, or a snapshot covered it).
-    Unknown,
-}
-
-/// Client replies the executors produced, each with the driver time (ms into the current
-/// input) it was produced at.
-type ReplyOutbox = Arc<Mutex<Vec<(u64, Request, Reply)>>>;
-
 struct SimNode {
     executor: Option<SimExecutor>,
     /// A crashed node's storage, until it restarts.
@@ -189,8 +164,6 @@ struct SimNode {
     pending_syncs: usize,
     /// When the storage thread finishes the jobs queued so far.
     thread_free_at_ms: u64,
-    /// The driver time of the current input (see `SimIo`), read by reply closures.
-    busy_ms: Arc<AtomicU64>,
 }
 
 pub struct Simulation {
@@ -205,7 +178,6 @@ pub struct Simulation {
     next_value: u32,
     history: HistoryLog,
     shared: Rc<RefCell<Shared>>,
-    replies: ReplyOutbox,
     stager: SnapshotStager,
     stats: RunStats,
     trace: DefaultHasher,
@@ -246,7 +218,6 @@ impl Simulation {
             next_value: 0,
             history: HistoryLog::default(),
             shared: Rc::default(),
-            replies: ReplyOutbox::default(),
             stager: Box::new(|_| Ok(())),
             stats: RunStats::default(),
             trace: DefaultHasher::new(),
@@ -259,8 +230,7 @@ impl Simulation {
             config,
         };
         for index in 0..simulation.config.nodes {
-            let busy_ms = Arc::new(AtomicU64::new(0));
-            simulation.nodes.push(SimNode { executor: None, disk: None, epoch: 0, busy_until_ms: 0, pending_syncs: 0, thread_free_at_ms: 0, busy_ms });
+            simulation.nodes.push(SimNode { executor: None, disk: None, epoch: 0, busy_until_ms: 0, pending_syncs: 0, thread_free_at_ms: 0 });
             simulation.start_node(index)?;
         }
         for client in 0..simulation.config.clients {
@@ -364,7 +334,7 @@ impl Simulation {
         node.epoch += 1;
         let storage = node.disk.take().unwrap_or_default();
         let restored = storage.initial_state().map_err(|error| format!("node {} cannot restart from its storage: {error}", index + 1))?;
-        let io = SimIo::new(index, storage, disk_rng, self.disk_latency_ms_max, self.shared.clone(), node.busy_ms.clone());
+        let io = SimIo::new(index, storage, disk_rng, self.disk_latency_ms_max, self.shared.clone());
         let mut executor = Executor::new(&config, restored, KvStore::new(), io).map_err(|error| format!("node {} cannot start: {error}", index + 1))?;
         if let Some(inject) = self.config.inject {
             inject(&mut executor);
@@ -417,6 +387,7 @@ impl Simulation {
         io.reset_busy();
         let sent = std::mem::take(&mut io.sent);
         let syncs = std::mem::take(&mut io.syncs);
+        let replies = std::mem::take(&mut io.replies);
         self.stats.deferred_writes += std::mem::take(&mut io.deferred_writes);
         let thread_done_at: Vec<u64> = (0..std::mem::take(&mut io.thread_jobs_new))
             .map(|_| {
@@ -443,7 +414,10 @@ impl Simulation {
         for at in builds_done_at {
             self.schedule_at(at, Event::SnapshotBuilt { node: index, epoch });
         }
-        self.deliver_replies();
+        for (offset_ms, request, reply) in replies {
+            let delay = offset_ms + self.rng.gen_range(1..=3);
+            self.schedule(delay, Event::ClientReply { client: request.client, op_seq: request.op_seq, reply });
+        }
         match self.shared.borrow_mut().violation.take() {
             Some(violation) => Err(violation),
             None => Ok(()),
@@ -521,46 +495,13 @@ impl Simulation {
         if self.nodes[index].executor.is_none() {
             return Ok(()); // Lost with the node.
         }
-        let (outbox, busy_ms) = (self.replies.clone(), self.nodes[index].busy_ms.clone());
-        let post = move |request: Request, reply: Reply| outbox.lock().expect("reply outbox").push((busy_ms.load(Ordering::Relaxed), request, reply));
-        match request.command.clone() {
-            Some(command) => {
-                let reply: ProposeReply<KvStore> = Box::new(move |result| {
-                    let reply = match result {
-                        Ok((_, output)) => Reply::Applied(output),
-                        Err(error) => reply_for_error(&error),
-                    };
-                    post(request, reply);
-                });
-                let command = command.encode().expect("valid command");
-                self.input(index, |executor| {
-                    executor.propose(command, reply);
-                    Ok(())
-                })
+        self.input(index, |executor| {
+            match request.command.as_ref().map(keel_kv::Command::encode) {
+                Some(command) => executor.propose(command.expect("valid command"), request),
+                None => executor.read(Consistency::Linearizable, request),
             }
-            None => {
-                let run: ReadFn<KvStore> = Box::new(move |result| {
-                    let reply = match result {
-                        Ok((_, store)) => Reply::Read(store.get(&request.key).map(<[u8]>::to_vec)),
-                        Err(error) => reply_for_error(&error),
-                    };
-                    post(request, reply);
-                });
-                self.input(index, |executor| {
-                    executor.read(Consistency::Linearizable, run);
-                    Ok(())
-                })
-            }
-        }
-    }
-
-    /// Replies produced so far reach their clients a moment after they were produced.
-    fn deliver_replies(&mut self) {
-        let replies = std::mem::take(&mut *self.replies.lock().expect("reply outbox"));
-        for (offset_ms, request, reply) in replies {
-            let delay = offset_ms + self.rng.gen_range(1..=3);
-            self.schedule(delay, Event::ClientReply { client: request.client, op_seq: request.op_seq, reply });
-        }
+            Ok(())
+        })
     }
 
     fn on_client_start(&mut self, client_index: usize) {
@@ -791,10 +732,3 @@ impl Simulation {
     }
 }
 
-fn reply_for_error(error: &NodeError) -> Reply {
-    match error {
-        NodeError::NotLeader { leader_hint } => Reply::NotLeader(*leader_hint),
-        NodeError::Overloaded | NodeError::Dropped | NodeError::LeadershipLost => Reply::NotApplied,
-        NodeError::Stopped | NodeError::OutcomeUnknown => Reply::Unknown,
-    }
-}
