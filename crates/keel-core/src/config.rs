@@ -5,7 +5,10 @@ use crate::types::NodeId;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub id: NodeId,
-    /// Every voting member, including `id`.
+    /// The voters of the cluster's first configuration, `id` among them: used only while
+    /// neither the log nor a snapshot holds a configuration (a new cluster). Empty for a node
+    /// that starts empty to join a running cluster: it votes for no one and campaigns for
+    /// nothing until the leader's log or snapshot tells it its configuration.
     pub members: Vec<NodeId>,
     /// A follower waits a random time in `[min, 2 * min)` ticks before campaigning (§5.2).
     pub election_timeout_ticks_min: u32,
@@ -39,6 +42,10 @@ pub struct Config {
     pub snapshot_bytes_max: u64,
     /// ReadIndex requests waiting for confirmation before new ones are refused.
     pub read_requests_max: usize,
+    /// A learner is promoted to voter only once its log is within this many entries of the
+    /// leader's and it answered within the last election timeout (thesis §4.2.1): otherwise
+    /// every commit would wait for it to catch up.
+    pub learner_catch_up_entries_max: u64,
     /// Seeds the core's private PRNG (randomized election timeouts).
     pub random_seed: u64,
 }
@@ -63,13 +70,17 @@ impl Config {
             committed_bytes_per_ready_max: 16 << 20,
             snapshot_bytes_max: 1 << 30,
             read_requests_max: 65_536,
+            learner_catch_up_entries_max: 1_000,
             random_seed: id.0,
         }
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if !self.members.contains(&self.id) {
+        if !self.members.is_empty() && !self.members.contains(&self.id) {
             return Err(format!("node {} is not among the members {:?}", self.id, self.members));
+        }
+        if self.members.len() > crate::membership::MEMBERS_MAX {
+            return Err(format!("{} members, more than {}", self.members.len(), crate::membership::MEMBERS_MAX));
         }
         let mut sorted = self.members.clone();
         sorted.sort();
@@ -100,7 +111,8 @@ impl Config {
         Ok(())
     }
 
-    pub fn quorum(&self) -> usize {
-        self.members.len() / 2 + 1
+    /// The configuration a new cluster starts with (see `members`).
+    pub fn bootstrap_membership(&self) -> crate::membership::Membership {
+        crate::membership::Membership::with_voters(self.members.iter().copied())
     }
 }

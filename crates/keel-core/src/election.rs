@@ -1,4 +1,6 @@
-//! Leader election (§5.2, §5.4.1) with PreVote (thesis §9.6) and CheckQuorum (thesis §6.2).
+//! Leader election (§5.2, §5.4.1) with PreVote (thesis §9.6) and CheckQuorum (thesis §6.2),
+//! under a changing membership (thesis ch. 4): only voters campaign and count, and in a
+//! joint configuration a candidate needs a majority of C_old and of C_new (§4.3).
 
 use crate::message::MessageBody;
 use crate::raft::RaftCore;
@@ -8,9 +10,13 @@ use crate::progress::Progress;
 impl RaftCore {
     /// Follower or candidate: "If election timeout elapses without receiving AppendEntries
     /// RPC from current leader or granting vote to candidate: convert to candidate" (Figure 2).
+    ///
+    /// A learner, a node removed from the configuration, and a node waiting to be added (no
+    /// configuration yet) never campaign: their votes would not count, and they would only
+    /// raise terms (thesis §4.2.3).
     pub(crate) fn tick_election(&mut self) {
-        self.election_elapsed_ticks += 1;
-        if self.election_elapsed_ticks >= self.election_timeout_ticks {
+        self.election_elapsed_ticks = self.election_elapsed_ticks.saturating_add(1);
+        if self.election_elapsed_ticks >= self.election_timeout_ticks && self.is_voter() {
             self.campaign();
         }
     }
@@ -20,7 +26,7 @@ impl RaftCore {
         if self.config.pre_vote {
             self.become_pre_candidate();
         } else {
-            self.become_candidate();
+            self.become_candidate(false);
         }
     }
 
@@ -29,27 +35,30 @@ impl RaftCore {
         self.role = Role::PreCandidate;
         self.leader_id = None;
         self.leave_role();
-        self.request_votes(true);
+        self.request_votes(true, false);
     }
 
     /// §5.2: "increment currentTerm, vote for self, reset election timer, send RequestVote".
-    fn become_candidate(&mut self) {
+    /// `leadership_transfer`: the leader asked for it (TimeoutNow, thesis §3.10).
+    pub(crate) fn become_candidate(&mut self, leadership_transfer: bool) {
         self.current_term = self.current_term.next();
         self.voted_for = Some(self.id);
         self.role = Role::Candidate;
         self.leader_id = None;
         self.leave_role();
-        self.request_votes(false);
+        self.request_votes(false, leadership_transfer);
     }
 
-    fn request_votes(&mut self, pre_vote: bool) {
+    /// Asks every voter of either set (thesis §4.3) but ourselves.
+    fn request_votes(&mut self, pre_vote: bool, leadership_transfer: bool) {
         self.votes.insert(self.id, true);
         if self.won_election() {
             return self.on_election_won(pre_vote);
         }
         let term = if pre_vote { self.current_term.next() } else { self.current_term };
-        let body = MessageBody::RequestVote { pre_vote, last_log_index: self.log.last_index(), last_log_term: self.log.last_term() };
-        for peer in self.peers() {
+        let body = MessageBody::RequestVote { pre_vote, last_log_index: self.log.last_index(), last_log_term: self.log.last_term(), leadership_transfer };
+        let voters: Vec<NodeId> = self.membership().all_voters().into_iter().filter(|id| *id != self.id).collect();
+        for peer in voters {
             self.messages.push(crate::message::Message { from: self.id, to: peer, term, body: body.clone() });
         }
     }
@@ -88,17 +97,19 @@ impl RaftCore {
         }
     }
 
+    /// A majority said yes: of C_new and, when joint, of C_old too.
     fn won_election(&self) -> bool {
-        self.votes.values().filter(|granted| **granted).count() >= self.config.quorum()
+        self.membership().has_majority(|id| self.votes.get(&id) == Some(&true))
     }
 
+    /// Even if every voter yet to answer said yes, there would be no majority.
     fn lost_election(&self) -> bool {
-        self.votes.values().filter(|granted| !**granted).count() >= self.config.quorum()
+        !self.membership().has_majority(|id| self.votes.get(&id) != Some(&false))
     }
 
     fn on_election_won(&mut self, pre_vote: bool) {
         if pre_vote {
-            self.become_candidate();
+            self.become_candidate(false);
         } else {
             self.become_leader();
         }
@@ -129,22 +140,21 @@ impl RaftCore {
                 return self.become_follower(self.current_term, None);
             }
         }
+        self.tick_transfer();
         if self.heartbeat_elapsed_ticks >= self.config.heartbeat_interval_ticks {
             self.heartbeat_elapsed_ticks = 0;
             self.broadcast(crate::replication::Trigger::Heartbeat);
         }
     }
 
-    /// Did a majority (counting us) answer within the last election timeout? Resets the marks.
+    /// Did a majority (counting us, if we vote) answer within the last election timeout?
+    /// Resets the marks.
     fn quorum_recently_active(&mut self) -> bool {
-        let mut active = 1;
+        let active = self.membership().has_majority(|id| id == self.id || self.progress.get(&id).is_some_and(|progress| progress.recent_active));
         for progress in self.progress.values_mut() {
-            if progress.recent_active {
-                active += 1;
-            }
             progress.recent_active = false;
         }
-        active >= self.config.quorum()
+        active
     }
 
     #[cfg(feature = "fault-injection")]

@@ -10,23 +10,28 @@ pub mod config;
 mod election;
 mod invariants;
 pub mod log;
+pub mod membership;
 pub mod message;
 pub mod progress;
 pub mod raft;
 mod read_index;
 pub mod ready;
+mod reconfiguration;
 mod replication;
 mod rng;
 mod snapshot_transfer;
 pub mod state_machine;
+mod transfer;
 pub mod types;
 mod validate;
 
 pub use config::Config;
+pub use membership::{Membership, MembershipChange, MembershipError};
 pub use message::{AppendResult, Message, MessageBody};
 pub use raft::{RaftCore, RestoredState, Status};
 #[cfg(feature = "fault-injection")]
 pub use raft::Faults;
 pub use ready::{ProposeError, ReadError, ReadState, Ready, SoftState, StepError};
 pub use state_machine::StateMachine;
+pub use transfer::TransferError;
 pub use types::{Entry, EntryKind, HardState, LogIndex, NodeId, Role, Snapshot, SnapshotMeta, Term};

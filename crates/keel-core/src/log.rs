@@ -4,12 +4,17 @@
 //! a log index and a position in memory. The seed's snapshot bugs (`log[index - 1]` after
 //! compaction) cannot happen outside this file.
 
+use crate::membership::{ConfigLog, Membership};
 use crate::types::{Entry, EntryKind, LogIndex, SnapshotMeta, Term};
 
 #[derive(Debug, Clone)]
 pub struct RaftLog {
     /// Everything up to and including `snapshot.last_included_index` lives only in the snapshot.
     snapshot: SnapshotMeta,
+    /// The configuration entries among `entries`, and the configuration the snapshot ends
+    /// with: the last is the node's configuration (thesis §4.1), kept here because only the
+    /// log knows when an entry comes or goes.
+    configs: ConfigLog,
     /// `entries[0].index == snapshot.last_included_index + 1`, consecutive.
     entries: Vec<Entry>,
     /// Figure 2 `commitIndex`: highest index known to be committed.
@@ -31,16 +36,33 @@ pub struct ConflictHint {
 }
 
 impl RaftLog {
-    /// A log recovered from storage: a snapshot position, the entries after it, the commit
-    /// index from the hard state. All of it is durable by definition.
-    pub fn restore(snapshot: SnapshotMeta, entries: Vec<Entry>, commit_index: LogIndex) -> RaftLog {
+    /// A log recovered from storage: a snapshot position and the configuration it ends with
+    /// (or, without a snapshot, the bootstrap configuration), the entries after it, the
+    /// commit index from the hard state. All of it is durable by definition.
+    pub fn restore(snapshot: SnapshotMeta, membership: Membership, entries: Vec<Entry>, commit_index: LogIndex) -> RaftLog {
+        let mut configs = ConfigLog::new(membership);
         for (offset, entry) in entries.iter().enumerate() {
             assert_eq!(entry.index, snapshot.last_included_index.plus(offset as u64 + 1), "log entries must be consecutive after the snapshot");
+            if let EntryKind::Config(membership) = &entry.kind {
+                configs.push(entry.index, membership.clone());
+            }
         }
         let last = snapshot.last_included_index.plus(entries.len() as u64);
         let commit_index = commit_index.max(snapshot.last_included_index);
         assert!(commit_index <= last, "commit index {commit_index} beyond last index {last}");
-        RaftLog { snapshot, entries, commit_index, persisted_index: last, unstable_from: last.next() }
+        RaftLog { snapshot, configs, entries, commit_index, persisted_index: last, unstable_from: last.next() }
+    }
+
+    /// The configurations this log holds; the last is in force (thesis §4.1).
+    pub fn configs(&self) -> &ConfigLog {
+        &self.configs
+    }
+
+    fn push_entry(&mut self, entry: Entry) {
+        if let EntryKind::Config(membership) = &entry.kind {
+            self.configs.push(entry.index, membership.clone());
+        }
+        self.entries.push(entry);
     }
 
     pub fn snapshot_meta(&self) -> SnapshotMeta {
@@ -115,7 +137,7 @@ impl RaftLog {
     pub fn append_new(&mut self, term: Term, kind: EntryKind) -> LogIndex {
         assert!(term >= self.last_term(), "a leader never appends an entry older than its log");
         let index = self.last_index().next();
-        self.entries.push(Entry { term, index, kind });
+        self.push_entry(Entry { term, index, kind });
         index
     }
 
@@ -130,11 +152,11 @@ impl RaftLog {
             assert_eq!(entry.index, prev_log_index.plus(offset as u64 + 1), "entries must follow prev_log_index");
             match self.term(entry.index) {
                 Some(term) if term == entry.term => continue,
-                Some(_) => {
-                    self.truncate_from(entry.index);
-                    self.entries.extend_from_slice(&entries[offset..]);
-                }
-                None => self.entries.extend_from_slice(&entries[offset..]),
+                Some(_) => self.truncate_from(entry.index),
+                None => {}
+            }
+            for entry in &entries[offset..] {
+                self.push_entry(entry.clone());
             }
             break;
         }
@@ -166,6 +188,7 @@ impl RaftLog {
         assert!(index > self.commit_index, "truncating committed entry {index} (commit {})", self.commit_index);
         let keep = (index.0 - self.first_index().0) as usize;
         self.entries.truncate(keep);
+        self.configs.truncate_from(index);
         self.unstable_from = self.unstable_from.min(index);
         self.persisted_index = self.persisted_index.min(index.prev());
     }
@@ -177,27 +200,33 @@ impl RaftLog {
         }
     }
 
-    /// Our own snapshot covers `meta`: drop the entries it replaces (§7).
+    /// Our own snapshot covers `meta`: drop the entries it replaces (§7). Its configuration is
+    /// the one in force at its last index.
     pub fn compact_to(&mut self, meta: SnapshotMeta) {
         assert!(meta.last_included_index <= self.commit_index, "snapshot beyond commit index");
         assert_eq!(self.term(meta.last_included_index), Some(meta.last_included_term), "snapshot does not match the log");
         let drop = (meta.last_included_index.0 + 1 - self.first_index().0) as usize;
         self.entries.drain(..drop);
+        let membership = self.configs.at(meta.last_included_index).clone();
+        self.configs.compact_to(meta.last_included_index, membership);
         self.snapshot = meta;
     }
 
     /// A snapshot from the leader (§7, InstallSnapshot receiver steps 6–7): if we hold the
-    /// entry it ends with, keep what follows; otherwise discard the whole log.
-    pub fn install_snapshot(&mut self, meta: SnapshotMeta) {
+    /// entry it ends with, keep what follows; otherwise discard the whole log. `membership`
+    /// is the configuration in force at its last index.
+    pub fn install_snapshot(&mut self, meta: SnapshotMeta, membership: Membership) {
         assert!(meta.last_included_index > self.commit_index, "installing a snapshot we already cover");
         if self.term(meta.last_included_index) == Some(meta.last_included_term) {
             let drop = (meta.last_included_index.0 + 1 - self.first_index().0) as usize;
             self.entries.drain(..drop);
         } else {
             self.entries.clear();
+            self.configs.truncate_from(meta.last_included_index.next());
             self.unstable_from = meta.last_included_index.next();
             self.persisted_index = self.persisted_index.min(meta.last_included_index);
         }
+        self.configs.compact_to(meta.last_included_index, membership);
         self.snapshot = meta;
         self.commit_index = meta.last_included_index;
         self.unstable_from = self.unstable_from.max(meta.last_included_index.next());
@@ -240,7 +269,7 @@ mod tests {
 
     fn log_with_terms(terms: &[u64]) -> RaftLog {
         let entries = terms.iter().enumerate().map(|(i, t)| entry(i as u64 + 1, *t)).collect();
-        RaftLog::restore(SnapshotMeta::default(), entries, LogIndex(0))
+        RaftLog::restore(SnapshotMeta::default(), Membership::default(), entries, LogIndex(0))
     }
 
     #[test]
@@ -285,11 +314,11 @@ mod tests {
     #[test]
     fn install_snapshot_keeps_matching_suffix() {
         let mut log = log_with_terms(&[1, 1, 2, 2]);
-        log.install_snapshot(SnapshotMeta { last_included_index: LogIndex(2), last_included_term: Term(1), ..Default::default() });
+        log.install_snapshot(SnapshotMeta { last_included_index: LogIndex(2), last_included_term: Term(1), ..Default::default() }, Membership::default());
         assert_eq!(log.last_index(), LogIndex(4));
         assert_eq!(log.commit_index(), LogIndex(2));
         let mut log = log_with_terms(&[1, 1, 2, 2]);
-        log.install_snapshot(SnapshotMeta { last_included_index: LogIndex(3), last_included_term: Term(5), ..Default::default() });
+        log.install_snapshot(SnapshotMeta { last_included_index: LogIndex(3), last_included_term: Term(5), ..Default::default() }, Membership::default());
         assert_eq!(log.last_index(), LogIndex(3), "mismatching log discarded");
     }
 

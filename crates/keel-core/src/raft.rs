@@ -1,9 +1,11 @@
 //! `RaftCore`: the whole consensus algorithm as a deterministic state machine.
 //!
-//! Inputs are `tick`, `step`, `propose`, `read_index` and `compact`; output is a `Ready`
-//! (see `ready.rs` for the driver contract). Role-specific rules live in `election.rs`,
-//! `replication.rs`, `snapshot_transfer.rs` and `read_index.rs`; this file holds the state,
-//! the term checks every message passes first, and the role transitions.
+//! Inputs are `tick`, `step`, `propose`, `read_index`, `propose_membership`,
+//! `transfer_leadership` and `compact`; output is a `Ready` (see `ready.rs` for the driver
+//! contract). Role-specific rules live in `election.rs`, `replication.rs`,
+//! `snapshot_transfer.rs`, `read_index.rs`, `reconfiguration.rs` (thesis ch. 4) and
+//! `transfer.rs` (thesis §3.10); this file holds the state, the term checks every message
+//! passes first, and the role transitions.
 
 use crate::config::Config;
 use crate::log::RaftLog;
@@ -23,6 +25,10 @@ pub struct Faults {
     pub commit_previous_term_by_counting: bool,
     /// Break §5.2: grant a vote to every up-to-date candidate, even after voting in this term.
     pub grant_two_votes_per_term: bool,
+    /// Break thesis §4.3: in a joint configuration, commit with a majority of C_new alone.
+    pub commit_with_new_voters_only: bool,
+    /// Break thesis §4.1: a configuration takes effect once committed, not once appended.
+    pub configuration_on_commit: bool,
 }
 
 /// What a node recovers from stable storage at start.
@@ -85,6 +91,8 @@ pub struct RaftCore {
     pub(crate) incoming_snapshot: Option<crate::snapshot_transfer::IncomingSnapshot>,
     /// Leader: bytes of the commands this leader appended that are not committed yet.
     pub(crate) uncommitted_bytes: usize,
+    /// Leader: a leadership transfer in progress (thesis §3.10).
+    pub(crate) transfer: Option<crate::transfer::Transfer>,
     pub(crate) reads: ReadQueue,
     /// Leader: entries were appended and followers should hear of them at the next `ready`.
     pub(crate) broadcast_needed: bool,
@@ -115,7 +123,11 @@ impl RaftCore {
             panic!("invalid Raft configuration: {problem}");
         }
         let snapshot_meta = restored.snapshot.as_ref().map(|snapshot| snapshot.meta).unwrap_or_default();
-        let log = RaftLog::restore(snapshot_meta, restored.entries, restored.hard_state.commit_index);
+        // A snapshot without a configuration (written before keel had membership changes)
+        // belongs to a cluster of bootstrap members.
+        let snapshot_membership = restored.snapshot.as_ref().map(|snapshot| &snapshot.membership).filter(|membership| !membership.voters.is_empty());
+        let base = snapshot_membership.map_or_else(|| config.bootstrap_membership(), Clone::clone);
+        let log = RaftLog::restore(snapshot_meta, base, restored.entries, restored.hard_state.commit_index);
         let hard_state = HardState { commit_index: log.commit_index(), ..restored.hard_state };
         let soft_state = SoftState { role: Role::Follower, term: hard_state.current_term, leader_id: None };
         let mut core = RaftCore {
@@ -135,6 +147,7 @@ impl RaftCore {
             snapshot: restored.snapshot,
             incoming_snapshot: None,
             uncommitted_bytes: 0,
+            transfer: None,
             reads: ReadQueue::default(),
             broadcast_needed: false,
             sync_requested: false,
@@ -195,6 +208,9 @@ impl RaftCore {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader { leader_hint: self.leader_id });
         }
+        if self.transfer.is_some() {
+            return Err(ProposeError::TransferInProgress);
+        }
         let command = command.into();
         let uncommitted = (self.log.last_index().0 - self.log.commit_index().0) as usize;
         if uncommitted >= self.config.uncommitted_entries_max || !self.uncommitted_bytes_allow(command.len()) {
@@ -234,6 +250,7 @@ impl RaftCore {
         if meta.last_included_index <= self.log.snapshot_meta().last_included_index {
             return;
         }
+        assert_eq!(&snapshot.membership, self.log.configs().at(meta.last_included_index), "a snapshot carries the configuration in force at its index");
         self.log.compact_to(meta);
         self.snapshot = Some(snapshot);
         self.check_invariants();
@@ -285,6 +302,19 @@ impl RaftCore {
         self.snapshot.as_ref()
     }
 
+    /// The configuration in force on this node: the last one in its log (thesis §4.1).
+    pub fn membership(&self) -> &crate::membership::Membership {
+        if self.fault_configuration_on_commit() {
+            return self.log.configs().at(self.log.commit_index());
+        }
+        self.log.configs().current()
+    }
+
+    /// The configuration in force at `index`: what a snapshot there must carry.
+    pub fn membership_at(&self, index: LogIndex) -> &crate::membership::Membership {
+        self.log.configs().at(index)
+    }
+
     pub(crate) fn hard_state(&self) -> HardState {
         HardState { current_term: self.current_term, voted_for: self.voted_for, commit_index: self.log.commit_index() }
     }
@@ -298,7 +328,7 @@ impl RaftCore {
     /// Figure 2: "If RPC request or response contains term T > currentTerm: set currentTerm
     /// = T, convert to follower." Returns false if the message is to be dropped.
     fn check_term(&mut self, message: &Message) -> bool {
-        let is_vote_request = matches!(message.body, MessageBody::RequestVote { .. });
+        let is_vote_request = matches!(message.body, MessageBody::RequestVote { leadership_transfer: false, .. });
         if message.term > self.current_term {
             if is_vote_request && self.in_leader_lease() {
                 // Thesis §4.2.3: a follower that hears from a live leader ignores candidates,
@@ -339,7 +369,7 @@ impl RaftCore {
     fn dispatch(&mut self, message: Message) -> Result<(), StepError> {
         let from = message.from;
         match message.body {
-            MessageBody::RequestVote { pre_vote, last_log_index, last_log_term } => {
+            MessageBody::RequestVote { pre_vote, last_log_index, last_log_term, .. } => {
                 self.handle_request_vote(from, message.term, pre_vote, last_log_index, last_log_term)
             }
             MessageBody::RequestVoteResponse { pre_vote, vote_granted } => self.handle_vote_response(from, pre_vote, vote_granted),
@@ -353,9 +383,14 @@ impl RaftCore {
                     self.handle_append_response(from, result, read_round);
                 }
             }
-            MessageBody::InstallSnapshot { meta, offset, data, done, read_round } => {
+            MessageBody::InstallSnapshot { meta, membership, offset, data, done, read_round } => {
                 if self.accept_leader(from) {
-                    return self.handle_install_snapshot(from, meta, offset, data, done, read_round);
+                    return self.handle_install_snapshot(from, meta, membership, offset, data, done, read_round);
+                }
+            }
+            MessageBody::TimeoutNow => {
+                if self.accept_leader(from) {
+                    self.handle_timeout_now();
                 }
             }
             MessageBody::InstallSnapshotResponse { meta, next_offset, done, read_round } => {
@@ -398,6 +433,7 @@ impl RaftCore {
         self.votes.clear();
         self.progress.clear();
         self.uncommitted_bytes = 0;
+        self.transfer = None;
         self.broadcast_needed = false;
         self.reads.fail_all(ReadError::LeadershipLost);
         self.reset_election_timer();
@@ -419,8 +455,15 @@ impl RaftCore {
         self.messages.push(Message { from: self.id, to, term: self.current_term, body });
     }
 
+    /// Everyone a leader replicates to: the members of its configuration (voters of both
+    /// sets and learners) but itself.
     pub(crate) fn peers(&self) -> Vec<NodeId> {
-        self.config.members.iter().copied().filter(|id| *id != self.id).collect()
+        self.membership().members().into_iter().filter(|id| *id != self.id).collect()
+    }
+
+    /// Whether this node may campaign and its vote counts: a voter of C_new or C_old.
+    pub(crate) fn is_voter(&self) -> bool {
+        self.membership().is_voter(self.id)
     }
 
     // ----- Ready ----------------------------------------------------------------------------

@@ -85,8 +85,8 @@ impl RaftCore {
         let round = self.reads.round;
         let batch = std::mem::take(&mut self.reads.unassigned);
         self.reads.in_round.extend(batch.into_iter().map(|(id, index)| (id, index, round)));
-        if self.config.quorum() == 1 {
-            return self.advance_reads();
+        if self.membership().has_majority(|id| id == self.id) {
+            return self.advance_reads(); // We are a majority alone.
         }
         self.broadcast(crate::replication::Trigger::ReadRound);
     }
@@ -96,10 +96,10 @@ impl RaftCore {
         if self.reads.in_round.is_empty() {
             return;
         }
-        let mut acked: Vec<u64> = self.progress.values().map(|progress| progress.read_round_acked).collect();
-        acked.push(self.reads.round); // The leader acknowledges its own rounds.
-        acked.sort_unstable_by(|a, b| b.cmp(a));
-        let confirmed_round = acked[self.config.quorum() - 1];
+        // The leader acknowledges its own rounds; in a joint configuration, both majorities
+        // must have acknowledged (thesis §4.3).
+        let acked = |id: crate::types::NodeId| if id == self.id { self.reads.round } else { self.progress.get(&id).map_or(0, |progress| progress.read_round_acked) };
+        let confirmed_round = self.membership().quorum_value(acked);
         let (confirmed, waiting): (Vec<_>, Vec<_>) = self.reads.in_round.drain(..).partition(|(_, _, round)| *round <= confirmed_round);
         self.reads.in_round = waiting;
         let states = confirmed.into_iter().map(|(request_id, index, _)| ReadState { request_id, result: Ok(index) });

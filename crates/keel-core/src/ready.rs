@@ -78,8 +78,11 @@ pub enum ReadError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProposeError {
     NotLeader { leader_hint: Option<NodeId> },
-    /// `uncommitted_entries_max` entries are already waiting for a majority.
+    /// `uncommitted_entries_max` entries (or `uncommitted_bytes_max` bytes) are already
+    /// waiting for a majority.
     TooManyUncommitted,
+    /// Leadership is being handed to another node (thesis §3.10): retry at the new leader.
+    TransferInProgress,
 }
 
 /// Why `step` refused a message. Nothing changed in the core; the driver logs and counts
@@ -102,6 +105,7 @@ impl std::fmt::Display for ProposeError {
         match self {
             ProposeError::NotLeader { leader_hint } => write!(f, "not the leader (leader hint: {leader_hint:?})"),
             ProposeError::TooManyUncommitted => write!(f, "too many uncommitted entries"),
+            ProposeError::TransferInProgress => write!(f, "leadership is being transferred"),
         }
     }
 }

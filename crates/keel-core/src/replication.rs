@@ -42,7 +42,8 @@ impl RaftCore {
     pub(crate) fn send_append(&mut self, peer: NodeId, trigger: Trigger) {
         let inflight_max = self.config.inflight_messages_max;
         let last_index = self.log.last_index();
-        let progress = self.progress.get_mut(&peer).expect("leader tracks every peer");
+        // A peer the configuration no longer holds (removed a moment ago) gets nothing.
+        let Some(progress) = self.progress.get_mut(&peer) else { return };
         if trigger == Trigger::Heartbeat {
             match progress.state {
                 // Re-probe: the last probe or its answer may have been lost.
@@ -152,8 +153,13 @@ impl RaftCore {
         }
         if moved {
             self.maybe_commit();
+            if self.role != crate::types::Role::Leader {
+                return; // A leader the new configuration leaves out stepped down (§4.2.2).
+            }
         }
-        self.send_append(from, Trigger::Replicate);
+        if !self.send_timeout_now_if_caught_up(from) {
+            self.send_append(from, Trigger::Replicate);
+        }
     }
 
     /// §5.3: "If AppendEntries fails because of log inconsistency: decrement nextIndex and
@@ -177,11 +183,21 @@ impl RaftCore {
 
     /// §5.4.2: commit the highest index stored on a majority, but only if that entry is
     /// from the current term; earlier entries are then committed with it (Log Matching).
+    /// In a joint configuration, the majority of C_old and of C_new (thesis §4.3). Our own
+    /// log counts only where we vote, and only as far as it is durable.
     pub(crate) fn maybe_commit(&mut self) {
-        let mut match_indexes: Vec<LogIndex> = self.progress.values().map(|progress| progress.match_index).collect();
-        match_indexes.push(self.log.persisted_index());
-        match_indexes.sort_unstable_by(|a, b| b.cmp(a));
-        let candidate = match_indexes[self.config.quorum() - 1];
+        let match_of = |id: NodeId| {
+            if id == self.id {
+                return self.log.persisted_index().0;
+            }
+            self.progress.get(&id).map_or(0, |progress| progress.match_index.0)
+        };
+        let membership = self.membership();
+        let candidate = LogIndex(if self.fault_commit_with_new_voters_only() {
+            crate::membership::Membership::with_voters(membership.voters.iter().copied()).quorum_value(match_of)
+        } else {
+            membership.quorum_value(match_of)
+        });
         if candidate <= self.log.commit_index() {
             return;
         }
@@ -194,6 +210,7 @@ impl RaftCore {
             if !had_committed_in_term {
                 self.on_first_commit_in_term();
             }
+            self.on_commit_advanced();
         }
     }
 
@@ -217,9 +234,8 @@ impl RaftCore {
     /// ticks: our next sync moves that mark past it).
     pub(crate) fn followers_form_quorum(&self) -> bool {
         let mark = self.persisted_at_tick;
-        let keeping_up = |progress: &&Progress| progress.recent_active && progress.state == ReplicationState::Replicate && progress.match_index >= mark;
-        let keeping_up = self.progress.values().filter(keeping_up).count();
-        keeping_up >= self.config.quorum()
+        let keeping_up = |progress: &Progress| progress.recent_active && progress.state == ReplicationState::Replicate && progress.match_index >= mark;
+        self.membership().has_majority(|id| id != self.id && self.progress.get(&id).is_some_and(keeping_up))
     }
 
     pub(crate) fn committed_in_current_term(&self) -> bool {
@@ -233,6 +249,16 @@ impl RaftCore {
 
     #[cfg(not(feature = "fault-injection"))]
     fn fault_commit_by_counting(&self) -> bool {
+        false
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn fault_commit_with_new_voters_only(&self) -> bool {
+        self.faults.commit_with_new_voters_only
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    fn fault_commit_with_new_voters_only(&self) -> bool {
         false
     }
 }

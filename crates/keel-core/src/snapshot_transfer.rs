@@ -5,13 +5,15 @@ use crate::message::MessageBody;
 use crate::progress::ReplicationState;
 use crate::raft::RaftCore;
 use crate::ready::StepError;
-use crate::types::{NodeId, Snapshot, SnapshotMeta};
+use crate::membership::Membership;
+use crate::types::{NodeId, Role, Snapshot, SnapshotMeta};
 use std::sync::Arc;
 
 /// Follower: a snapshot being received, chunk by chunk, with the CRC-32C of what arrived.
 #[derive(Debug)]
 pub(crate) struct IncomingSnapshot {
     meta: SnapshotMeta,
+    membership: Membership,
     data: Vec<u8>,
     crc32c: u32,
 }
@@ -45,6 +47,7 @@ impl RaftCore {
         self.progress.get_mut(&peer).expect("leader tracks every peer").sent_up_to(meta.last_included_index);
         let body = MessageBody::InstallSnapshot {
             meta,
+            membership: snapshot.membership.clone(),
             offset: begin as u64,
             data: snapshot.data[begin..end].to_vec(),
             done: end == snapshot.data.len(),
@@ -67,6 +70,9 @@ impl RaftCore {
             progress.record_match(meta.last_included_index);
             progress.become_replicate();
             self.maybe_commit();
+            if self.role != Role::Leader {
+                return; // A leader the new configuration leaves out stepped down (§4.2.2).
+            }
             return self.send_append(from, crate::replication::Trigger::Replicate);
         }
         progress.state = ReplicationState::Snapshot { meta, next_offset };
@@ -76,7 +82,8 @@ impl RaftCore {
     /// InstallSnapshot receiver (Figure 13): gather chunks in order; when the last arrives
     /// and its checksum matches, replace the log and hand the snapshot to the driver to
     /// persist and restore. (`validate.rs` has checked that the chunk fits its image.)
-    pub(crate) fn handle_install_snapshot(&mut self, from: NodeId, meta: SnapshotMeta, offset: u64, data: Vec<u8>, done: bool, read_round: u64) -> Result<(), StepError> {
+    #[allow(clippy::too_many_arguments)] // The fields of one InstallSnapshot message.
+    pub(crate) fn handle_install_snapshot(&mut self, from: NodeId, meta: SnapshotMeta, membership: Membership, offset: u64, data: Vec<u8>, done: bool, read_round: u64) -> Result<(), StepError> {
         if meta.last_included_index <= self.log.commit_index() {
             // Our committed log already covers it.
             self.incoming_snapshot = None;
@@ -84,7 +91,7 @@ impl RaftCore {
             return Ok(());
         }
         if offset == 0 {
-            self.incoming_snapshot = Some(IncomingSnapshot { meta, data: Vec::new(), crc32c: 0 });
+            self.incoming_snapshot = Some(IncomingSnapshot { meta, membership, data: Vec::new(), crc32c: 0 });
         }
         let expected = match &self.incoming_snapshot {
             Some(incoming) if incoming.meta == meta => incoming.data.len() as u64,
@@ -108,8 +115,8 @@ impl RaftCore {
             // Changes nothing: the next chunk we are sent starts the transfer over.
             return Err(StepError::SnapshotChecksum { from, index: meta.last_included_index, expected: meta.data_crc32c, actual: incoming.crc32c });
         }
-        let snapshot = Snapshot { meta, data: Arc::new(incoming.data) };
-        self.log.install_snapshot(meta);
+        let snapshot = Snapshot { meta, membership: incoming.membership, data: Arc::new(incoming.data) };
+        self.log.install_snapshot(meta, snapshot.membership.clone());
         self.snapshot = Some(snapshot.clone());
         self.snapshot_to_install = Some(snapshot);
         self.reply_snapshot(from, meta, received, true, read_round);

@@ -72,6 +72,10 @@ pub enum EntryKind {
     Noop,
     /// An opaque command for the state machine.
     Command(Bytes),
+    /// A cluster configuration (thesis §4.1), in force on each node from the moment it is
+    /// appended there. State machines skip it (`StateMachine::apply` still sees it, to keep
+    /// `applied_index` moving).
+    Config(crate::membership::Membership),
 }
 
 /// One log entry (Figure 2: "each entry contains command for state machine, and term when
@@ -89,6 +93,7 @@ impl Entry {
         let payload = match &self.kind {
             EntryKind::Noop => 0,
             EntryKind::Command(data) => data.len(),
+            EntryKind::Config(membership) => 8 * membership.members().len() + 8 * membership.voters_outgoing.len(),
         };
         payload + 24
     }
@@ -123,19 +128,22 @@ impl SnapshotMeta {
     }
 }
 
-/// A state machine image plus the log position it reflects.
+/// A state machine image plus the log position it reflects, and the cluster configuration
+/// in force at that position (thesis §4.1: the snapshot replaces the configuration entries it
+/// covers, so a node restored from it knows its cluster).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub meta: SnapshotMeta,
+    pub membership: crate::membership::Membership,
     pub data: std::sync::Arc<Vec<u8>>,
 }
 
 impl Snapshot {
     /// An image of the state as of `last_included_index`, with its size and checksum.
-    pub fn new(last_included_index: LogIndex, last_included_term: Term, data: impl Into<std::sync::Arc<Vec<u8>>>) -> Snapshot {
+    pub fn new(last_included_index: LogIndex, last_included_term: Term, membership: crate::membership::Membership, data: impl Into<std::sync::Arc<Vec<u8>>>) -> Snapshot {
         let data = data.into();
         let meta = SnapshotMeta { last_included_index, last_included_term, data_bytes: data.len() as u64, data_crc32c: crc32c::crc32c(&data) };
-        Snapshot { meta, data }
+        Snapshot { meta, membership, data }
     }
 
     /// Whether the image is the one its metadata describes (size and CRC-32C).

@@ -31,7 +31,11 @@ impl RaftCore {
         if message.to != self.id {
             return Err(StepError::UnknownNode(message.to));
         }
-        if message.from == self.id || !self.config.members.contains(&message.from) {
+        // A node that knows no configuration yet (one waiting to be added) cannot tell who
+        // its peers are: it hears from anyone, and learns the cluster from the leader.
+        let membership = self.membership();
+        let knows_members = !membership.voters.is_empty();
+        if message.from == self.id || (knows_members && !membership.is_member(message.from)) {
             return Err(StepError::UnknownNode(message.from));
         }
         self.check_shape(message).map_err(|reason| invalid(message, reason))?;
@@ -51,7 +55,10 @@ impl RaftCore {
         match &message.body {
             MessageBody::RequestVote { last_log_index, last_log_term, .. } => check_position(*last_log_index, *last_log_term, term, "last log"),
             MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, .. } => check_entries(*prev_log_index, *prev_log_term, entries, term),
-            MessageBody::InstallSnapshot { meta, offset, data, done, .. } => check_chunk(meta, *offset, data.len(), *done, term),
+            MessageBody::InstallSnapshot { meta, membership, offset, data, done, .. } => {
+                check_configuration(membership, meta.last_included_index)?;
+                check_chunk(meta, *offset, data.len(), *done, term)
+            }
             MessageBody::InstallSnapshotResponse { meta, next_offset, .. } => {
                 check_snapshot_meta(meta, term)?;
                 ensure(*next_offset <= meta.data_bytes, || format!("next offset {next_offset} beyond the image's {} bytes", meta.data_bytes))
@@ -60,6 +67,7 @@ impl RaftCore {
                 ensure(conflict_index <= rejected_index, || format!("conflict index {conflict_index} beyond the rejected index {rejected_index}"))?;
                 ensure(conflict_term.is_none_or(|conflict_term| conflict_term <= term), || format!("conflict term {conflict_term:?} beyond the message's term {term}"))
             }
+            MessageBody::TimeoutNow => ensure(term > Term(0), || "TimeoutNow in term 0, before any election".into()),
             MessageBody::AppendEntriesResponse { result: AppendResult::Success { .. }, .. } | MessageBody::RequestVoteResponse { .. } => Ok(()),
         }
     }
@@ -138,9 +146,18 @@ fn check_entries(prev_log_index: LogIndex, prev_log_term: Term, entries: &[Entry
     for entry in entries {
         ensure(entry.index == previous.0.next(), || format!("entry {} does not follow index {}", entry.index, previous.0))?;
         ensure(entry.term >= previous.1 && entry.term > Term(0), || format!("entry {} has term {} after term {}", entry.index, entry.term, previous.1))?;
+        if let crate::types::EntryKind::Config(membership) = &entry.kind {
+            check_configuration(membership, entry.index)?;
+        }
         previous = (entry.index, entry.term);
     }
     ensure(previous.1 <= term, || format!("entry {} of term {} beyond the message's term {term}", previous.0, previous.1))
+}
+
+/// A configuration a leader sends (an entry, or a snapshot's): well formed, with voters.
+fn check_configuration(membership: &crate::membership::Membership, index: LogIndex) -> Result<(), String> {
+    membership.check().map_err(|problem| format!("configuration at {index}: {problem}"))?;
+    ensure(!membership.voters.is_empty(), || format!("configuration at {index} has no voter"))
 }
 
 fn check_snapshot_meta(meta: &SnapshotMeta, term: Term) -> Result<(), String> {
@@ -224,13 +241,14 @@ mod tests {
     fn snapshot_chunks_must_fit_their_image() {
         let mut core = follower();
         let meta = SnapshotMeta { last_included_index: LogIndex(5), last_included_term: Term(1), data_bytes: 10, data_crc32c: 0 };
-        let chunk = |offset: u64, data: Vec<u8>, done: bool| MessageBody::InstallSnapshot { meta, offset, data, done, read_round: 0 };
+        let membership = || crate::membership::Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]);
+        let chunk = |offset: u64, data: Vec<u8>, done: bool| MessageBody::InstallSnapshot { meta, membership: membership(), offset, data, done, read_round: 0 };
         assert!(refused(&mut core, from_2(1, chunk(8, vec![0; 4], true))).contains("overruns"));
         assert!(refused(&mut core, from_2(1, chunk(u64::MAX, vec![0; 4], true))).contains("overruns"));
         assert!(refused(&mut core, from_2(1, chunk(0, vec![0; 10], false))).contains("says done = false"));
         assert!(refused(&mut core, from_2(1, chunk(0, vec![0; 4], true))).contains("says done = true"));
         let future = SnapshotMeta { last_included_term: Term(7), ..meta };
-        let body = MessageBody::InstallSnapshot { meta: future, offset: 0, data: vec![0; 10], done: true, read_round: 0 };
+        let body = MessageBody::InstallSnapshot { meta: future, membership: membership(), offset: 0, data: vec![0; 10], done: true, read_round: 0 };
         assert!(refused(&mut core, from_2(1, body)).contains("beyond the message's term"));
     }
 
@@ -238,7 +256,8 @@ mod tests {
     fn a_snapshot_over_the_size_limit_is_refused() {
         let mut core = follower();
         let meta = SnapshotMeta { last_included_index: LogIndex(5), last_included_term: Term(1), data_bytes: (1 << 30) + 1, data_crc32c: 0 };
-        let body = MessageBody::InstallSnapshot { meta, offset: 0, data: vec![0; 4], done: false, read_round: 0 };
+        let membership = crate::membership::Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]);
+        let body = MessageBody::InstallSnapshot { meta, membership, offset: 0, data: vec![0; 4], done: false, read_round: 0 };
         assert_eq!(core.step(from_2(1, body)), Err(StepError::SnapshotTooLarge { from: NodeId(2), data_bytes: (1 << 30) + 1, bytes_max: 1 << 30 }));
     }
 
@@ -250,8 +269,8 @@ mod tests {
         let entries = vec![entry(1, 1), entry(2, 2)];
         let hard_state = crate::types::HardState { current_term: Term(2), voted_for: None, commit_index: LogIndex(2) };
         let mut core = RaftCore::new(Config::new(NodeId(1), vec![NodeId(1), NodeId(2), NodeId(3)]), RestoredState { hard_state, snapshot: None, entries });
-        let old = crate::types::Snapshot::new(LogIndex(5), Term(1), vec![1, 2, 3]);
-        let body = MessageBody::InstallSnapshot { meta: old.meta, offset: 0, data: old.data.to_vec(), done: true, read_round: 0 };
+        let old = crate::types::Snapshot::new(LogIndex(5), Term(1), crate::membership::Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]), vec![1, 2, 3]);
+        let body = MessageBody::InstallSnapshot { meta: old.meta, membership: old.membership.clone(), offset: 0, data: old.data.to_vec(), done: true, read_round: 0 };
         assert_eq!(refused(&mut core, from_2(2, body)), "index 5 of term 1 would follow committed index 2 of term 2");
         let body = append((0, 0), vec![entry(1, 1), entry(2, 1), entry(3, 1)]);
         assert_eq!(refused(&mut core, from_2(2, body)), "index 3 of term 1 would follow committed index 2 of term 2");

@@ -20,7 +20,7 @@
 mod common;
 
 use common::Cluster;
-use keel_core::{AppendResult, Entry, EntryKind, LogIndex, Message, MessageBody, NodeId, Snapshot, SnapshotMeta, Term};
+use keel_core::{AppendResult, Entry, EntryKind, LogIndex, Membership, Message, MessageBody, NodeId, Snapshot, SnapshotMeta, Term};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use std::cell::Cell;
@@ -63,8 +63,15 @@ fn entries() -> impl Strategy<Value = Vec<Entry>> {
     let consecutive = (number(), 1u64..4, 1u64..4).prop_map(|(first, count, term)| {
         (0..count).map(|offset| Entry { term: Term(term), index: LogIndex(first.saturating_add(offset)), kind: EntryKind::Command(vec![b'f'].into()) }).collect()
     });
-    let scattered = prop::collection::vec((number(), number()), 0..4).prop_map(|pairs| pairs.into_iter().map(|(index, term)| Entry { term: Term(term), index: LogIndex(index), kind: EntryKind::Noop }).collect());
+    let kind = prop_oneof![4 => Just(EntryKind::Noop), 1 => membership().prop_map(EntryKind::Config)];
+    let scattered = prop::collection::vec((number(), number(), kind), 0..4).prop_map(|triples| triples.into_iter().map(|(index, term, kind)| Entry { term: Term(term), index: LogIndex(index), kind }).collect());
     prop_oneof![consecutive, scattered]
+}
+
+/// Configurations well formed and not: small ids, sets that may overlap or be empty.
+fn membership() -> impl Strategy<Value = Membership> {
+    let set = || prop::collection::btree_set((0u64..6).prop_map(NodeId), 0..4);
+    (set(), set(), set()).prop_map(|(voters, voters_outgoing, learners)| Membership { voters, voters_outgoing, learners })
 }
 
 fn snapshot_meta() -> impl Strategy<Value = SnapshotMeta> {
@@ -74,7 +81,13 @@ fn snapshot_meta() -> impl Strategy<Value = SnapshotMeta> {
 
 fn body() -> impl Strategy<Value = MessageBody> {
     prop_oneof![
-        (any::<bool>(), number(), number()).prop_map(|(pre_vote, index, term)| MessageBody::RequestVote { pre_vote, last_log_index: LogIndex(index), last_log_term: Term(term) }),
+        (any::<bool>(), number(), number(), any::<bool>()).prop_map(|(pre_vote, index, term, leadership_transfer)| MessageBody::RequestVote {
+            pre_vote,
+            last_log_index: LogIndex(index),
+            last_log_term: Term(term),
+            leadership_transfer
+        }),
+        Just(MessageBody::TimeoutNow),
         (any::<bool>(), any::<bool>()).prop_map(|(pre_vote, vote_granted)| MessageBody::RequestVoteResponse { pre_vote, vote_granted }),
         (number(), number(), entries(), number(), number()).prop_map(|(prev, prev_term, entries, commit, read_round)| MessageBody::AppendEntries {
             prev_log_index: LogIndex(prev),
@@ -95,12 +108,12 @@ fn body() -> impl Strategy<Value = MessageBody> {
             result: AppendResult::Conflict { rejected_index: LogIndex(rejected), conflict_term: term.map(Term), conflict_index: LogIndex(conflict) },
             read_round,
         }),
-        (snapshot_meta(), number(), prop::collection::vec(any::<u8>(), 0..8), any::<bool>(), number())
-            .prop_map(|(meta, offset, data, done, read_round)| MessageBody::InstallSnapshot { meta, offset, data, done, read_round }),
+        (snapshot_meta(), membership(), number(), prop::collection::vec(any::<u8>(), 0..8), any::<bool>(), number())
+            .prop_map(|(meta, membership, offset, data, done, read_round)| MessageBody::InstallSnapshot { meta, membership, offset, data, done, read_round }),
         // A whole image whose checksum holds: the install path itself.
-        (1u64..12, 1u64..4, prop::collection::vec(any::<u8>(), 0..8)).prop_map(|(index, term, data)| {
-            let snapshot = Snapshot::new(LogIndex(index), Term(term), data);
-            MessageBody::InstallSnapshot { meta: snapshot.meta, offset: 0, data: snapshot.data.to_vec(), done: true, read_round: 0 }
+        (1u64..12, 1u64..4, membership(), prop::collection::vec(any::<u8>(), 0..8)).prop_map(|(index, term, membership, data)| {
+            let snapshot = Snapshot::new(LogIndex(index), Term(term), membership, data);
+            MessageBody::InstallSnapshot { meta: snapshot.meta, membership: snapshot.membership, offset: 0, data: snapshot.data.to_vec(), done: true, read_round: 0 }
         }),
         (snapshot_meta(), number(), any::<bool>(), number()).prop_map(|(meta, next_offset, done, read_round)| MessageBody::InstallSnapshotResponse { meta, next_offset, done, read_round }),
     ]

@@ -88,7 +88,8 @@ impl StateMachine for KvStore {
         assert_eq!(entry.index, self.applied_index.next(), "entries must be applied once, in order");
         self.applied_index = entry.index;
         match &entry.kind {
-            EntryKind::Noop => CommandResult::Noop,
+            // A configuration is the cluster's business, not the store's.
+            EntryKind::Noop | EntryKind::Config(_) => CommandResult::Noop,
             EntryKind::Command(bytes) => match Command::decode(bytes) {
                 Ok(command) => self.execute(command),
                 Err(error) => CommandResult::Invalid(error),

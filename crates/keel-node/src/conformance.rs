@@ -134,7 +134,9 @@ pub fn entries(from: u64, to: u64, term: u64) -> Vec<Entry> {
 }
 
 fn snapshot(index: u64, term: u64) -> Snapshot {
-    Snapshot::new(LogIndex(index), Term(term), format!("state machine at {index}@{term}").into_bytes())
+    // A configuration that differs from snapshot to snapshot, so storing it is checked too.
+    let membership = keel_core::Membership { voters: [NodeId(1), NodeId(2), NodeId(index % 7 + 3)].into(), learners: [NodeId(term + 20)].into(), ..Default::default() };
+    Snapshot::new(LogIndex(index), Term(term), membership, format!("state machine at {index}@{term}").into_bytes())
 }
 
 fn hard_state(term: u64, voted_for: Option<u64>, commit_index: u64) -> HardState {

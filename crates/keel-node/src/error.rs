@@ -10,6 +10,9 @@ pub enum NodeError {
     NotLeader { leader_hint: Option<NodeId> },
     /// Too many requests are queued. Not applied.
     Overloaded,
+    /// The leader is handing over to another node (thesis §3.10). Not applied; retry at
+    /// the new leader in a moment.
+    TransferInProgress,
     /// The entry was overwritten by another leader's: it will never be applied.
     Dropped,
     /// Leadership was lost before a read could be confirmed. Nothing was changed.
@@ -32,7 +35,7 @@ pub enum Outcome {
 impl NodeError {
     pub fn outcome(&self) -> Outcome {
         match self {
-            NodeError::NotLeader { .. } | NodeError::Overloaded | NodeError::Dropped | NodeError::LeadershipLost => Outcome::NotApplied,
+            NodeError::NotLeader { .. } | NodeError::Overloaded | NodeError::TransferInProgress | NodeError::Dropped | NodeError::LeadershipLost => Outcome::NotApplied,
             NodeError::Stopped | NodeError::OutcomeUnknown => Outcome::Unknown,
         }
     }
@@ -44,6 +47,7 @@ impl std::fmt::Display for NodeError {
             NodeError::NotLeader { leader_hint: Some(id) } => write!(f, "not the leader; node {id} is"),
             NodeError::NotLeader { leader_hint: None } => write!(f, "not the leader, and no leader is known"),
             NodeError::Overloaded => write!(f, "too many requests queued; retry later"),
+            NodeError::TransferInProgress => write!(f, "leadership is being transferred; retry at the new leader"),
             NodeError::Dropped => write!(f, "the entry was overwritten by a new leader and not applied"),
             NodeError::LeadershipLost => write!(f, "leadership was lost before the read was confirmed"),
             NodeError::Stopped => write!(f, "the node stopped; the request may or may not have been applied"),

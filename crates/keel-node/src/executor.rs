@@ -29,7 +29,7 @@
 use crate::config::NodeConfig;
 use crate::error::{NodeError, StartError};
 use crate::io::{Io, JobResult, Observation, SnapshotBuild, SnapshotImage, SnapshotJob, StorageDone, StorageJob};
-use keel_core::{Entry, HardState, LogIndex, Message, NodeId, RaftCore, ReadError, Ready, RestoredState, Role, SnapshotMeta, StateMachine, StepError, Term};
+use keel_core::{Entry, HardState, LogIndex, MembershipChange, MembershipError, Message, NodeId, RaftCore, ReadError, Ready, RestoredState, Role, SnapshotMeta, StateMachine, StepError, Term, TransferError};
 use std::collections::{BTreeMap, VecDeque};
 use tracing::{debug, error, info, warn};
 
@@ -145,6 +145,7 @@ impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
             }
             Err(keel_core::ProposeError::NotLeader { leader_hint }) => self.io.answer_proposal(proposal, Err(NodeError::NotLeader { leader_hint })),
             Err(keel_core::ProposeError::TooManyUncommitted) => self.io.answer_proposal(proposal, Err(NodeError::Overloaded)),
+            Err(keel_core::ProposeError::TransferInProgress) => self.io.answer_proposal(proposal, Err(NodeError::TransferInProgress)),
         }
     }
 
@@ -159,6 +160,24 @@ impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
             }
             Err(error) => self.io.answer_read(read, Err(read_error(error))),
         }
+    }
+
+    /// Proposes a membership change (thesis ch. 4); returns where its configuration entry
+    /// sits. It takes effect on each node as that entry is appended; a change of voters
+    /// then goes through the joint configuration, which the leader leaves by itself once
+    /// it commits.
+    pub fn propose_membership(&mut self, change: MembershipChange) -> Result<(LogIndex, Term), MembershipError> {
+        let placed = self.core.propose_membership(change)?;
+        info!("[NODE {}] proposed {change:?} at index {}: configuration now {}", self.id, placed.0, self.core.membership());
+        Ok(placed)
+    }
+
+    /// Starts handing leadership to `target` (thesis §3.10); proposals are refused until it
+    /// ends, by a new leader or after an election timeout.
+    pub fn transfer_leadership(&mut self, target: NodeId) -> Result<(), TransferError> {
+        self.core.transfer_leadership(target)?;
+        info!("[NODE {}] transferring leadership to node {target}", self.id);
+        Ok(())
     }
 
     /// A job queued on the storage thread finished (in queue order).
@@ -436,7 +455,8 @@ impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
             return;
         }
         let Some(term) = self.core.entry(applied).map(|entry| entry.term) else { return };
-        let job = SnapshotJob { index: applied, term, make: self.state_machine.snapshot_job() };
+        let membership = self.core.membership_at(applied).clone();
+        let job = SnapshotJob { index: applied, term, membership, make: self.state_machine.snapshot_job() };
         self.snapshot_in_progress = true;
         self.snapshot_index = applied;
         self.applied_bytes_since_snapshot = 0;
@@ -580,7 +600,7 @@ mod tests {
     }
 
     fn compaction(index: u64) -> StorageJob {
-        StorageJob::Compact(SnapshotImage { snapshot: Snapshot::new(LogIndex(index), Term(1), Vec::new()), build_ms: 0, stage_ms: 0 })
+        StorageJob::Compact(SnapshotImage { snapshot: Snapshot::new(LogIndex(index), Term(1), Default::default(), Vec::new()), build_ms: 0, stage_ms: 0 })
     }
 
     /// The order rule of the module doc: a write the executor would run inline waits behind
@@ -594,7 +614,7 @@ mod tests {
         assert_eq!(executor.io.queued, ["compact 2", "write [5]"], "the write must not overtake the queued compaction");
         assert!(executor.io.ran_inline.is_empty());
 
-        let compacted = StorageDone::Compacted { image: SnapshotImage { snapshot: Snapshot::new(LogIndex(2), Term(1), Vec::new()), build_ms: 0, stage_ms: 0 }, compact_ms: 0 };
+        let compacted = StorageDone::Compacted { image: SnapshotImage { snapshot: Snapshot::new(LogIndex(2), Term(1), Default::default(), Vec::new()), build_ms: 0, stage_ms: 0 }, compact_ms: 0 };
         executor.storage_done(Ok(compacted));
         executor.storage_done(Ok(StorageDone::Written));
         assert!(matches!(executor.next_completion(), Some(Ok(StorageDone::Compacted { .. }))));
@@ -646,8 +666,8 @@ mod tests {
     fn an_image_the_state_machine_cannot_read_stops_the_node() {
         let config = NodeConfig::new(NodeId(1), vec![NodeId(1), NodeId(2), NodeId(3)]);
         let mut executor: Executor<KvStore, TestIo> = Executor::new(&config, RestoredState::default(), KvStore::new(), test_io(false)).unwrap();
-        let image = Snapshot::new(LogIndex(5), Term(1), b"not a key-value image".to_vec());
-        let body = keel_core::MessageBody::InstallSnapshot { meta: image.meta, offset: 0, data: image.data.to_vec(), done: true, read_round: 0 };
+        let image = Snapshot::new(LogIndex(5), Term(1), keel_core::Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]), b"not a key-value image".to_vec());
+        let body = keel_core::MessageBody::InstallSnapshot { meta: image.meta, membership: image.membership.clone(), offset: 0, data: image.data.to_vec(), done: true, read_round: 0 };
         executor.step(Message { from: NodeId(2), to: NodeId(1), term: Term(1), body }).expect("a well-formed chunk");
         let stopped = executor.drive().expect_err("the node must stop");
         assert!(stopped.starts_with("cannot restore the snapshot at 5 from the leader"), "{stopped}");

@@ -39,10 +39,11 @@ pub enum StorageDone {
 pub type JobResult = Result<StorageDone, StorageError>;
 
 /// A state machine image to build off the driver (`StateMachine::snapshot_job`): the image
-/// as of `index` (of `term`), made by `make`.
+/// as of `index` (of `term`), made by `make`, and the configuration in force there.
 pub struct SnapshotJob {
     pub index: LogIndex,
     pub term: Term,
+    pub membership: keel_core::Membership,
     pub make: Box<dyn FnOnce() -> Vec<u8> + Send>,
 }
 
@@ -138,7 +139,7 @@ pub fn run_storage_job(storage: &mut (impl Storage + ?Sized), job: StorageJob, s
 /// Builds the image and pre-writes it through the storage's stager, timing both.
 pub fn build_image(id: NodeId, job: SnapshotJob, stager: &SnapshotStager) -> SnapshotImage {
     let started = std::time::Instant::now();
-    let snapshot = Snapshot::new(job.index, job.term, (job.make)());
+    let snapshot = Snapshot::new(job.index, job.term, job.membership, (job.make)());
     let build_ms = started.elapsed().as_millis();
     if let Err(error) = stager(&snapshot) {
         // `compact` writes it again on the storage thread, and stops the node if that fails too.

@@ -257,7 +257,7 @@ mod tests {
         storage.append(&entries(1, 4, 1)).unwrap();
         storage.sync().unwrap();
         storage.append(&entries(5, 6, 1)).unwrap();
-        storage.compact(&Snapshot::new(LogIndex(3), Term(1), vec![1, 2, 3])).unwrap();
+        storage.compact(&Snapshot::new(LogIndex(3), Term(1), Default::default(), vec![1, 2, 3])).unwrap();
         assert_eq!((storage.unsynced_entries(), storage.first_unsynced_index()), (2, Some(LogIndex(5))));
         let (crashed, _) = storage.crash(1);
         let restored = crashed.initial_state().unwrap();
@@ -268,7 +268,7 @@ mod tests {
     #[test]
     fn a_snapshot_whose_image_does_not_match_its_checksum_is_reported() {
         let mut storage = MemoryStorage::new();
-        let mut snapshot = Snapshot::new(LogIndex(3), Term(1), vec![1, 2, 3]);
+        let mut snapshot = Snapshot::new(LogIndex(3), Term(1), Default::default(), vec![1, 2, 3]);
         snapshot.meta.data_crc32c ^= 1;
         storage.install_snapshot(&snapshot).unwrap();
         assert!(matches!(storage.initial_state(), Err(StorageError::Inconsistent { .. })));

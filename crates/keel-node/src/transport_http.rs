@@ -558,7 +558,7 @@ mod tests {
     }
 
     fn chunk(bytes: usize) -> Message {
-        let body = MessageBody::InstallSnapshot { meta: SnapshotMeta::default(), offset: 0, data: vec![0; bytes], done: false, read_round: 0 };
+        let body = MessageBody::InstallSnapshot { meta: SnapshotMeta::default(), membership: Default::default(), offset: 0, data: vec![0; bytes], done: false, read_round: 0 };
         Message { from: NodeId(1), to: NodeId(2), term: Term(1), body }
     }
 

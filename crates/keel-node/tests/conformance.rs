@@ -86,7 +86,7 @@ fn stale_staged_snapshot_file_is_deleted() {
     let entries: Vec<Entry> = (1..=20).map(|index| Entry { term: Term(1), index: LogIndex(index), kind: EntryKind::Noop }).collect();
     storage.append(&entries).expect("append");
     storage.sync().expect("sync");
-    let snapshot = |index: u64, term: u64| Snapshot::new(LogIndex(index), Term(term), vec![7; 64]);
+    let snapshot = |index: u64, term: u64| Snapshot::new(LogIndex(index), Term(term), Default::default(), vec![7; 64]);
     (storage.snapshot_stager())(&snapshot(10, 1)).expect("stage");
     let temp_files = || std::fs::read_dir(dir.path()).unwrap().filter(|item| item.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp")).count();
     assert_eq!(temp_files(), 1, "the stager wrote the image's temp file");

@@ -30,7 +30,7 @@ fn hard_state(term: u64) -> HardState {
 }
 
 fn snapshot(index: u64, term: u64) -> Snapshot {
-    Snapshot::new(LogIndex(index), Term(term), vec![7; 100])
+    Snapshot::new(LogIndex(index), Term(term), keel_core::Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]), vec![7; 100])
 }
 
 /// Where one record landed on disk.

@@ -315,7 +315,7 @@ async fn a_restarted_follower_catches_up_by_snapshot() {
 }
 
 fn vote_request(from: u64, to: u64) -> Message {
-    let body = MessageBody::RequestVote { pre_vote: false, last_log_index: LogIndex(9), last_log_term: Term(3) };
+    let body = MessageBody::RequestVote { pre_vote: false, last_log_index: LogIndex(9), last_log_term: Term(3), leadership_transfer: false };
     Message { from: NodeId(from), to: NodeId(to), term: Term(1000), body }
 }
 

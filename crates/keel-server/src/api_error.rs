@@ -95,6 +95,7 @@ impl ApiError {
             NodeError::NotLeader { leader_hint: Some(leader) } => return ApiError::not_leader(*leader, leader_addr(*leader)),
             NodeError::NotLeader { leader_hint: None } => ApiError::no_leader(),
             NodeError::Overloaded => ApiError::unavailable("overloaded", error.to_string()),
+            NodeError::TransferInProgress => ApiError::unavailable("transfer_in_progress", error.to_string()),
             NodeError::Dropped => ApiError::unavailable("dropped", error.to_string()),
             NodeError::LeadershipLost => ApiError::unavailable("leadership_lost", error.to_string()),
             NodeError::Stopped => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopped", error.to_string()),

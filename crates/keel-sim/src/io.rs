@@ -49,7 +49,7 @@ impl Reply {
     fn for_error(error: &NodeError) -> Reply {
         match error {
             NodeError::NotLeader { leader_hint } => Reply::NotLeader(*leader_hint),
-            NodeError::Overloaded | NodeError::Dropped | NodeError::LeadershipLost => Reply::NotApplied,
+            NodeError::Overloaded | NodeError::TransferInProgress | NodeError::Dropped | NodeError::LeadershipLost => Reply::NotApplied,
             NodeError::Stopped | NodeError::OutcomeUnknown => Reply::Unknown,
         }
     }

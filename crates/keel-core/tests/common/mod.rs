@@ -151,6 +151,17 @@ impl Cluster {
         cluster
     }
 
+    /// A new node `id` that starts empty and knows no configuration: it waits to be added
+    /// (thesis §4.2.1) and learns its cluster from the leader's log or snapshot.
+    pub fn add_node(&mut self, id: u64, tweak: impl Fn(&mut Config)) {
+        let mut config = Config::new(NodeId(id), Vec::new());
+        config.random_seed = id;
+        tweak(&mut config);
+        let core = RaftCore::new(config.clone(), RestoredState::default());
+        let node = Node { config, core, disk: MemoryStorage::new(), state_machine: Bytes::default(), read_states: Vec::new() };
+        self.nodes.insert(NodeId(id), node);
+    }
+
     pub fn ids(&self) -> Vec<u64> {
         self.nodes.keys().map(|id| id.0).collect()
     }
@@ -365,7 +376,7 @@ impl Cluster {
         let node = self.nodes.get_mut(&NodeId(id)).expect("known node");
         let index = node.state_machine.applied_index;
         let term = node.core.entry(index).expect("applied entries are in the log").term;
-        let snapshot = Snapshot::new(index, term, node.state_machine.bytes.clone());
+        let snapshot = Snapshot::new(index, term, node.core.membership_at(index).clone(), node.state_machine.bytes.clone());
         node.disk.compact(&snapshot).expect("memory storage");
         node.core.compact(snapshot.clone());
         snapshot
@@ -416,11 +427,16 @@ pub fn message(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
 }
 
 pub fn pre_vote(last_log_index: u64, last_log_term: u64) -> MessageBody {
-    MessageBody::RequestVote { pre_vote: true, last_log_index: LogIndex(last_log_index), last_log_term: Term(last_log_term) }
+    MessageBody::RequestVote { pre_vote: true, last_log_index: LogIndex(last_log_index), last_log_term: Term(last_log_term), leadership_transfer: false }
 }
 
 pub fn request_vote(last_log_index: u64, last_log_term: u64) -> MessageBody {
-    MessageBody::RequestVote { pre_vote: false, last_log_index: LogIndex(last_log_index), last_log_term: Term(last_log_term) }
+    MessageBody::RequestVote { pre_vote: false, last_log_index: LogIndex(last_log_index), last_log_term: Term(last_log_term), leadership_transfer: false }
+}
+
+/// The RequestVote of a candidate the leader asked to take over (TimeoutNow, thesis §3.10).
+pub fn transfer_vote(last_log_index: u64, last_log_term: u64) -> MessageBody {
+    MessageBody::RequestVote { pre_vote: false, last_log_index: LogIndex(last_log_index), last_log_term: Term(last_log_term), leadership_transfer: true }
 }
 
 pub fn vote_response(pre_vote: bool, vote_granted: bool) -> MessageBody {

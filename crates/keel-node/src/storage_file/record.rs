@@ -5,15 +5,18 @@
 //! checksum = crc32c(length as 4 LE bytes ++ payload)
 //! payload := record_type: u8 | body
 //!   record_type 1 (entry):
-//!     body := term: u64 LE | index: u64 LE | kind: u8 | command?
+//!     body := term: u64 LE | index: u64 LE | kind: u8 | command? | configuration?
 //!     kind 0 = Noop (no more bytes), kind 1 = Command: command := data_bytes: u32 LE | data
+//!     kind 2 = Config: configuration := voters | voters_outgoing | learners, each
+//!       set := count: u8 | count × node id: u64 LE, ids ascending
 //! ```
 //!
 //! The payload must be consumed exactly; `length` is at least `PAYLOAD_BYTES_MIN`.
 //! The encoding is written by hand (not derived) so that a change to `keel_core::Entry`
 //! cannot silently change the bytes on disk: a new `EntryKind` fails to compile here.
 
-use keel_core::{Entry, EntryKind, LogIndex, Term};
+use keel_core::{Entry, EntryKind, LogIndex, Membership, NodeId, Term};
+use std::collections::BTreeSet;
 
 pub const FRAME_HEADER_BYTES: usize = 8;
 /// record type + term + index + kind.
@@ -22,6 +25,7 @@ pub const PAYLOAD_BYTES_MIN: usize = 1 + 8 + 8 + 1;
 const RECORD_TYPE_ENTRY: u8 = 1;
 const KIND_NOOP: u8 = 0;
 const KIND_COMMAND: u8 = 1;
+const KIND_CONFIG: u8 = 2;
 
 /// What the bytes at one offset hold.
 #[derive(Debug, PartialEq, Eq)]
@@ -47,7 +51,45 @@ fn payload_bytes(entry: &Entry) -> usize {
     match &entry.kind {
         EntryKind::Noop => PAYLOAD_BYTES_MIN,
         EntryKind::Command(data) => PAYLOAD_BYTES_MIN + 4 + data.len(),
+        EntryKind::Config(membership) => PAYLOAD_BYTES_MIN + membership_bytes(membership),
     }
+}
+
+/// The bytes `encode_membership` writes for `membership`.
+pub fn membership_bytes(membership: &Membership) -> usize {
+    3 + 8 * (membership.voters.len() + membership.voters_outgoing.len() + membership.learners.len())
+}
+
+/// A configuration, in the encoding of the module doc (also the snapshot file's).
+pub fn encode_membership(membership: &Membership, out: &mut Vec<u8>) {
+    for set in [&membership.voters, &membership.voters_outgoing, &membership.learners] {
+        out.push(u8::try_from(set.len()).expect("a configuration holds at most MEMBERS_MAX members"));
+        for id in set {
+            out.extend_from_slice(&id.0.to_le_bytes());
+        }
+    }
+}
+
+/// Reads a configuration from the start of `bytes`; returns it and the bytes it took.
+pub fn decode_membership(bytes: &[u8]) -> Result<(Membership, usize), String> {
+    let mut at = 0;
+    let mut sets: Vec<BTreeSet<NodeId>> = Vec::new();
+    for _ in 0..3 {
+        let count = *bytes.get(at).ok_or("configuration cut short")? as usize;
+        at += 1;
+        let ids = bytes.get(at..at + 8 * count).ok_or("configuration cut short")?;
+        sets.push(ids.chunks_exact(8).map(|id| NodeId(read_u64(id))).collect());
+        at += 8 * count;
+    }
+    let learners = sets.pop().expect("three sets");
+    let voters_outgoing = sets.pop().expect("three sets");
+    let voters = sets.pop().expect("three sets");
+    let membership = Membership { voters, voters_outgoing, learners };
+    if membership_bytes(&membership) != at {
+        return Err("configuration repeats a node id".into());
+    }
+    membership.check()?;
+    Ok((membership, at))
 }
 
 /// Appends the frame for `entry` to `out`. The caller has checked the size limit.
@@ -66,6 +108,10 @@ pub fn encode(entry: &Entry, out: &mut Vec<u8>) {
             out.push(KIND_COMMAND);
             out.extend_from_slice(&(data.len() as u32).to_le_bytes());
             out.extend_from_slice(data);
+        }
+        EntryKind::Config(membership) => {
+            out.push(KIND_CONFIG);
+            encode_membership(membership, out);
         }
     }
     assert_eq!(out.len() - start, FRAME_HEADER_BYTES + payload_length, "frame size");
@@ -120,6 +166,8 @@ pub fn is_consistent_prefix(written: &[u8], expected_index: LogIndex, payload_by
         None => None,
         Some(&KIND_NOOP) => Some(PAYLOAD_BYTES_MIN),
         Some(&KIND_COMMAND) => payload.get(18..22).map(|bytes| PAYLOAD_BYTES_MIN + 4 + u32::from_le_bytes(bytes.try_into().expect("4 bytes")) as usize),
+        // Its length is spread over three counts; the checks above must do.
+        Some(&KIND_CONFIG) => None,
         Some(_) => return false,
     };
     described.is_none_or(|described| described == length)
@@ -138,6 +186,7 @@ fn decode_payload(payload: &[u8]) -> Result<Entry, String> {
     let kind = match payload[17] {
         KIND_NOOP => EntryKind::Noop,
         KIND_COMMAND => EntryKind::Command(decode_command(&payload[18..])?.into()),
+        KIND_CONFIG => EntryKind::Config(decode_membership(&payload[18..])?.0),
         other => return Err(format!("unknown entry kind {other}")),
     };
     let entry = Entry { term, index, kind };
@@ -171,8 +220,10 @@ mod tests {
     }
 
     #[test]
-    fn round_trips_both_kinds() {
-        for entry in [command(7, b"hello"), command(8, b""), Entry { term: Term(1), index: LogIndex(1), kind: EntryKind::Noop }] {
+    fn round_trips_every_kind() {
+        let config = Membership { voters: [NodeId(1), NodeId(4)].into(), voters_outgoing: [NodeId(1), NodeId(2)].into(), learners: [NodeId(9)].into() };
+        let config = Entry { term: Term(2), index: LogIndex(3), kind: EntryKind::Config(config) };
+        for entry in [command(7, b"hello"), command(8, b""), Entry { term: Term(1), index: LogIndex(1), kind: EntryKind::Noop }, config] {
             let mut bytes = Vec::new();
             encode(&entry, &mut bytes);
             assert_eq!(bytes.len(), frame_bytes(&entry));

@@ -357,7 +357,7 @@ pub fn replay(entries: &[Entry]) -> KvStore {
 
 pub fn decode(entry: &Entry) -> Option<Command> {
     match &entry.kind {
-        EntryKind::Noop => None,
+        EntryKind::Noop | EntryKind::Config(_) => None,
         EntryKind::Command(bytes) => Some(Command::decode(bytes).expect("a valid command")),
     }
 }
