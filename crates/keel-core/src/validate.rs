@@ -31,11 +31,7 @@ impl RaftCore {
         if message.to != self.id {
             return Err(StepError::UnknownNode(message.to));
         }
-        // A node that knows no configuration yet (one waiting to be added) cannot tell who
-        // its peers are: it hears from anyone, and learns the cluster from the leader.
-        let membership = self.membership();
-        let knows_members = !membership.voters.is_empty();
-        if message.from == self.id || (knows_members && !membership.is_member(message.from)) {
+        if message.from == self.id || !self.may_hear_from(message) {
             return Err(StepError::UnknownNode(message.from));
         }
         self.check_shape(message).map_err(|reason| invalid(message, reason))?;
@@ -45,6 +41,17 @@ impl RaftCore {
             }
         }
         Ok(())
+    }
+
+    /// Who may send to us: a member of our configuration; or any node, when the message is
+    /// a leader's (AppendEntries, InstallSnapshot, TimeoutNow): a node whose log lags behind
+    /// a membership change does not know the leader a later configuration made, and only that
+    /// leader's log can tell it (its term is checked like any other). A node that knows no
+    /// configuration yet (one waiting to be added) hears from anyone. A stranger's vote
+    /// requests and answers are refused: a removed node cannot disrupt (thesis §4.2.3).
+    fn may_hear_from(&self, message: &Message) -> bool {
+        let membership = self.membership();
+        membership.voters.is_empty() || membership.is_member(message.from) || message.body.is_from_leader()
     }
 
     fn check_shape(&self, message: &Message) -> Result<(), String> {
@@ -278,11 +285,17 @@ mod tests {
         assert!(core.step(from_2(2, append((0, 0), vec![entry(1, 1), entry(2, 2), entry(3, 2)]))).is_ok(), "the genuine entries are taken");
     }
 
+    /// A stranger's vote requests are refused (a removed node cannot disrupt, thesis
+    /// §4.2.3); its AppendEntries are not (it may lead a configuration we have not caught up
+    /// with); a message for another node is.
     #[test]
     fn strangers_and_misaddressed_messages_are_refused() {
         let mut core = follower();
-        let stranger = Message { from: NodeId(9), to: NodeId(1), term: Term(1), body: append((0, 0), vec![]) };
-        assert_eq!(core.step(stranger), Err(StepError::UnknownNode(NodeId(9))));
+        let stranger = |body| Message { from: NodeId(9), to: NodeId(1), term: Term(1), body };
+        let vote = MessageBody::RequestVote { pre_vote: false, last_log_index: LogIndex(0), last_log_term: Term(0), leadership_transfer: false };
+        assert_eq!(core.step(stranger(vote)), Err(StepError::UnknownNode(NodeId(9))));
+        assert_eq!(core.step(stranger(append((0, 0), vec![]))), Ok(()));
+        assert_eq!(core.leader_id(), Some(NodeId(9)));
         let elsewhere = Message { from: NodeId(2), to: NodeId(3), term: Term(1), body: append((0, 0), vec![]) };
         assert_eq!(core.step(elsewhere), Err(StepError::UnknownNode(NodeId(3))));
     }

@@ -278,3 +278,35 @@ fn a_restarted_node_takes_its_configuration_from_its_snapshot() {
     assert_eq!(RaftCore::new(config.clone(), restored(grown.clone())).membership(), &grown);
     assert_eq!(RaftCore::new(config.clone(), restored(Membership::default())).membership(), &config.bootstrap_membership());
 }
+
+/// Regression (simulator seed 25 on three nodes, which found it): a follower whose log lags
+/// behind a membership change does not know the leader a later configuration made, and
+/// refused its AppendEntries as a stranger's — for good, since only that leader's log could
+/// tell it. A leader's messages are taken from any node; votes and answers are not.
+#[test]
+fn a_lagging_follower_takes_the_log_from_a_leader_it_does_not_know_yet() {
+    let mut cluster = three_nodes();
+    cluster.isolate(3);
+    add_learner(&mut cluster, 4);
+    cluster.core_mut(1).propose_membership(MembershipChange::Promote(NodeId(4))).unwrap();
+    cluster.process(1);
+    for _ in 0..3 {
+        cluster.tick(1);
+        cluster.stabilize();
+    }
+    assert!(!cluster.core(1).membership().is_joint(), "C_new committed with nodes 1, 2 and 4");
+    // Node 4 leads a later term; node 3 has never heard of it.
+    cluster.core_mut(1).transfer_leadership(NodeId(4)).unwrap();
+    cluster.process(1);
+    cluster.stabilize();
+    assert_eq!(cluster.leaders(), vec![4]);
+    assert!(!cluster.core(3).membership().is_member(NodeId(4)));
+    cluster.heal();
+    let heartbeat_ticks = cluster.node(4).config.heartbeat_interval_ticks;
+    for _ in 0..5 {
+        cluster.ticks(4, heartbeat_ticks);
+        cluster.stabilize();
+    }
+    assert_eq!(cluster.log(3), cluster.log(4), "node 3 caught up from a leader it did not know");
+    assert_eq!(cluster.core(3).leader_id(), Some(NodeId(4)));
+}

@@ -123,9 +123,18 @@ pub fn run_all<H: Harness>(mut make_harness: impl FnMut() -> H) -> Vec<&'static 
 
 // ----- helpers ----------------------------------------------------------------------------
 
-/// An entry whose command names its position, so a misplaced entry shows in a diff.
+/// An entry whose content names its position, so a misplaced entry shows in a diff. Every
+/// seventh is a configuration (thesis §4.1: recovered from the log on restart) and every
+/// eleventh a leader's no-op, so each kind is stored and read back.
 pub fn entry(index: u64, term: u64) -> Entry {
-    Entry { term: Term(term), index: LogIndex(index), kind: EntryKind::Command(format!("command {index}@{term}").into_bytes().into()) }
+    let kind = if index % 7 == 0 {
+        EntryKind::Config(keel_core::Membership { voters: [NodeId(1), NodeId(2), NodeId(3)].into(), learners: [NodeId(index)].into(), voters_outgoing: [NodeId(1), NodeId(term)].into() })
+    } else if index % 11 == 0 {
+        EntryKind::Noop
+    } else {
+        EntryKind::Command(format!("command {index}@{term}").into_bytes().into())
+    };
+    Entry { term: Term(term), index: LogIndex(index), kind }
 }
 
 /// Entries `from..=to`, all in `term`.

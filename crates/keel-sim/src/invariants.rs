@@ -2,7 +2,7 @@
 //! (Each node also checks its own invariants after every input: see keel-core's
 //! `invariants.rs`, switched on here by the `invariants` feature.)
 
-use keel_core::{Entry, EntryKind, LogIndex, NodeId, RaftCore, SnapshotMeta, Term};
+use keel_core::{Entry, EntryKind, LogIndex, Membership, NodeId, RaftCore, SnapshotMeta, Term};
 use std::collections::BTreeMap;
 
 #[derive(Default)]
@@ -62,6 +62,20 @@ impl ClusterChecker {
             return Err(format!("snapshot at {} would move applied index {applied_index} backwards", meta.last_included_index));
         }
         Ok(())
+    }
+
+    /// Every configuration entry applied anywhere (so committed), in log order.
+    pub fn applied_configurations(&self) -> Vec<(LogIndex, Term, Membership)> {
+        let configurations = self.applied.iter().filter_map(|(index, (term, kind))| match kind {
+            EntryKind::Config(membership) => Some((*index, *term, membership.clone())),
+            _ => None,
+        });
+        configurations.collect()
+    }
+
+    /// The node that led `term`, if any did.
+    pub fn leader_of(&self, term: Term) -> Option<NodeId> {
+        self.leaders.get(&term).copied()
     }
 
     /// Log Matching: if two logs hold an entry with the same index and term, the logs are

@@ -63,6 +63,10 @@ pub struct Shared {
     pub violation: Option<String>,
     pub leaders_elected: u64,
     pub snapshots_installed: u64,
+    /// Leadership transfers asked for: the target, and the term it was asked in. One is
+    /// completed when its target leads a later term.
+    pub transfer_targets: Vec<(NodeId, keel_core::Term)>,
+    pub transfers_completed: u64,
 }
 
 pub struct SimIo {
@@ -187,6 +191,11 @@ impl Io<KvStore> for SimIo {
         let result = match observation {
             Observation::SoftState { soft_state, core } if soft_state.role == keel_core::Role::Leader => {
                 shared.leaders_elected += 1;
+                let completed = shared.transfer_targets.iter().position(|(target, term)| *target == core.id() && soft_state.term > *term);
+                if let Some(position) = completed {
+                    shared.transfer_targets.swap_remove(position);
+                    shared.transfers_completed += 1;
+                }
                 shared.checker.on_leader(core, soft_state.term)
             }
             Observation::SoftState { .. } => Ok(()),

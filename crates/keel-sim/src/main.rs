@@ -22,7 +22,8 @@ struct Args {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(3..=5))]
     nodes: u8,
     /// Break one rule in every node, to see the simulator catch it: of the core,
-    /// `commit-previous-term` (§5.4.2) or `double-vote` (§5.2); of the driver,
+    /// `commit-previous-term` (§5.4.2), `double-vote` (§5.2), `joint-commit-new-only`
+    /// (thesis §4.3) or `configuration-on-commit` (thesis §4.1); of the driver,
     /// `ack-before-sync` (contract step 5) or `skip-leader-sync` (step 4).
     #[cfg(feature = "fault-injection")]
     #[arg(long)]
@@ -30,6 +31,9 @@ struct Args {
     /// Shortest and longest pause between two fault injections, in simulated ms.
     #[arg(long, num_args = 2, default_values_t = [200, 1500])]
     nemesis_interval_ms: Vec<u64>,
+    /// Leave membership changes and leadership transfers out of the faults.
+    #[arg(long)]
+    no_membership: bool,
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         #[allow(unused_mut)]
         let mut config = SimConfig::new(seed, usize::from(args.nodes));
         config.nemesis_interval_ms = (args.nemesis_interval_ms[0], args.nemesis_interval_ms[1].max(args.nemesis_interval_ms[0]));
+        config.membership_nemesis = !args.no_membership;
         #[cfg(feature = "fault-injection")]
         {
             config.inject = match args.inject_fault.as_deref() {
@@ -54,6 +59,8 @@ fn main() -> ExitCode {
                 Some("double-vote") => Some(|executor| executor.core_mut().faults.grant_two_votes_per_term = true),
                 Some("ack-before-sync") => Some(|executor| executor.faults.acknowledge_before_sync = true),
                 Some("skip-leader-sync") => Some(|executor| executor.faults.skip_leader_sync = true),
+                Some("joint-commit-new-only") => Some(|executor| executor.core_mut().faults.commit_with_new_voters_only = true),
+                Some("configuration-on-commit") => Some(|executor| executor.core_mut().faults.configuration_on_commit = true),
                 Some(other) => panic!("unknown fault {other:?}"),
             };
         }
@@ -84,6 +91,17 @@ fn main() -> ExitCode {
         totals.check_steps,
         totals.deferred_writes,
         totals.unsynced_entries_lost
+    );
+    println!(
+        "membership: changes proposed {}, configurations committed {}, learners promoted {}, leaders removed {}, nodes added {} and retired {}, leadership transfers completed {} of {} asked",
+        totals.config_changes_proposed,
+        totals.config_changes_committed,
+        totals.learners_promoted,
+        totals.leaders_removed,
+        totals.nodes_added,
+        totals.nodes_retired,
+        totals.transfers_completed,
+        totals.transfers_asked
     );
     println!(
         "{passed} passed, {} failed ({} safety or liveness, {} not linearizable, {} inconclusive, {} panicked)",
@@ -128,6 +146,14 @@ fn add(totals: &mut RunStats, stats: &RunStats) {
     totals.snapshots_built += stats.snapshots_built;
     totals.thread_jobs += stats.thread_jobs;
     totals.check_steps += stats.check_steps;
+    totals.config_changes_proposed += stats.config_changes_proposed;
+    totals.config_changes_committed += stats.config_changes_committed;
+    totals.learners_promoted += stats.learners_promoted;
+    totals.leaders_removed += stats.leaders_removed;
+    totals.nodes_added += stats.nodes_added;
+    totals.nodes_retired += stats.nodes_retired;
+    totals.transfers_asked += stats.transfers_asked;
+    totals.transfers_completed += stats.transfers_completed;
     totals.messages_delivered += stats.messages_delivered;
     totals.ops_checked += stats.ops_checked;
     totals.ops_ok += stats.ops_ok;
@@ -154,6 +180,9 @@ fn options(args: &Args) -> String {
         options += &format!(" --inject-fault {fault}");
     }
     let (low, high) = SimConfig::new(0, usize::from(args.nodes)).nemesis_interval_ms;
+    if args.no_membership {
+        options += " --no-membership";
+    }
     if args.nemesis_interval_ms != [low, high] {
         options += &format!(" --nemesis-interval-ms {} {}", args.nemesis_interval_ms[0], args.nemesis_interval_ms[1]);
     }

@@ -10,6 +10,8 @@
 //! client replies. While a node's driver is blocked in an inline sync (`busy_until_ms`), its
 //! inputs wait, as they would in the channels of a blocked tokio task.
 
+mod membership;
+
 use crate::io::{Reply, Request, Shared, SimIo};
 use crate::linearizability::{CheckFailure, HistoryLog, Outcome};
 use crate::network::Network;
@@ -45,6 +47,8 @@ pub struct SimConfig {
     pub linearizability_steps_max: u64,
     /// The nemesis acts at random intervals in this range (milliseconds).
     pub nemesis_interval_ms: (u64, u64),
+    /// Membership changes and leadership transfers among the faults (`membership.rs`).
+    pub membership_nemesis: bool,
     /// Applied to every executor after it is built; tests use it to switch on injected
     /// faults of the core (`core_mut().faults`) or of the driver (`faults`), which exist when
     /// keel-node's `fault-injection` feature is on.
@@ -63,6 +67,7 @@ impl SimConfig {
             snapshot_threshold_entries: 40,
             linearizability_steps_max: crate::linearizability::STEPS_MAX_DEFAULT,
             nemesis_interval_ms: (200, 1_500),
+            membership_nemesis: true,
             inject: None,
         }
     }
@@ -88,6 +93,15 @@ pub struct RunStats {
     pub unsynced_entries_lost: u64,
     /// The linearizability checker's search steps, summed over keys.
     pub check_steps: u64,
+    /// Membership changes (thesis ch. 4) and leadership transfers (§3.10).
+    pub config_changes_proposed: u64,
+    pub config_changes_committed: u64,
+    pub learners_promoted: u64,
+    pub leaders_removed: u64,
+    pub transfers_asked: u64,
+    pub transfers_completed: u64,
+    pub nodes_added: u64,
+    pub nodes_retired: u64,
     /// A hash of every event the run handled, in order: two runs of one seed must agree.
     pub trace_hash: u64,
 }
@@ -164,6 +178,17 @@ struct SimNode {
     pending_syncs: usize,
     /// When the storage thread finishes the jobs queued so far.
     thread_free_at_ms: u64,
+    /// Removed from the cluster (or never added): stopped for good.
+    retired: bool,
+    /// A node started empty to join: when it started (it is retired if it is still not a
+    /// member after `membership::JOIN_TIMEOUT_MS`).
+    joining_since_ms: Option<u64>,
+}
+
+impl SimNode {
+    fn new(joining_since_ms: Option<u64>) -> SimNode {
+        SimNode { executor: None, disk: None, epoch: 0, busy_until_ms: 0, pending_syncs: 0, thread_free_at_ms: 0, retired: false, joining_since_ms }
+    }
 }
 
 pub struct Simulation {
@@ -230,7 +255,7 @@ impl Simulation {
             config,
         };
         for index in 0..simulation.config.nodes {
-            simulation.nodes.push(SimNode { executor: None, disk: None, epoch: 0, busy_until_ms: 0, pending_syncs: 0, thread_free_at_ms: 0 });
+            simulation.nodes.push(SimNode::new(None));
             simulation.start_node(index)?;
         }
         for client in 0..simulation.config.clients {
@@ -253,10 +278,18 @@ impl Simulation {
 
     /// Runs to the end and checks everything; the first violation is the error.
     pub fn run(mut self) -> Result<RunStats, Failure> {
+        /// Far more events than any simulated millisecond holds; more means the run makes
+        /// no progress in time (a livelock), which is a failure to report, not a hang.
+        const EVENTS_PER_MS_MAX: u64 = 1_000_000;
         let end_ms = self.config.chaos_ms + self.config.quiet_ms;
+        let mut events_this_ms = (0, 0);
         while let Some(((at, _), event)) = self.queue.pop_first() {
             if at > end_ms {
                 break;
+            }
+            events_this_ms = if at == events_this_ms.0 { (at, events_this_ms.1 + 1) } else { (at, 1) };
+            if events_this_ms.1 > EVENTS_PER_MS_MAX {
+                return Err(Failure::Violation(format!("livelock: over {EVENTS_PER_MS_MAX} events at {at} ms, the last {event:?}")));
             }
             self.now_ms = at;
             if let Some(node) = event.input_to().filter(|node| self.is_busy(*node)) {
@@ -271,9 +304,11 @@ impl Simulation {
         self.finish()
     }
 
+    /// A node's driver is blocked in an inline sync. (A node that is down has no driver:
+    /// its inputs are dropped when handled, never held back.)
     fn is_busy(&self, node: usize) -> bool {
         let node = &self.nodes[node];
-        self.now_ms < node.busy_until_ms || node.pending_syncs > 0
+        node.executor.is_some() && (self.now_ms < node.busy_until_ms || node.pending_syncs > 0)
     }
 
     /// Runs one event. Only node, invariant and restart events can fail the run.
@@ -307,7 +342,8 @@ impl Simulation {
     /// 2 ticks, elections after 10–20, small limits so that pipelining and snapshot chunks
     /// are exercised.
     fn node_config(&self, index: usize) -> NodeConfig {
-        let members = (0..self.config.nodes).map(node_id).collect();
+        // The cluster's first voters; a node started later to join knows no one yet.
+        let members = if index < self.config.nodes { (0..self.config.nodes).map(node_id).collect() } else { Vec::new() };
         let mut config = NodeConfig::new(node_id(index), members);
         config.tick_ms = TICK_MS;
         config.heartbeat_ms = 2 * TICK_MS;
@@ -325,7 +361,7 @@ impl Simulation {
 
     /// Boots (or reboots) a node from what its storage holds.
     fn start_node(&mut self, index: usize) -> Result<(), String> {
-        if self.nodes[index].executor.is_some() {
+        if self.nodes[index].executor.is_some() || self.nodes[index].retired {
             return Ok(());
         }
         let config = self.node_config(index);
@@ -441,7 +477,13 @@ impl Simulation {
             return Ok(());
         }
         self.stats.messages_delivered += 1;
-        self.input(index, |executor| executor.step(message).map_err(|error| format!("step refused a cluster message: {error}")))
+        // In a changing cluster a message may come from, or go to, a node the receiver's
+        // configuration does not hold (removed, or not yet added there): refused, and
+        // harmless. Anything else a correct peer sent must pass.
+        self.input(index, |executor| match executor.step(message) {
+            Ok(()) | Err(keel_core::StepError::UnknownNode(_)) => Ok(()),
+            Err(error) => Err(format!("step refused a cluster message: {error}")),
+        })
     }
 
     fn on_sync_done(&mut self, index: usize, epoch: u64, point: DurablePoint) {
@@ -547,16 +589,16 @@ impl Simulation {
                 }
                 Some(workload::record(client_index, &op, now, Outcome::Ok, None))
             }
-            Reply::NotLeader(hint) => {
-                client.target = hint.map(node_index).unwrap_or_else(|| self.rng.gen_range(0..self.config.nodes));
+            Reply::NotLeader(Some(leader)) => {
+                client.target = node_index(leader);
                 None
             }
-            Reply::NotApplied => {
-                client.target = self.rng.gen_range(0..self.config.nodes);
+            Reply::NotLeader(None) | Reply::NotApplied => {
+                self.clients[client_index].target = self.random_member_index();
                 None
             }
             Reply::Unknown => {
-                client.target = self.rng.gen_range(0..self.config.nodes);
+                self.clients[client_index].target = self.random_member_index();
                 self.abandon(client_index, &op);
                 None
             }
@@ -580,7 +622,7 @@ impl Simulation {
         }
         let Some(op) = client.current.take() else { return };
         self.abandon(client_index, &op);
-        self.clients[client_index].target = self.rng.gen_range(0..self.config.nodes);
+        self.clients[client_index].target = self.random_member_index();
         self.schedule(1, Event::ClientStart { client: client_index });
     }
 
@@ -599,9 +641,11 @@ impl Simulation {
         if !self.chaos {
             return Ok(());
         }
-        let n = self.config.nodes;
+        let n = self.nodes.len();
         let roll = self.rng.gen_range(0..100);
-        if roll < 25 {
+        if roll >= 90 && self.config.membership_nemesis {
+            self.on_membership_nemesis()?;
+        } else if roll < 25 {
             let mut order: Vec<usize> = (0..n).collect();
             for i in (1..n).rev() {
                 order.swap(i, self.rng.gen_range(0..=i));
@@ -620,9 +664,9 @@ impl Simulation {
             let b = (a + self.rng.gen_range(1..n)) % n;
             self.network.block(a, b);
             self.stats.partitions += 1;
-        } else if roll < 65 {
+        } else if roll < 60 {
             self.network.heal();
-        } else if roll < 88 {
+        } else if roll < 85 {
             self.crash_random_node();
         } else {
             for node in 0..n {
@@ -643,15 +687,19 @@ impl Simulation {
         executor.core().status().commit_index >= first_unsynced
     }
 
-    /// Fewer than half the nodes are down.
+    /// One more crash still leaves a majority of every voter set of the cluster's
+    /// configuration up (both sets, when joint): liveness, not safety, so that the cluster
+    /// makes progress between faults.
     fn may_crash_one_more(&self) -> bool {
-        let crashed = self.nodes.iter().filter(|node| node.executor.is_none()).count();
-        crashed < self.config.nodes.div_ceil(2)
+        let membership = self.cluster_membership();
+        let up = |set: &std::collections::BTreeSet<NodeId>| set.iter().filter(|id| self.nodes.get(node_index(**id)).is_some_and(|node| node.executor.is_some())).count();
+        let may = [&membership.voters, &membership.voters_outgoing].into_iter().filter(|set| !set.is_empty()).all(|set| up(set) > set.len() / 2 + 1);
+        may
     }
 
     fn crash_random_node(&mut self) {
-        let live: Vec<usize> = (0..self.config.nodes).filter(|i| self.nodes[*i].executor.is_some()).collect();
-        if !self.may_crash_one_more() {
+        let live: Vec<usize> = (0..self.nodes.len()).filter(|i| self.nodes[*i].executor.is_some()).collect();
+        if live.is_empty() || !self.may_crash_one_more() {
             return;
         }
         // Half the time the victim is a leader: leader crashes make the interesting histories
@@ -680,7 +728,7 @@ impl Simulation {
         self.network.heal();
         self.network.loss_percent = 0;
         self.network.duplicate_percent = 0;
-        for node in 0..self.config.nodes {
+        for node in 0..self.nodes.len() {
             self.start_node(node)?;
         }
         Ok(())
@@ -692,17 +740,24 @@ impl Simulation {
 
     fn on_check_logs(&mut self) -> Result<(), String> {
         self.shared.borrow().checker.check_log_matching(&self.cores())?;
+        self.check_configurations()?;
+        self.retire_nodes_outside_the_cluster();
         self.schedule(500, Event::CheckLogs);
         Ok(())
     }
 
-    /// Liveness after healing: with the network whole and every node up for the quiet
-    /// period, every node must have applied everything the most advanced one applied.
+    /// Liveness after healing: with the network whole and every member up for the quiet
+    /// period, every member of the cluster must have applied everything the most advanced
+    /// one applied.
     fn check_convergence(&self) -> Result<(), String> {
-        let applied: Vec<LogIndex> = self.nodes.iter().map(|node| node.executor.as_ref().map(|executor| executor.state_machine().applied_index()).unwrap_or_default()).collect();
-        let highest = applied.iter().max().copied().unwrap_or_default();
-        if applied.iter().any(|index| *index != highest) {
-            return Err(format!("nodes did not converge {} ms after healing: applied indexes {applied:?}", self.config.quiet_ms));
+        let members = self.cluster_membership().members();
+        let applied: Vec<(NodeId, LogIndex)> = members
+            .iter()
+            .map(|id| (*id, self.nodes[node_index(*id)].executor.as_ref().map(|executor| executor.state_machine().applied_index()).unwrap_or_default()))
+            .collect();
+        let highest = applied.iter().map(|(_, index)| *index).max().unwrap_or_default();
+        if applied.iter().any(|(_, index)| *index != highest) {
+            return Err(format!("members did not converge {} ms after healing: applied indexes {applied:?}", self.config.quiet_ms));
         }
         Ok(())
     }
@@ -724,9 +779,11 @@ impl Simulation {
         })?;
         self.stats.check_steps = checked.steps;
         self.stats.ops_checked = self.history.operation_count() as u64;
+        self.count_membership_changes();
         let shared = self.shared.borrow();
         self.stats.leaders_elected = shared.leaders_elected;
         self.stats.snapshots_installed = shared.snapshots_installed;
+        self.stats.transfers_completed = shared.transfers_completed;
         self.stats.trace_hash = self.trace.finish();
         Ok(self.stats.clone())
     }

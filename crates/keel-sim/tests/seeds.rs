@@ -43,8 +43,10 @@ fn five_node_cluster_survives_150_seeds() {
 #[test]
 fn runs_really_inject_faults_and_reach_the_drivers_paths() {
     let mut totals = RunStats::default();
-    for seed in 0..10 {
-        let stats = run_seed(SimConfig::new(seed, 5)).expect("seed passes");
+    // Five nodes start at the most voters the nemesis keeps (it shrinks them first), three
+    // at the fewest (it grows them first): both, so every kind of change happens.
+    for (seed, nodes) in (0..10).flat_map(|seed| [(seed, 5), (seed, 3)]) {
+        let stats = run_seed(SimConfig::new(seed, nodes)).expect("seed passes");
         totals.crashes += stats.crashes;
         totals.partitions += stats.partitions;
         totals.snapshots_installed += stats.snapshots_installed;
@@ -53,7 +55,15 @@ fn runs_really_inject_faults_and_reach_the_drivers_paths() {
         totals.deferred_writes += stats.deferred_writes;
         totals.leaders_elected += stats.leaders_elected;
         totals.ops_unknown += stats.ops_unknown;
+        totals.config_changes_committed += stats.config_changes_committed;
+        totals.learners_promoted += stats.learners_promoted;
+        totals.leaders_removed += stats.leaders_removed;
+        totals.transfers_completed += stats.transfers_completed;
+        totals.nodes_added += stats.nodes_added;
+        totals.nodes_retired += stats.nodes_retired;
     }
+    assert!(totals.config_changes_committed > 0 && totals.learners_promoted > 0 && totals.transfers_completed > 0, "membership: {totals:?}");
+    assert!(totals.leaders_removed > 0 && totals.nodes_added > 0 && totals.nodes_retired > 0, "membership: {totals:?}");
     assert!(totals.crashes > 0 && totals.partitions > 0 && totals.snapshots_installed > 0, "{totals:?}");
     assert!(totals.snapshots_built > 0 && totals.thread_jobs > 0 && totals.deferred_writes > 0, "{totals:?}");
     assert!(totals.leaders_elected > 10, "leader changes: {totals:?}");
