@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
-# A local 3-node keel cluster on 127.0.0.1:7001-7003.
+# A local keel cluster on 127.0.0.1: node N listens on 127.0.0.1:700N; 3 nodes by default.
 #
-#   scripts/run_cluster.sh start        build if needed, start the nodes that are not running, wait for a leader
-#   scripts/run_cluster.sh stop         SIGTERM every node (graceful), SIGKILL after 10 s; leaves no process behind
-#   scripts/run_cluster.sh status       which nodes run, and `keel status` of the cluster
-#   scripts/run_cluster.sh killnode N   SIGKILL node N (a crash: no goodbye to its peers)
-#   scripts/run_cluster.sh startnode N  start node N again, on its preserved data
-#   scripts/run_cluster.sh watchlogs    follow all three logs (node 1 blue, 2 green, 3 yellow); ctrl-c to stop
-#   scripts/run_cluster.sh clean        stop, then delete ./cluster-data
+#   scripts/run_cluster.sh start [--nodes N]  build if needed, start the nodes that are not running, wait for a leader
+#   scripts/run_cluster.sh stop          SIGTERM every node (graceful: a leader hands over first), SIGKILL after 10 s
+#   scripts/run_cluster.sh status        which nodes run, `keel status` and `keel member list`
+#   scripts/run_cluster.sh killnode N    SIGKILL node N (a crash: no goodbye to its peers)
+#   scripts/run_cluster.sh startnode N   start node N again, on its preserved data
+#   scripts/run_cluster.sh addnode N     start node N empty, add it as a learner, promote it once caught up
+#   scripts/run_cluster.sh removenode N  remove node N from the cluster, stop it, delete its data
+#   scripts/run_cluster.sh watchlogs     follow every node's log, one colour each; ctrl-c to stop
+#   scripts/run_cluster.sh clean         stop, then delete ./cluster-data
+#
+# `start --nodes N` founds a cluster of nodes 1..N (N from 1 to 9) on a new data directory.
+# From then on the members are what the cluster's replicated configuration says (addnode,
+# removenode), and `start` restarts every node that has a data directory.
 #
 # Data, logs and pid files live under ./cluster-data/ at the repository root (git-ignored):
-#   cluster-data/node{1,2,3}/        each node's --data-dir
-#   cluster-data/logs/node{1,2,3}.log
-#   cluster-data/pids/node{1,2,3}.pid
+#   cluster-data/nodeN/        each node's --data-dir
+#   cluster-data/logs/nodeN.log
+#   cluster-data/pids/nodeN.pid
 # Environment: KEEL_BIN (use this binary instead of building target/release/keel, or
 # $CARGO_TARGET_DIR/release/keel when that is set),
 # KEEL_CLUSTER_DIR (instead of ./cluster-data), KEEL_LOG_LEVEL (passed to the nodes).
@@ -22,14 +28,13 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DATA="${KEEL_CLUSTER_DIR:-$ROOT/cluster-data}"
 LOGS="$DATA/logs"
 PIDS="$DATA/pids"
-NODES=(1 2 3)
-ENDPOINTS="127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
-PEERS="1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003"
 # cargo builds into CARGO_TARGET_DIR when it is set (relative to where cargo runs: $ROOT).
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 [[ "$TARGET_DIR" = /* ]] || TARGET_DIR="$ROOT/$TARGET_DIR"
 BIN="${KEEL_BIN:-$TARGET_DIR/release/keel}"
 STOP_WAIT_SECONDS=10
+# addnode promotes the new node within this long, or leaves it a learner.
+PROMOTE_WAIT_SECONDS=60
 
 die() { echo "run_cluster.sh: $*" >&2; exit 1; }
 
@@ -42,9 +47,32 @@ alive() {
 
 check_node_id() {
     case "${1:-}" in
-        1|2|3) ;;
-        *) die "node id must be 1, 2 or 3, not '${1:-}'" ;;
+        [1-9]) ;;
+        *) die "node id must be 1 to 9, not '${1:-}'" ;;
     esac
+}
+
+address() { echo "127.0.0.1:700$1"; }
+
+# The nodes of this cluster: every node with a data directory (1 2 3 before there is any).
+NODES=()
+refresh_nodes() {
+    NODES=()
+    local dir
+    for dir in "$DATA"/node[1-9]; do
+        if [[ -d "$dir" ]]; then NODES+=("${dir##*node}"); fi
+    done
+    if (( ${#NODES[@]} == 0 )); then NODES=(1 2 3); fi
+}
+refresh_nodes
+
+# host:port of every node but $1 (if given), comma separated.
+endpoints() {
+    local n list=()
+    for n in "${NODES[@]}"; do
+        if [[ "$n" != "${1:-}" ]]; then list+=("$(address "$n")"); fi
+    done
+    (IFS=,; echo "${list[*]}")
 }
 
 build() {
@@ -73,7 +101,7 @@ cluster_pids() {
     local n pid
     for pid in $(pgrep -x keel || true); do
         alive "$pid" || continue
-        for n in "${NODES[@]}"; do
+        for n in 1 2 3 4 5 6 7 8 9; do
             if tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "--data-dir $DATA/node$n "; then
                 echo "$pid"
             fi
@@ -81,19 +109,24 @@ cluster_pids() {
     done
 }
 
+# start_node N [--peers LIST | --join MEMBER]: a node whose data directory records its first
+# configuration needs neither; a new one founds the cluster (--peers) or joins it (--join).
 start_node() {
     local n=$1 pid
+    shift
     pid=$(node_pid "$n")
     if [[ -n "$pid" ]]; then
         echo "node $n already running (pid $pid)"
         return
     fi
+    local membership=()
+    if [[ ! -f "$DATA/node$n/cluster.json" ]]; then membership=("$@"); fi
     mkdir -p "$DATA/node$n" "$LOGS" "$PIDS"
     KEEL_LOG_LEVEL="${KEEL_LOG_LEVEL:-info}" nohup "$BIN" serve \
-        --id "$n" --listen "127.0.0.1:700$n" --data-dir "$DATA/node$n" --peers "$PEERS" \
+        --id "$n" --listen "$(address "$n")" --data-dir "$DATA/node$n" "${membership[@]}" \
         >> "$LOGS/node$n.log" 2>&1 < /dev/null &
     echo $! > "$PIDS/node$n.pid"
-    echo "node $n started (pid $!, 127.0.0.1:700$n, log $LOGS/node$n.log)"
+    echo "node $n started (pid $!, $(address "$n"), log $LOGS/node$n.log)"
 }
 
 # Waits until node N answers, or fails with the end of its log if it exited.
@@ -105,12 +138,12 @@ wait_node_up() {
             tail -n 5 "$LOGS/node$n.log" >&2
             return 1
         fi
-        if curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:700$n/v1/status"; then
+        if curl -sf -o /dev/null --max-time 1 "http://$(address "$n")/v1/status"; then
             return 0
         fi
         sleep 0.1
     done
-    echo "node $n does not answer on 127.0.0.1:700$n" >&2
+    echo "node $n does not answer on $(address "$n")" >&2
     return 1
 }
 
@@ -131,23 +164,46 @@ stop_pids() {
 }
 
 cmd_start() {
+    local count=""
+    while (( $# > 0 )); do
+        case "$1" in
+            --nodes) count="${2:-}"; shift; shift || true ;;
+            *) die "unknown option to start: $1 (start [--nodes N])" ;;
+        esac
+    done
+    if compgen -G "$DATA/node[1-9]" > /dev/null; then
+        if [[ -n "$count" && "$count" != "${#NODES[@]}" ]]; then
+            echo "note: $DATA holds nodes ${NODES[*]}; --nodes only sizes a new cluster (clean first, or use addnode/removenode)" >&2
+        fi
+    else
+        count="${count:-3}"
+        [[ "$count" =~ ^[1-9]$ ]] || die "--nodes must be 1 to 9, not '$count'"
+        NODES=($(seq 1 "$count"))
+    fi
+    local n list=()
+    for n in "${NODES[@]}"; do list+=("$n=$(address "$n")"); done
+    local peers
+    peers=$(IFS=,; echo "${list[*]}")
     build
-    local n failed=0
-    for n in "${NODES[@]}"; do start_node "$n"; done
+    local failed=0
+    for n in "${NODES[@]}"; do start_node "$n" --peers "$peers"; done
     for n in "${NODES[@]}"; do wait_node_up "$n" || failed=1; done
     (( failed == 0 )) || die "some nodes did not start; see above (scripts/run_cluster.sh stop cleans up)"
-    local leader
-    leader=$("$BIN" leader --quiet --endpoints "$ENDPOINTS" --timeout-ms 10000) || die "no leader elected within 10 s"
+    local leader all
+    all=$(endpoints)
+    leader=$("$BIN" leader --quiet --endpoints "$all" --timeout-ms 10000) || die "no leader elected within 10 s"
     cat <<EOF
 
 keel cluster is up: node $leader leads.
-  endpoints: $ENDPOINTS   (the default of every keel client command)
-  logs:      $LOGS/node{1,2,3}.log   (scripts/run_cluster.sh watchlogs)
+  endpoints: $all
+             (keel's default is 127.0.0.1:7001-7003; otherwise export KEEL_ENDPOINTS=$all)
+  logs:      $LOGS/node*.log   (scripts/run_cluster.sh watchlogs)
 
 Try:
   export PATH="$(dirname "$BIN"):\$PATH"
   keel put greeting hello && keel get greeting
   keel status
+  keel member list
   curl -s 127.0.0.1:7002/v1/kv/greeting; echo
 EOF
 }
@@ -169,7 +225,7 @@ cmd_status() {
     for n in "${NODES[@]}"; do
         pid=$(node_pid "$n")
         if [[ -n "$pid" ]]; then
-            echo "node $n: running (pid $pid) on 127.0.0.1:700$n"
+            echo "node $n: running (pid $pid) on $(address "$n")"
             running=1
         else
             echo "node $n: stopped"
@@ -177,7 +233,8 @@ cmd_status() {
     done
     if (( running )); then
         echo
-        "$BIN" status --endpoints "$ENDPOINTS" --timeout-ms 3000 || true
+        "$BIN" status --endpoints "$(endpoints)" --timeout-ms 3000 || true
+        "$BIN" member list --endpoints "$(endpoints)" --timeout-ms 3000 || true
     fi
 }
 
@@ -194,14 +251,58 @@ cmd_killnode() {
 
 cmd_startnode() {
     check_node_id "${1:-}"
+    [[ -f "$DATA/node$1/cluster.json" ]] || die "node $1 has no data directory here (scripts/run_cluster.sh addnode $1 adds a new node)"
     [[ -x "$BIN" ]] || build
     start_node "$1"
     wait_node_up "$1"
 }
 
+cmd_addnode() {
+    check_node_id "${1:-}"
+    local n=$1 member="" m deadline members
+    [[ ! -d "$DATA/node$n" ]] || die "node $n has a data directory already (startnode $n restarts it; removenode $n removes it)"
+    [[ -x "$BIN" ]] || build
+    for m in "${NODES[@]}"; do
+        if [[ -n "$(node_pid "$m")" ]]; then member=$(address "$m"); break; fi
+    done
+    [[ -n "$member" ]] || die "no node is running to join through"
+    members=$(endpoints)
+    start_node "$n" --join "$member"
+    wait_node_up "$n" || die "node $n did not start"
+    echo "adding node $n as a learner..."
+    "$BIN" member add "$n" "$(address "$n")" --endpoints "$members" > /dev/null || die "could not add node $n (it still runs: removenode $n stops it)"
+    echo "promoting node $n to voter once it has caught up..."
+    deadline=$((SECONDS + PROMOTE_WAIT_SECONDS))
+    until "$BIN" member promote "$n" --endpoints "$members" > /dev/null 2> "$DATA/promote.err"; do
+        if (( SECONDS >= deadline )); then
+            cat "$DATA/promote.err" >&2
+            die "node $n did not catch up within ${PROMOTE_WAIT_SECONDS}s; it stays a learner"
+        fi
+        sleep 0.5
+    done
+    rm -f "$DATA/promote.err"
+    refresh_nodes
+    "$BIN" member list --endpoints "$(endpoints)"
+}
+
+cmd_removenode() {
+    check_node_id "${1:-}"
+    local n=$1 pid others
+    others=$(endpoints "$n")
+    [[ -n "$others" ]] || die "node $n is the last node"
+    "$BIN" member remove "$n" --endpoints "$others" > /dev/null || die "could not remove node $n"
+    pid=$(node_pid "$n")
+    if [[ -n "$pid" ]]; then stop_pids "$pid"; fi
+    rm -f "$PIDS/node$n.pid"
+    rm -rf "$DATA/node$n"
+    refresh_nodes
+    echo "node $n removed from the cluster, stopped, and its data deleted"
+    "$BIN" member list --endpoints "$(endpoints)"
+}
+
 cmd_watchlogs() {
     mkdir -p "$LOGS"
-    local colors=("" "34" "32" "33") n
+    local colors=("" "34" "32" "33" "35" "36" "31" "94" "92" "93") n
     trap 'kill $(jobs -p) 2>/dev/null; exit 0' INT TERM
     for n in "${NODES[@]}"; do
         touch "$LOGS/node$n.log"
@@ -219,15 +320,17 @@ cmd_clean() {
 }
 
 case "${1:-}" in
-    start) cmd_start ;;
+    start) shift; cmd_start "$@" ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
     killnode) cmd_killnode "${2:-}" ;;
     startnode) cmd_startnode "${2:-}" ;;
+    addnode) cmd_addnode "${2:-}" ;;
+    removenode) cmd_removenode "${2:-}" ;;
     watchlogs) cmd_watchlogs ;;
     clean) cmd_clean ;;
     *)
-        sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
         exit 2
         ;;
 esac

@@ -10,6 +10,9 @@ pub struct Config {
     /// that starts empty to join a running cluster: it votes for no one and campaigns for
     /// nothing until the leader's log or snapshot tells it its configuration.
     pub members: Vec<NodeId>,
+    /// Where the first configuration's members listen, carried in it (`Membership::addresses`)
+    /// for the transport; may be empty, or name some of them.
+    pub member_addresses: std::collections::BTreeMap<NodeId, String>,
     /// A follower waits a random time in `[min, 2 * min)` ticks before campaigning (§5.2).
     pub election_timeout_ticks_min: u32,
     /// A leader sends AppendEntries to every follower at least this often (§5.2).
@@ -55,6 +58,7 @@ impl Config {
         Config {
             id,
             members,
+            member_addresses: std::collections::BTreeMap::new(),
             election_timeout_ticks_min: 10,
             heartbeat_interval_ticks: 2,
             pre_vote: true,
@@ -88,6 +92,9 @@ impl Config {
         if sorted.len() != self.members.len() {
             return Err("members contain a duplicate id".into());
         }
+        if let Err(problem) = self.bootstrap_membership().check() {
+            return Err(format!("the first configuration: {problem}"));
+        }
         if self.heartbeat_interval_ticks == 0 || self.heartbeat_interval_ticks >= self.election_timeout_ticks_min {
             return Err("heartbeat interval must be at least 1 tick and below the election timeout".into());
         }
@@ -113,6 +120,8 @@ impl Config {
 
     /// The configuration a new cluster starts with (see `members`).
     pub fn bootstrap_membership(&self) -> crate::membership::Membership {
-        crate::membership::Membership::with_voters(self.members.iter().copied())
+        let mut membership = crate::membership::Membership::with_voters(self.members.iter().copied());
+        membership.addresses = self.member_addresses.clone();
+        membership
     }
 }

@@ -41,6 +41,7 @@ impl RaftLog {
     /// commit index from the hard state. All of it is durable by definition.
     pub fn restore(snapshot: SnapshotMeta, membership: Membership, entries: Vec<Entry>, commit_index: LogIndex) -> RaftLog {
         let mut configs = ConfigLog::new(membership);
+        configs.compact_to(snapshot.last_included_index, configs.current().clone());
         for (offset, entry) in entries.iter().enumerate() {
             assert_eq!(entry.index, snapshot.last_included_index.plus(offset as u64 + 1), "log entries must be consecutive after the snapshot");
             if let EntryKind::Config(membership) = &entry.kind {

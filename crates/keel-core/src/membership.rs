@@ -14,16 +14,22 @@
 //! each node as soon as it is appended, committed or not (§4.1); the log remembers every
 //! configuration entry it holds, so one removed by a conflicting append (§5.3) gives way to
 //! the one before it (`ConfigLog`).
+//!
+//! A configuration also carries how to reach each member (`addresses`): opaque to the core,
+//! replicated with the rest, so every node — and every future leader — can reach a member
+//! added after it started.
 
 use crate::types::{LogIndex, NodeId};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// Largest number of members (voters and learners) a configuration may hold: a limit on
 /// everything, and far beyond what a Raft cluster wants (every voter adds a round trip to
 /// every commit's critical path).
 pub const MEMBERS_MAX: usize = 15;
+/// Longest member address, in bytes (`host:port`, or a URL).
+pub const ADDRESS_BYTES_MAX: usize = 255;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Membership {
@@ -33,13 +39,18 @@ pub struct Membership {
     pub voters_outgoing: BTreeSet<NodeId>,
     /// Members that receive the log but do not vote. Never also a voter (of either set).
     pub learners: BTreeSet<NodeId>,
+    /// Where members listen, for those whose address is known: the transport's business,
+    /// never the core's. Only members have one; no two share one.
+    #[serde(default)]
+    pub addresses: BTreeMap<NodeId, String>,
 }
 
 /// A change an operator asks for. Each one changing the voters goes through joint consensus.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum MembershipChange {
-    /// A new member that receives the log but does not vote yet.
-    AddLearner(NodeId),
+    /// A new member that receives the log but does not vote yet, and where it listens
+    /// (empty: not known to the configuration, as in the core's own tests).
+    AddLearner { id: NodeId, address: String },
     /// A learner becomes a voter (once it has caught up).
     Promote(NodeId),
     /// A voter or learner leaves.
@@ -73,6 +84,10 @@ pub enum MembershipError {
     LastVoter(NodeId),
     /// The change would pass `MEMBERS_MAX`.
     TooManyMembers,
+    /// Another member already listens at this address.
+    AddressInUse { address: String, member: NodeId },
+    /// Longer than `ADDRESS_BYTES_MAX`, or holding a control character or a space.
+    BadAddress(String),
 }
 
 impl fmt::Display for MembershipError {
@@ -92,11 +107,28 @@ impl fmt::Display for MembershipError {
             }
             MembershipError::LastVoter(id) => write!(f, "removing node {id} would leave no voter"),
             MembershipError::TooManyMembers => write!(f, "a cluster has at most {MEMBERS_MAX} members"),
+            MembershipError::AddressInUse { address, member } => write!(f, "node {member} already listens at {address}"),
+            MembershipError::BadAddress(address) => write!(f, "{address:?} is not an address (at most {ADDRESS_BYTES_MAX} bytes, no spaces)"),
         }
     }
 }
 
 impl std::error::Error for MembershipError {}
+
+impl MembershipChange {
+    /// A learner whose address the configuration does not carry.
+    pub fn add_learner(id: NodeId) -> MembershipChange {
+        MembershipChange::AddLearner { id, address: String::new() }
+    }
+
+    /// The node the change is about (for a replacement, the one promoted).
+    pub fn subject(&self) -> NodeId {
+        match self {
+            MembershipChange::AddLearner { id, .. } | MembershipChange::Promote(id) | MembershipChange::Remove(id) => *id,
+            MembershipChange::Replace { promote, .. } => *promote,
+        }
+    }
+}
 
 impl Membership {
     /// A configuration of voters only (a cluster's first).
@@ -155,39 +187,48 @@ impl Membership {
     pub fn after(&self, change: MembershipChange) -> Result<Membership, MembershipError> {
         debug_assert!(!self.is_joint(), "changes start from a simple configuration");
         let mut next = self.clone();
-        match change {
-            MembershipChange::AddLearner(id) => {
-                if self.is_member(id) {
-                    return Err(MembershipError::AlreadyMember(id));
+        match &change {
+            MembershipChange::AddLearner { id, address } => {
+                if self.is_member(*id) {
+                    return Err(MembershipError::AlreadyMember(*id));
                 }
-                next.learners.insert(id);
+                if !address.is_empty() {
+                    check_address(address).map_err(|_| MembershipError::BadAddress(address.clone()))?;
+                    if let Some((member, _)) = self.addresses.iter().find(|(_, taken)| *taken == address) {
+                        return Err(MembershipError::AddressInUse { address: address.clone(), member: *member });
+                    }
+                    next.addresses.insert(*id, address.clone());
+                }
+                next.learners.insert(*id);
             }
             MembershipChange::Promote(id) => {
-                if !self.is_learner(id) {
-                    return Err(if self.is_voter(id) { MembershipError::AlreadyMember(id) } else { MembershipError::NotLearner(id) });
+                if !self.is_learner(*id) {
+                    return Err(if self.is_voter(*id) { MembershipError::AlreadyMember(*id) } else { MembershipError::NotLearner(*id) });
                 }
-                next.learners.remove(&id);
-                next.voters.insert(id);
+                next.learners.remove(id);
+                next.voters.insert(*id);
             }
             MembershipChange::Remove(id) => {
-                if !self.is_member(id) {
-                    return Err(MembershipError::NotMember(id));
+                if !self.is_member(*id) {
+                    return Err(MembershipError::NotMember(*id));
                 }
-                next.learners.remove(&id);
-                next.voters.remove(&id);
+                next.learners.remove(id);
+                next.voters.remove(id);
+                next.addresses.remove(id);
             }
             MembershipChange::Replace { remove, promote } => {
-                if !self.voters.contains(&remove) {
-                    return Err(MembershipError::NotVoter(remove));
+                if !self.voters.contains(remove) {
+                    return Err(MembershipError::NotVoter(*remove));
                 }
-                next = next.after(MembershipChange::Promote(promote))?;
-                next.voters.remove(&remove);
+                next = next.after(MembershipChange::Promote(*promote))?;
+                next.voters.remove(remove);
+                next.addresses.remove(remove);
             }
         }
         if next.voters.is_empty() {
             let id = match change {
                 MembershipChange::Remove(id) | MembershipChange::Replace { remove: id, .. } => id,
-                MembershipChange::AddLearner(id) | MembershipChange::Promote(id) => id,
+                other => other.subject(),
             };
             return Err(MembershipError::LastVoter(id));
         }
@@ -204,12 +245,17 @@ impl Membership {
         if target.voters == self.voters {
             return target.clone();
         }
-        Membership { voters: target.voters.clone(), voters_outgoing: self.voters.clone(), learners: target.learners.clone() }
+        let mut joint = Membership { voters: target.voters.clone(), voters_outgoing: self.voters.clone(), learners: target.learners.clone(), addresses: BTreeMap::new() };
+        // C_old's voters stay reachable until the joint phase ends.
+        joint.addresses = self.addresses.iter().chain(&target.addresses).filter(|(id, _)| joint.is_member(**id)).map(|(id, address)| (*id, address.clone())).collect();
+        joint
     }
 
     /// C_new, the configuration after the joint one.
     pub fn leave_joint(&self) -> Membership {
-        Membership { voters: self.voters.clone(), voters_outgoing: BTreeSet::new(), learners: self.learners.clone() }
+        let mut simple = Membership { voters: self.voters.clone(), voters_outgoing: BTreeSet::new(), learners: self.learners.clone(), addresses: BTreeMap::new() };
+        simple.addresses = self.addresses.iter().filter(|(id, _)| simple.is_member(**id)).map(|(id, address)| (*id, address.clone())).collect();
+        simple
     }
 
     /// The shape every configuration keeps: no node both a voter and a learner, some voter.
@@ -223,8 +269,29 @@ impl Membership {
         if self.members().len() > MEMBERS_MAX {
             return Err(format!("{} members, more than {MEMBERS_MAX}", self.members().len()));
         }
+        let mut seen = BTreeSet::new();
+        for (id, address) in &self.addresses {
+            if !self.is_member(*id) {
+                return Err(format!("an address for node {id}, which is not a member"));
+            }
+            check_address(address).map_err(|problem| format!("node {id}'s address: {problem}"))?;
+            if !seen.insert(address) {
+                return Err(format!("two members at {address}"));
+            }
+        }
         Ok(())
     }
+}
+
+/// An address is a non-empty printable string without spaces, of at most `ADDRESS_BYTES_MAX`.
+fn check_address(address: &str) -> Result<(), String> {
+    if address.is_empty() || address.len() > ADDRESS_BYTES_MAX {
+        return Err(format!("{} bytes; an address has 1 to {ADDRESS_BYTES_MAX}", address.len()));
+    }
+    if address.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!("{address:?} holds a space or a control character"));
+    }
+    Ok(())
 }
 
 impl fmt::Display for Membership {
@@ -259,13 +326,16 @@ fn majority_value(voters: &BTreeSet<NodeId>, value_of: &impl Fn(NodeId) -> u64) 
 pub struct ConfigLog {
     /// As of the snapshot's last included index (or the bootstrap configuration).
     base: Membership,
+    /// The snapshot's last included index (0 for the bootstrap configuration): where the
+    /// base is known to be in force, if not exactly where it was appended.
+    base_index: LogIndex,
     /// Configuration entries in the log, by index.
     entries: Vec<(LogIndex, Membership)>,
 }
 
 impl ConfigLog {
     pub fn new(base: Membership) -> ConfigLog {
-        ConfigLog { base, entries: Vec::new() }
+        ConfigLog { base, base_index: LogIndex::ZERO, entries: Vec::new() }
     }
 
     /// The configuration in force: the last one in the log.
@@ -273,9 +343,10 @@ impl ConfigLog {
         self.entries.last().map_or(&self.base, |(_, membership)| membership)
     }
 
-    /// The index of the last configuration entry (0 if the base is in force).
+    /// The index of the last configuration entry; with the base in force, the index of the
+    /// snapshot it came with (0 for the bootstrap configuration).
     pub fn current_index(&self) -> LogIndex {
-        self.entries.last().map_or(LogIndex::ZERO, |(index, _)| *index)
+        self.entries.last().map_or(self.base_index, |(index, _)| *index)
     }
 
     /// The configuration as of `index` (the last at or before it): what a snapshot there
@@ -300,6 +371,7 @@ impl ConfigLog {
     pub fn compact_to(&mut self, index: LogIndex, membership: Membership) {
         self.entries.retain(|(at, _)| *at > index);
         self.base = membership;
+        self.base_index = self.base_index.max(index);
     }
 }
 
@@ -339,14 +411,14 @@ mod tests {
     #[test]
     fn changes_lead_where_they_should_and_refuse_what_makes_no_sense() {
         let start = voters(&[1, 2, 3]);
-        let with_learner = start.after(MembershipChange::AddLearner(NodeId(4))).unwrap();
+        let with_learner = start.after(MembershipChange::add_learner(NodeId(4))).unwrap();
         assert_eq!(with_learner.learners, ids(&[4]));
         assert_eq!(start.joint_towards(&with_learner), with_learner, "no joint step for a learner");
         let promoted = with_learner.after(MembershipChange::Promote(NodeId(4))).unwrap();
         assert_eq!((promoted.voters.clone(), promoted.learners.clone()), (ids(&[1, 2, 3, 4]), ids(&[])));
         let replaced = with_learner.after(MembershipChange::Replace { remove: NodeId(1), promote: NodeId(4) }).unwrap();
         assert_eq!(replaced.voters, ids(&[2, 3, 4]));
-        assert_eq!(start.after(MembershipChange::AddLearner(NodeId(2))), Err(MembershipError::AlreadyMember(NodeId(2))));
+        assert_eq!(start.after(MembershipChange::add_learner(NodeId(2))), Err(MembershipError::AlreadyMember(NodeId(2))));
         assert_eq!(start.after(MembershipChange::Promote(NodeId(9))), Err(MembershipError::NotLearner(NodeId(9))));
         assert_eq!(start.after(MembershipChange::Remove(NodeId(9))), Err(MembershipError::NotMember(NodeId(9))));
         assert_eq!(voters(&[1]).after(MembershipChange::Remove(NodeId(1))), Err(MembershipError::LastVoter(NodeId(1))));
@@ -355,14 +427,14 @@ mod tests {
     #[test]
     fn the_config_log_falls_back_when_an_entry_is_truncated() {
         let mut log = ConfigLog::new(voters(&[1, 2, 3]));
-        log.push(LogIndex(5), voters(&[1, 2, 3]).after(MembershipChange::AddLearner(NodeId(4))).unwrap());
+        log.push(LogIndex(5), voters(&[1, 2, 3]).after(MembershipChange::add_learner(NodeId(4))).unwrap());
         log.push(LogIndex(9), voters(&[1, 2, 3, 4]));
         assert_eq!(log.current(), &voters(&[1, 2, 3, 4]));
         assert_eq!(log.at(LogIndex(7)).learners, ids(&[4]));
         log.truncate_from(LogIndex(9));
         assert_eq!(log.current().learners, ids(&[4]), "the entry at 5 is in force again");
         log.compact_to(LogIndex(6), log.at(LogIndex(6)).clone());
-        assert_eq!(log.current_index(), LogIndex::ZERO);
+        assert_eq!(log.current_index(), LogIndex(6), "in force at the snapshot, at the latest");
         assert_eq!(log.current().learners, ids(&[4]));
     }
 }

@@ -310,6 +310,18 @@ impl RaftCore {
         self.log.configs().current()
     }
 
+    /// Where the configuration in force was appended (its snapshot's index, or 0 for the
+    /// bootstrap configuration).
+    pub fn membership_index(&self) -> LogIndex {
+        self.log.configs().current_index()
+    }
+
+    /// Leader: each follower's and learner's match index, and whether it answered within
+    /// the last election timeout (thesis §4.2.1's "caught up" asks both). Empty on others.
+    pub fn replication_progress(&self) -> Vec<(NodeId, LogIndex, bool)> {
+        self.progress.iter().map(|(id, progress)| (*id, progress.match_index, progress.recent_active)).collect()
+    }
+
     /// The configuration in force at `index`: what a snapshot there must carry.
     pub fn membership_at(&self, index: LogIndex) -> &crate::membership::Membership {
         self.log.configs().at(index)
@@ -457,8 +469,13 @@ impl RaftCore {
 
     /// Everyone a leader replicates to: the members of its configuration (voters of both
     /// sets and learners) but itself.
+    /// Who the leader replicates to: the members of the configuration in force and of the
+    /// committed one. Until C_new commits, a voter it removes still gets the log, so that
+    /// it sees C_new (and learns it is out) rather than wait forever in C_old,new.
     pub(crate) fn peers(&self) -> Vec<NodeId> {
-        self.membership().members().into_iter().filter(|id| *id != self.id).collect()
+        let mut members = self.membership().members();
+        members.extend(self.membership_at(self.log.commit_index()).members());
+        members.into_iter().filter(|id| *id != self.id).collect()
     }
 
     /// Whether this node may campaign and its vote counts: a voter of C_new or C_old.

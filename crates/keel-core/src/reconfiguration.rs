@@ -36,10 +36,12 @@ impl RaftCore {
         if self.membership().is_joint() || self.log.configs().current_index() > self.log.commit_index() {
             return Err(MembershipError::ChangeInProgress);
         }
-        let target = self.membership().after(change)?;
         if let MembershipChange::Promote(id) | MembershipChange::Replace { promote: id, .. } = change {
-            self.check_caught_up(id)?;
+            if self.membership().is_learner(id) {
+                self.check_caught_up(id)?;
+            }
         }
+        let target = self.membership().after(change)?;
         let next = self.membership().joint_towards(&target);
         Ok(self.append_configuration(next))
     }
@@ -66,7 +68,8 @@ impl RaftCore {
         (index, self.current_term)
     }
 
-    /// Leader: one `Progress` per member of the configuration in force, but itself. A new
+    /// Leader: one `Progress` per member of the configuration in force or the committed one
+    /// (`peers`), but itself. A new
     /// member starts in Probe at our last index; the conflict hint walks it back (to a
     /// snapshot, for a new member with an empty log). It has not answered yet, so it is not
     /// recently active (as members are taken to be when a leader is elected).
@@ -82,9 +85,13 @@ impl RaftCore {
     /// Steps 3 and 4, after the leader's commit index moved: leave the joint configuration
     /// once it commits; step down once a C_new without us commits.
     pub(crate) fn on_commit_advanced(&mut self) {
+        if let Some(target) = self.transfer_target() {
+            self.send_timeout_now_if_caught_up(target); // It may have waited for this commit.
+        }
         if self.log.configs().current_index() > self.log.commit_index() {
             return; // The configuration in force is not committed yet.
         }
+        self.sync_progress(); // Members C_new left out get no more of the log.
         let membership = self.membership().clone();
         if membership.is_joint() {
             self.append_configuration(membership.leave_joint());

@@ -3,7 +3,8 @@
 //!
 //! 1. The leader stops accepting proposals (they would only be lost in the handover) and
 //!    brings the target's log up to date with its usual AppendEntries.
-//! 2. Once the target holds the leader's whole log, the leader sends it TimeoutNow.
+//! 2. Once the target holds the leader's whole log and all of it has committed (so no
+//!    client of ours is left waiting), the leader sends it TimeoutNow.
 //! 3. The target campaigns at once, skipping PreVote, and its RequestVote says so
 //!    (`leadership_transfer`), so voters that still hear from the old leader do not ignore it
 //!    (§4.2.3). Its log is as up to date as anyone's: it wins, in the next term.
@@ -29,6 +30,8 @@ pub enum TransferError {
     /// Only a voter can lead.
     NotVoter(NodeId),
     InProgress { target: NodeId },
+    /// No target was named, and no other voter answered lately to pick.
+    NoTarget,
 }
 
 impl fmt::Display for TransferError {
@@ -39,6 +42,7 @@ impl fmt::Display for TransferError {
             TransferError::AlreadyLeader => write!(f, "this node is the leader already"),
             TransferError::NotVoter(id) => write!(f, "node {id} is not a voter, and only a voter can lead"),
             TransferError::InProgress { target } => write!(f, "a transfer to node {target} is in progress"),
+            TransferError::NoTarget => write!(f, "no other voter has answered lately; name a target"),
         }
     }
 }
@@ -72,10 +76,13 @@ impl RaftCore {
         self.transfer.map(|transfer| transfer.target)
     }
 
-    /// Step 2: if `peer` is the transfer's target and holds our whole log, tell it to
-    /// campaign. True if TimeoutNow was sent.
+    /// Step 2: if `peer` is the transfer's target and holds our whole log, and all of it has
+    /// committed, tell it to campaign. True if TimeoutNow was sent. Waiting for the commit
+    /// means no proposal of ours is left pending when we step down: every client that
+    /// wrote here before the transfer gets its answer, none an unknown outcome.
     pub(crate) fn send_timeout_now_if_caught_up(&mut self, peer: NodeId) -> bool {
-        let caught_up = self.progress.get(&peer).is_some_and(|progress| progress.match_index == self.log.last_index());
+        let last_index = self.log.last_index();
+        let caught_up = self.log.commit_index() == last_index && self.progress.get(&peer).is_some_and(|progress| progress.match_index == last_index);
         if self.transfer_target() != Some(peer) || !caught_up {
             return false;
         }

@@ -43,7 +43,8 @@ impl RaftCore {
         Ok(())
     }
 
-    /// Who may send to us: a member of our configuration; or any node, when the message is
+    /// Who may send to us: a member of our configuration or of the committed one (a voter
+    /// being removed takes part until C_new commits); or any node, when the message is
     /// a leader's (AppendEntries, InstallSnapshot, TimeoutNow): a node whose log lags behind
     /// a membership change does not know the leader a later configuration made, and only that
     /// leader's log can tell it (its term is checked like any other). A node that knows no
@@ -51,7 +52,8 @@ impl RaftCore {
     /// requests and answers are refused: a removed node cannot disrupt (thesis §4.2.3).
     fn may_hear_from(&self, message: &Message) -> bool {
         let membership = self.membership();
-        membership.voters.is_empty() || membership.is_member(message.from) || message.body.is_from_leader()
+        let committed = self.membership_at(self.log.commit_index());
+        membership.voters.is_empty() || membership.is_member(message.from) || committed.is_member(message.from) || message.body.is_from_leader()
     }
 
     fn check_shape(&self, message: &Message) -> Result<(), String> {
@@ -91,7 +93,10 @@ impl RaftCore {
             MessageBody::InstallSnapshotResponse { meta, read_round, .. } => (meta.last_included_index, *read_round),
             _ => return Ok(()),
         };
-        let sent_index_max = self.progress.get(&message.from).map_or(LogIndex::ZERO, |progress| progress.sent_index_max);
+        let Some(progress) = self.progress.get(&message.from) else {
+            return Err(StepError::UnknownNode(message.from)); // Not, or no longer, replicated to.
+        };
+        let sent_index_max = progress.sent_index_max;
         if index > sent_index_max {
             return Err(invalid(message, format!("answers for index {index}, but the highest index sent to it is {sent_index_max}")));
         }

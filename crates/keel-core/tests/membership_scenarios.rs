@@ -23,7 +23,7 @@ fn three_nodes() -> Cluster {
 /// Adds node `id` as a learner and lets it catch up.
 fn add_learner(cluster: &mut Cluster, id: u64) {
     cluster.add_node(id, |config| config.defer_leader_sync = false);
-    cluster.core_mut(1).propose_membership(MembershipChange::AddLearner(NodeId(id))).expect("the leader takes the change");
+    cluster.core_mut(1).propose_membership(MembershipChange::add_learner(NodeId(id))).expect("the leader takes the change");
     cluster.process(1);
     cluster.stabilize();
     let heartbeat_ticks = cluster.node(1).config.heartbeat_interval_ticks;
@@ -61,7 +61,7 @@ fn a_configuration_takes_effect_on_append_and_falls_back_when_overwritten() {
     cluster.elect(1);
     cluster.stabilize();
     cluster.add_node(6, |_| {});
-    cluster.core_mut(1).propose_membership(MembershipChange::AddLearner(NodeId(6))).unwrap();
+    cluster.core_mut(1).propose_membership(MembershipChange::add_learner(NodeId(6))).unwrap();
     cluster.process(1);
     assert!(cluster.core(1).membership().is_learner(NodeId(6)), "in force on the leader at once");
     cluster.deliver(1, 2);
@@ -87,13 +87,13 @@ fn a_configuration_takes_effect_on_append_and_falls_back_when_overwritten() {
 fn a_change_waits_for_the_leaders_first_commit_and_for_the_last_change() {
     let mut cluster = Cluster::with(3, |config| config.defer_leader_sync = false);
     cluster.elect(1);
-    let refused = cluster.core_mut(1).propose_membership(MembershipChange::AddLearner(NodeId(4)));
+    let refused = cluster.core_mut(1).propose_membership(MembershipChange::add_learner(NodeId(4)));
     assert_eq!(refused, Err(MembershipError::NoCommitInTerm), "the no-op has not committed yet");
     cluster.stabilize();
-    assert_eq!(cluster.core_mut(1).propose_membership(MembershipChange::AddLearner(NodeId(4))), Ok((LogIndex(2), Term(1))));
-    let second = cluster.core_mut(1).propose_membership(MembershipChange::AddLearner(NodeId(5)));
+    assert_eq!(cluster.core_mut(1).propose_membership(MembershipChange::add_learner(NodeId(4))), Ok((LogIndex(2), Term(1))));
+    let second = cluster.core_mut(1).propose_membership(MembershipChange::add_learner(NodeId(5)));
     assert_eq!(second, Err(MembershipError::ChangeInProgress), "the first is not committed");
-    let on_follower = cluster.core_mut(2).propose_membership(MembershipChange::AddLearner(NodeId(5)));
+    let on_follower = cluster.core_mut(2).propose_membership(MembershipChange::add_learner(NodeId(5)));
     assert_eq!(on_follower, Err(MembershipError::NotLeader { leader_hint: Some(NodeId(1)) }));
 }
 
@@ -104,7 +104,7 @@ fn a_lagging_learners_promotion_is_refused() {
     let mut cluster = three_nodes();
     cluster.add_node(4, |config| config.defer_leader_sync = false);
     cluster.isolate(4);
-    cluster.core_mut(1).propose_membership(MembershipChange::AddLearner(NodeId(4))).unwrap();
+    cluster.core_mut(1).propose_membership(MembershipChange::add_learner(NodeId(4))).unwrap();
     cluster.process(1);
     cluster.stabilize();
     let refused = cluster.core_mut(1).propose_membership(MembershipChange::Promote(NodeId(4)));
@@ -201,6 +201,25 @@ fn a_removed_leader_steps_down_once_the_new_configuration_commits() {
     assert!(leaders == vec![2] || leaders == vec![3], "{leaders:?}");
     cluster.tick(leaders[0]);
     assert!(cluster.in_flight(leaders[0], 1).is_empty(), "the new leader sends nothing to the removed node");
+}
+
+/// A removed follower receives C_new before the leader lets it go: the leader replicates
+/// to the committed configuration's members as well as the one in force. Regression: the
+/// leader dropped node 3 the moment it appended C_new, so node 3 stayed in C_old,new for
+/// good, never learning it was out (found running `keel member remove` on a live cluster).
+#[test]
+fn a_removed_follower_sees_the_configuration_that_leaves_it_out() {
+    let mut cluster = three_nodes();
+    let (joint_index, _) = cluster.core_mut(1).propose_membership(MembershipChange::Remove(NodeId(3))).unwrap();
+    cluster.process(1);
+    cluster.stabilize(); // C_old,new commits; the leader appends C_new = {1, 2}.
+    let c_new = Membership::with_voters([NodeId(1), NodeId(2)]);
+    assert_eq!(cluster.core(1).membership(), &c_new);
+    assert!(cluster.core(1).status().commit_index > joint_index, "C_new committed");
+    assert_eq!(cluster.core(3).membership(), &c_new, "node 3 appended C_new, so it knows it is out");
+    let heartbeat_ticks = cluster.node(1).config.heartbeat_interval_ticks;
+    cluster.ticks(1, heartbeat_ticks);
+    assert!(cluster.in_flight(1, 3).is_empty(), "once C_new commits, the leader sends node 3 nothing more");
 }
 
 /// Thesis §3.10: the leader brings the target up to date, stops taking proposals and sends

@@ -71,7 +71,7 @@ fn entries() -> impl Strategy<Value = Vec<Entry>> {
 /// Configurations well formed and not: small ids, sets that may overlap or be empty.
 fn membership() -> impl Strategy<Value = Membership> {
     let set = || prop::collection::btree_set((0u64..6).prop_map(NodeId), 0..4);
-    (set(), set(), set()).prop_map(|(voters, voters_outgoing, learners)| Membership { voters, voters_outgoing, learners })
+    (set(), set(), set()).prop_map(|(voters, voters_outgoing, learners)| Membership { voters, voters_outgoing, learners, ..Membership::default() })
 }
 
 fn snapshot_meta() -> impl Strategy<Value = SnapshotMeta> {

@@ -5,7 +5,11 @@ use keel_core::NodeId;
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub id: NodeId,
+    /// The first configuration's voters (see `keel_core::Config::members`): empty for a
+    /// node that starts to join a running cluster.
     pub members: Vec<NodeId>,
+    /// Where they listen (`keel_core::Config::member_addresses`).
+    pub member_addresses: std::collections::BTreeMap<NodeId, String>,
     /// One core tick per `tick_ms` of real time.
     pub tick_ms: u64,
     pub heartbeat_ms: u64,
@@ -47,6 +51,7 @@ impl NodeConfig {
         NodeConfig {
             id,
             members,
+            member_addresses: std::collections::BTreeMap::new(),
             tick_ms: 10,
             heartbeat_ms: 50,
             election_timeout_ms: 300,
@@ -84,6 +89,7 @@ impl NodeConfig {
 
     pub fn core_config(&self) -> keel_core::Config {
         let mut config = keel_core::Config::new(self.id, self.members.clone());
+        config.member_addresses = self.member_addresses.clone();
         config.heartbeat_interval_ticks = (self.heartbeat_ms / self.tick_ms).max(1) as u32;
         config.election_timeout_ticks_min = (self.election_timeout_ms / self.tick_ms) as u32;
         config.append_entries_max = self.append_entries_max;

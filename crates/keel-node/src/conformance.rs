@@ -128,7 +128,7 @@ pub fn run_all<H: Harness>(mut make_harness: impl FnMut() -> H) -> Vec<&'static 
 /// eleventh a leader's no-op, so each kind is stored and read back.
 pub fn entry(index: u64, term: u64) -> Entry {
     let kind = if index % 7 == 0 {
-        EntryKind::Config(keel_core::Membership { voters: [NodeId(1), NodeId(2), NodeId(3)].into(), learners: [NodeId(index)].into(), voters_outgoing: [NodeId(1), NodeId(term)].into() })
+        EntryKind::Config(keel_core::Membership { voters: [NodeId(1), NodeId(2), NodeId(3)].into(), learners: [NodeId(index)].into(), voters_outgoing: [NodeId(1), NodeId(term)].into(), addresses: [(NodeId(index), format!("10.0.0.{index}:7000"))].into() })
     } else if index % 11 == 0 {
         EntryKind::Noop
     } else {

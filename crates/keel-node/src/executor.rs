@@ -29,8 +29,9 @@
 use crate::config::NodeConfig;
 use crate::error::{NodeError, StartError};
 use crate::io::{Io, JobResult, Observation, SnapshotBuild, SnapshotImage, SnapshotJob, StorageDone, StorageJob};
-use keel_core::{Entry, HardState, LogIndex, MembershipChange, MembershipError, Message, NodeId, RaftCore, ReadError, Ready, RestoredState, Role, SnapshotMeta, StateMachine, StepError, Term, TransferError};
+use keel_core::{Entry, HardState, LogIndex, Membership, MembershipChange, MembershipError, Message, NodeId, RaftCore, ReadError, Ready, RestoredState, Role, SnapshotMeta, StateMachine, StepError, Term, TransferError};
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use tracing::{debug, error, info, warn};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +83,12 @@ pub struct Executor<SM: StateMachine, I: Io<SM>> {
     unsynced: bool,
     /// Peer messages the core refused (`StepError`).
     refused_messages: u64,
+    /// The configuration last handed to `Io::membership_changed` (thesis §4.1: in force
+    /// from the moment it is appended, so checked after every turn).
+    membership: Arc<Membership>,
+    /// This node has been a member since it started; leaving the configuration then means
+    /// it was removed (a node that starts empty to join is not, until it is added).
+    was_member: bool,
     #[cfg(feature = "fault-injection")]
     pub faults: DriverFaults,
 }
@@ -97,9 +104,14 @@ impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
         let snapshot_index = restored.snapshot.as_ref().map(|snapshot| snapshot.meta.last_included_index).unwrap_or_default();
         info!("[NODE {}] starting: term {}, {} log entries after snapshot {}", config.id, restored.hard_state.current_term, restored.entries.len(), snapshot_index);
         let hard_state_saved = restored.hard_state;
+        let core = RaftCore::new(config.core_config(), restored);
+        let membership = Arc::new(core.membership().clone());
+        let was_member = membership.is_member(config.id);
+        let mut io = io;
+        io.membership_changed(&membership);
         Ok(Executor {
             id: config.id,
-            core: RaftCore::new(config.core_config(), restored),
+            core,
             state_machine,
             io,
             snapshot_threshold_entries: config.snapshot_threshold_entries,
@@ -117,6 +129,8 @@ impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
             hard_state_saved,
             unsynced: false,
             refused_messages: 0,
+            membership,
+            was_member,
             #[cfg(feature = "fault-injection")]
             faults: DriverFaults::default(),
         })
@@ -167,8 +181,9 @@ impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
     /// then goes through the joint configuration, which the leader leaves by itself once
     /// it commits.
     pub fn propose_membership(&mut self, change: MembershipChange) -> Result<(LogIndex, Term), MembershipError> {
+        let described = format!("{change:?}");
         let placed = self.core.propose_membership(change)?;
-        info!("[NODE {}] proposed {change:?} at index {}: configuration now {}", self.id, placed.0, self.core.membership());
+        info!("[NODE {}] proposed {described} at index {}: configuration now {}", self.id, placed.0, self.core.membership());
         Ok(placed)
     }
 
@@ -269,7 +284,39 @@ impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
                 self.io.send(message);
             }
         }
+        if self.core.membership() != &*self.membership {
+            self.on_membership_changed();
+        }
         Ok(())
+    }
+
+    /// The configuration in force changed (appended, overwritten, or from a snapshot).
+    fn on_membership_changed(&mut self) {
+        self.membership = Arc::new(self.core.membership().clone());
+        info!("[NODE {}] configuration now {} (appended at index {})", self.id, self.membership, self.core.membership_index());
+        self.io.membership_changed(&self.membership);
+        let is_member = self.membership.is_member(self.id);
+        if self.was_member && !is_member {
+            warn!("[NODE {}] removed from the cluster: this node serves no more writes and takes no part in elections; stop it", self.id);
+        }
+        self.was_member |= is_member;
+    }
+
+    /// The configuration in force, as last announced.
+    pub fn membership(&self) -> &Arc<Membership> {
+        &self.membership
+    }
+
+    /// This node was a member and no longer is, or the committed configuration is joint
+    /// and leaves it out of C_new: the leader replicates to it no more once it appends
+    /// C_new, so it may never see that entry (thesis §4.2.2).
+    pub fn is_removed(&self) -> bool {
+        if !self.was_member {
+            return false;
+        }
+        let committed = self.core.membership_at(self.core.status().commit_index);
+        let leaving = committed.is_joint() && !committed.voters.contains(&self.id) && !committed.is_learner(self.id);
+        !self.membership.is_member(self.id) || leaving
     }
 
     /// The oldest finished job; once a compaction's is handed over, inline jobs may run

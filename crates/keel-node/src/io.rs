@@ -105,6 +105,9 @@ pub trait Io<SM: StateMachine> {
     /// Builds the image of `job` where it will not hold up the driver.
     fn build_snapshot(&mut self, job: SnapshotJob) -> SnapshotBuild;
     fn observe(&mut self, _observation: Observation<'_>) {}
+    /// The configuration in force changed (or the node started): where its members
+    /// listen, for the transport.
+    fn membership_changed(&mut self, _membership: &keel_core::Membership) {}
 }
 
 /// Contract step 4 for one job: snapshot, entries, hard state, then one sync for all of them

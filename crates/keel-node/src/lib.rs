@@ -28,7 +28,7 @@ pub use error::{NodeError, Outcome, StartError};
 pub use executor::DriverFaults;
 pub use executor::{Consistency, Executor};
 pub use io::{build_image, run_storage_job, Io, JobResult, Observation, ProposeResult, SnapshotBuild, SnapshotImage, SnapshotJob, StorageDone, StorageJob};
-pub use node::{NodeStatus, RaftHandle, RaftNode, ReadFn};
+pub use node::{ChangeError, Members, NodeStatus, RaftHandle, RaftNode, ReadFn};
 pub use storage::{SnapshotStager, Storage, StorageError};
 pub use storage_file::{FileStorage, FileStorageConfig, Recovery, TornTail};
 pub use storage_memory::{DurablePoint, MemoryStorage};

@@ -13,7 +13,8 @@ use crate::io::{build_image, Io, JobResult, ProposeResult, SnapshotBuild, Snapsh
 use crate::storage::{SnapshotStager, Storage};
 use crate::storage_runner::{DoneReceiver, StorageRunner};
 use crate::transport::Transport;
-use keel_core::{LogIndex, Message, NodeId, StateMachine, Status};
+use keel_core::{LogIndex, Membership, MembershipChange, MembershipError, Message, NodeId, StateMachine, Status, Term, TransferError};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -29,6 +30,47 @@ pub type ReadFn<SM> = Box<dyn FnOnce(Result<(LogIndex, &SM), NodeError>) + Send>
 enum Request<SM: StateMachine> {
     Propose { command: Vec<u8>, reply: oneshot::Sender<ProposeResult<SM>> },
     Read { consistency: Consistency, run: ReadFn<SM> },
+    ChangeMembership { change: MembershipChange, reply: oneshot::Sender<Result<(LogIndex, Term), MembershipError>> },
+    TransferLeadership { target: Option<NodeId>, reply: oneshot::Sender<Result<NodeId, TransferError>> },
+    Members { reply: oneshot::Sender<Members> },
+    TermAt { index: LogIndex, reply: oneshot::Sender<Option<Term>> },
+}
+
+/// The configuration in force and, on the leader, how far each member's log has come.
+#[derive(Clone, Debug)]
+pub struct Members {
+    pub membership: Arc<Membership>,
+    /// Leader only: each other member's match index and whether it answered within the last
+    /// election timeout.
+    pub progress: BTreeMap<NodeId, (LogIndex, bool)>,
+    pub last_log_index: LogIndex,
+    pub role: keel_core::Role,
+}
+
+/// Why a membership change or a leadership transfer did not happen, or may not have.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeError {
+    /// The core refused the change; nothing was appended.
+    Refused(MembershipError),
+    /// The transfer was refused; nothing changed.
+    TransferRefused(TransferError),
+    /// Proposed, then overwritten by another leader's log: it never took effect.
+    Dropped,
+    /// Proposed, but not seen to complete in time: it may yet, or may not.
+    OutcomeUnknown,
+    Node(NodeError),
+}
+
+impl std::fmt::Display for ChangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChangeError::Refused(error) => write!(f, "{error}"),
+            ChangeError::TransferRefused(error) => write!(f, "{error}"),
+            ChangeError::Dropped => write!(f, "the change was overwritten by a new leader and did not take effect"),
+            ChangeError::OutcomeUnknown => write!(f, "the change was proposed but not seen to complete; check the members"),
+            ChangeError::Node(error) => write!(f, "{error}"),
+        }
+    }
 }
 
 /// A node's state for status endpoints, updated by the driver after every turn.
@@ -39,6 +81,11 @@ pub struct NodeStatus {
     pub peer_messages_refused: u64,
     /// Set once the node stopped, with the reason.
     pub stopped: Option<String>,
+    /// The configuration in force (thesis §4.1), and where it was appended.
+    pub membership: Arc<Membership>,
+    pub membership_index: LogIndex,
+    /// This node was removed from the cluster (`Executor::is_removed`).
+    pub removed: bool,
 }
 
 /// The client side of a running node; cheap to clone.
@@ -77,6 +124,49 @@ impl<SM: StateMachine> RaftHandle<SM> {
         });
         self.submit(Request::Read { consistency, run })?;
         response.await.unwrap_or(Err(NodeError::Stopped))
+    }
+
+    /// Proposes a membership change and waits until it is complete: committed, and for a
+    /// change of voters, the joint configuration left and C_new committed (thesis §4.3).
+    /// Callers bound the wait with a timeout (then the outcome is unknown). Returns where
+    /// the configuration that completed it was appended.
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<LogIndex, ChangeError> {
+        let (reply, response) = oneshot::channel();
+        self.submit(Request::ChangeMembership { change, reply }).map_err(ChangeError::Node)?;
+        let (index, term) = response.await.map_err(|_| ChangeError::Node(NodeError::Stopped))?.map_err(ChangeError::Refused)?;
+        let mut status = self.status.clone();
+        let done = |status: &NodeStatus| {
+            status.stopped.is_some()
+                || (status.raft.commit_index >= index && !status.membership.is_joint() && status.membership_index >= index && status.membership_index <= status.raft.commit_index)
+        };
+        let status = status.wait_for(done).await.map_err(|_| ChangeError::Node(NodeError::Stopped))?.clone();
+        if status.stopped.is_some() {
+            return Err(ChangeError::Node(NodeError::Stopped));
+        }
+        // Committed at `index` — but was it our entry, or another leader's?
+        let (reply, response) = oneshot::channel();
+        self.submit(Request::TermAt { index, reply }).map_err(ChangeError::Node)?;
+        match response.await.map_err(|_| ChangeError::Node(NodeError::Stopped))? {
+            Some(at) if at == term => Ok(status.membership_index),
+            Some(_) => Err(ChangeError::Dropped),
+            None => Err(ChangeError::OutcomeUnknown), // Compacted away already: cannot tell.
+        }
+    }
+
+    /// Starts handing leadership to `target` (or, with none, the most caught-up voter);
+    /// returns the target. The transfer ends when the target leads (watch the status) or
+    /// is abandoned after an election timeout.
+    pub async fn transfer_leadership(&self, target: Option<NodeId>) -> Result<NodeId, ChangeError> {
+        let (reply, response) = oneshot::channel();
+        self.submit(Request::TransferLeadership { target, reply }).map_err(ChangeError::Node)?;
+        response.await.map_err(|_| ChangeError::Node(NodeError::Stopped))?.map_err(ChangeError::TransferRefused)
+    }
+
+    /// The configuration and, on the leader, each member's progress.
+    pub async fn members(&self) -> Result<Members, NodeError> {
+        let (reply, response) = oneshot::channel();
+        self.submit(Request::Members { reply })?;
+        response.await.map_err(|_| NodeError::Stopped)
     }
 
     fn submit(&self, request: Request<SM>) -> Result<(), NodeError> {
@@ -132,7 +222,7 @@ impl<SM: StateMachine> RaftNode<SM> {
         let executor = Executor::new(&config, restored, state_machine, io)?;
         let (inbox, inbox_receiver) = mpsc::channel(config.inbox_messages_max);
         let (requests, request_receiver) = mpsc::channel(config.requests_queued_max);
-        let initial = NodeStatus { raft: executor.core().status(), peer_messages_refused: 0, stopped: None };
+        let initial = status_of(&executor, None);
         let (status_sender, status) = watch::channel(initial);
         let (shutdown, shutdown_receiver) = watch::channel(false);
         let shell = Shell { executor, status: status_sender, tick_ms: config.tick_ms };
@@ -170,6 +260,10 @@ impl<SM: StateMachine, T: Transport> Io<SM> for NodeIo<T> {
         self.transport.send(message);
     }
 
+    fn membership_changed(&mut self, membership: &Membership) {
+        self.transport.set_peer_addresses(&membership.addresses);
+    }
+
     fn run_inline(&mut self, job: StorageJob) -> Option<JobResult> {
         self.storage.run_inline(job, &*self.transport)
     }
@@ -195,6 +289,18 @@ impl<SM: StateMachine, T: Transport> Io<SM> for NodeIo<T> {
             Ok(_) => SnapshotBuild::Started,
             Err(error) => SnapshotBuild::Failed(format!("cannot start a snapshot thread: {error}")),
         }
+    }
+}
+
+fn status_of<SM: StateMachine, I: Io<SM>>(executor: &Executor<SM, I>, stopped: Option<String>) -> NodeStatus {
+    let core = executor.core();
+    NodeStatus {
+        raft: core.status(),
+        peer_messages_refused: executor.refused_messages(),
+        stopped,
+        membership: executor.membership().clone(),
+        membership_index: core.membership_index(),
+        removed: executor.is_removed(),
     }
 }
 
@@ -284,11 +390,40 @@ impl<SM: StateMachine, T: Transport> Shell<SM, T> {
         match request {
             Request::Propose { command, reply } => self.executor.propose(command, reply),
             Request::Read { consistency, run } => self.executor.read(consistency, run),
+            Request::ChangeMembership { change, reply } => {
+                let _ = reply.send(self.executor.propose_membership(change));
+            }
+            Request::TransferLeadership { target, reply } => {
+                let core = self.executor.core();
+                let result = if core.role() != keel_core::Role::Leader {
+                    Err(TransferError::NotLeader { leader_hint: core.leader_id() })
+                } else {
+                    target.or_else(|| self.best_transfer_target()).ok_or(TransferError::NoTarget).and_then(|target| self.executor.transfer_leadership(target).map(|()| target))
+                };
+                let _ = reply.send(result);
+            }
+            Request::Members { reply } => {
+                let core = self.executor.core();
+                let progress = core.replication_progress().into_iter().map(|(id, match_index, active)| (id, (match_index, active))).collect();
+                let members = Members { membership: self.executor.membership().clone(), progress, last_log_index: core.status().last_log_index, role: core.role() };
+                let _ = reply.send(members);
+            }
+            Request::TermAt { index, reply } => {
+                let _ = reply.send(self.executor.core().entry(index).map(|entry| entry.term));
+            }
         }
     }
 
+    /// The voter (not us) with the longest log that answered lately: the quickest to bring
+    /// up to date for a transfer.
+    fn best_transfer_target(&self) -> Option<NodeId> {
+        let core = self.executor.core();
+        let voters = core.membership().voters.clone();
+        core.replication_progress().into_iter().filter(|(id, _, active)| *active && voters.contains(id)).max_by_key(|(_, match_index, _)| *match_index).map(|(id, _, _)| id)
+    }
+
     fn publish_status(&self, stopped: Option<String>) {
-        let status = NodeStatus { raft: self.executor.core().status(), peer_messages_refused: self.executor.refused_messages(), stopped };
+        let status = status_of(&self.executor, stopped);
         self.status.send_if_modified(|current| {
             if *current == status {
                 return false;

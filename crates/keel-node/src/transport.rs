@@ -8,15 +8,20 @@
 //! implementation checks the cluster id before that: a message from another cluster is
 //! rejected and logged, never stepped.
 
-use keel_core::Message;
+use keel_core::{Message, NodeId};
+use std::collections::BTreeMap;
 
 /// Bumped on any incompatible change of the peer wire format. 2: streams of frames
 /// (`transport_http.rs`) replaced one request per batch. 3: snapshot metadata carries the
-/// image's size and CRC-32C.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// image's size and CRC-32C. 4: configurations carry member addresses.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 pub trait Transport: Send + Sync + 'static {
     /// Queues `message` for `message.to`. Must not block the driver: a full queue or an
     /// unreachable peer drops the message (and says so at debug level).
     fn send(&self, message: Message);
+
+    /// Where each member listens, as of the configuration in force (thesis §4.1: members
+    /// come and go with the log). Transports that address peers by id alone ignore it.
+    fn set_peer_addresses(&self, _addresses: &BTreeMap<NodeId, String>) {}
 }

@@ -62,7 +62,7 @@ use hyper_util::rt::TokioIo;
 use keel_core::{Message, MessageBody, NodeId};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
@@ -140,7 +140,20 @@ impl HttpTransportConfig {
 /// Sends a node's messages to its peers over HTTP streams; see the module doc.
 pub struct HttpTransport {
     id: NodeId,
-    queues: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    cluster_id: String,
+    config: HttpTransportConfig,
+    client: reqwest::Client,
+    /// The addresses given at construction: used for peers the configuration names none
+    /// for (a joining node knows the members only from the member it joined through).
+    base_addresses: BTreeMap<NodeId, String>,
+    /// One queue, and one sender task behind it, per peer. Written only when the
+    /// configuration changes; read on every send.
+    peers: RwLock<BTreeMap<NodeId, PeerQueue>>,
+}
+
+struct PeerQueue {
+    address: String,
+    queue: mpsc::Sender<Message>,
 }
 
 impl HttpTransport {
@@ -155,38 +168,58 @@ impl HttpTransport {
             panic!("[NODE {id}] invalid HTTP transport config: {problem}");
         }
         let client = build_client(&config);
-        let mut queues = BTreeMap::new();
-        for (peer, address) in peers.into_iter().filter(|(peer, _)| *peer != id) {
-            let (queue, queue_receiver) = mpsc::channel(config.queue_messages_max);
-            let sender = PeerSender {
-                id,
-                peer,
-                url: format!("http://{address}{STREAM_PATH}"),
-                cluster_id: cluster_id.clone(),
-                client: client.clone(),
-                io_timeout: Duration::from_millis(config.io_timeout_ms),
-                batch_messages_max: config.batch_messages_max,
-                batch_bytes_max: config.batch_bytes_max,
-                stream: None,
-                frame: Vec::new(),
-                failures: WarnLimiter::default(),
-                failing: false,
-            };
-            tokio::spawn(sender.run(queue_receiver));
-            queues.insert(peer, queue);
-        }
-        HttpTransport { id, queues }
+        let transport = HttpTransport { id, cluster_id, config, client, base_addresses: peers, peers: RwLock::new(BTreeMap::new()) };
+        transport.set_peer_addresses(&BTreeMap::new());
+        transport
+    }
+
+    fn spawn_sender(&self, peer: NodeId, address: &str) -> mpsc::Sender<Message> {
+        let (queue, queue_receiver) = mpsc::channel(self.config.queue_messages_max);
+        let sender = PeerSender {
+            id: self.id,
+            peer,
+            url: format!("http://{address}{STREAM_PATH}"),
+            cluster_id: self.cluster_id.clone(),
+            client: self.client.clone(),
+            io_timeout: Duration::from_millis(self.config.io_timeout_ms),
+            batch_messages_max: self.config.batch_messages_max,
+            batch_bytes_max: self.config.batch_bytes_max,
+            stream: None,
+            frame: Vec::new(),
+            failures: WarnLimiter::default(),
+            failing: false,
+        };
+        tokio::spawn(sender.run(queue_receiver));
+        queue
     }
 }
 
 impl Transport for HttpTransport {
     fn send(&self, message: Message) {
-        let Some(queue) = self.queues.get(&message.to) else {
+        let peers = self.peers.read().expect("no sender panics holding the peer map");
+        let Some(peer) = peers.get(&message.to) else {
             debug!("[NODE {}] dropped {} to node {}: not a peer", self.id, message.body.name(), message.to);
             return;
         };
-        if let Err(mpsc::error::TrySendError::Full(message)) = queue.try_send(message) {
+        if let Err(mpsc::error::TrySendError::Full(message)) = peer.queue.try_send(message) {
             debug!("[NODE {}] dropped {} to node {}: its send queue is full", self.id, message.body.name(), message.to);
+        }
+    }
+
+    /// `addresses` over the ones given at construction. A peer that is new, or moved, gets a
+    /// fresh sender task; one that left has its queue dropped, which ends its task once the
+    /// queue is drained.
+    fn set_peer_addresses(&self, addresses: &BTreeMap<NodeId, String>) {
+        let mut merged = self.base_addresses.clone();
+        merged.extend(addresses.iter().map(|(id, address)| (*id, address.clone())));
+        let addresses = &merged;
+        let mut peers = self.peers.write().expect("no sender panics holding the peer map");
+        peers.retain(|peer, queue| addresses.get(peer) == Some(&queue.address));
+        for (peer, address) in addresses.iter().filter(|(peer, _)| **peer != self.id) {
+            if !peers.contains_key(peer) {
+                let queue = self.spawn_sender(*peer, address);
+                peers.insert(*peer, PeerQueue { address: address.clone(), queue });
+            }
         }
     }
 }
@@ -604,6 +637,20 @@ mod tests {
         assert_eq!(limiter.check(start + Duration::from_secs(2)), None);
         assert_eq!(limiter.check(start + WARN_INTERVAL), Some(2));
         assert_eq!(limiter.check(start + WARN_INTERVAL), None);
+    }
+
+    /// Peers follow the configuration: added ones get a sender, removed ones lose theirs,
+    /// and the construction-time addresses stay as a fallback (a joining node's).
+    #[tokio::test]
+    async fn peers_follow_the_configuration_over_the_addresses_given_at_start() {
+        let base: BTreeMap<NodeId, String> = [(NodeId(1), "127.0.0.1:1".to_string()), (NodeId(2), "127.0.0.1:2".to_string())].into();
+        let transport = HttpTransport::new(NodeId(1), "test".into(), base, HttpTransportConfig::default());
+        let peers = |transport: &HttpTransport| transport.peers.read().unwrap().iter().map(|(id, queue)| (id.0, queue.address.clone())).collect::<Vec<_>>();
+        assert_eq!(peers(&transport), vec![(2, "127.0.0.1:2".to_string())], "itself is no peer");
+        transport.set_peer_addresses(&[(NodeId(3), "127.0.0.1:3".to_string()), (NodeId(2), "127.0.0.1:22".to_string())].into());
+        assert_eq!(peers(&transport), vec![(2, "127.0.0.1:22".to_string()), (3, "127.0.0.1:3".to_string())], "the configuration wins");
+        transport.set_peer_addresses(&BTreeMap::new());
+        assert_eq!(peers(&transport), vec![(2, "127.0.0.1:2".to_string())], "node 3 left; node 2 falls back");
     }
 
     #[test]

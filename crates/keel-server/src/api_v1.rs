@@ -164,6 +164,20 @@ pub(crate) fn role_name(role: Role) -> &'static str {
     }
 }
 
+/// What `id` is in `membership`: `voter`, `learner`, `leaving` (C_old only, in a joint
+/// configuration) or `none` (a node waiting to be added, or removed).
+pub(crate) fn member_role(membership: &keel_core::Membership, id: keel_core::NodeId) -> &'static str {
+    if membership.voters.contains(&id) {
+        "voter"
+    } else if membership.is_learner(id) {
+        "learner"
+    } else if membership.is_voter(id) {
+        "leaving"
+    } else {
+        "none"
+    }
+}
+
 /// `GET /v1/status`: this node's view.
 pub(crate) async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
     let status = state.handle.status();
@@ -182,23 +196,34 @@ pub(crate) async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
         "last_log_index": raft.last_log_index.0,
         "last_log_term": raft.last_log_term.0,
         "snapshot_index": raft.snapshot_index.0,
+        "member": member_role(&status.membership, state.id),
+        "configuration": status.membership.to_string(),
+        "configuration_index": status.membership_index.0,
+        "removed": status.removed,
         "stopped": status.stopped,
     }))
 }
 
-/// `GET /v1/cluster`: the members and who leads, as this node knows it.
+/// `GET /v1/cluster`: the members and who leads, as this node knows it (no progress: that
+/// is the leader's, `GET /v1/members`).
 pub(crate) async fn cluster(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let raft = state.handle.status().raft;
+    let status = state.handle.status();
+    let raft = status.raft;
+    let membership = &status.membership;
     let members: Vec<Value> = state
-        .peers
-        .iter()
-        .map(|(id, address)| json!({ "id": id.0, "address": address, "is_leader": raft.leader_id == Some(*id), "is_self": *id == state.id }))
+        .member_addresses()
+        .into_iter()
+        .map(|(id, address)| {
+            json!({ "id": id.0, "address": address, "role": member_role(membership, id), "is_leader": raft.leader_id == Some(id), "is_self": id == state.id })
+        })
         .collect();
     Json(json!({
         "cluster_id": state.cluster_id,
         "leader_id": raft.leader_id.map(|id| id.0),
         "leader_addr": raft.leader_id.and_then(|id| state.address_of(id)),
         "term": raft.term.0,
+        "joint": membership.is_joint(),
+        "removed": status.removed,
         "members": members,
     }))
 }

@@ -80,13 +80,61 @@ pub enum CommandLine {
         #[command(flatten)]
         bench: crate::bench::BenchArgs,
     },
-    /// Print the current leader.
+    /// Print the current leader; `keel leader transfer [--to N]` hands leadership over.
     Leader {
         #[command(flatten)]
         client: ClientArgs,
         /// Print only the leader's id.
         #[arg(long, short)]
         quiet: bool,
+        #[command(subcommand)]
+        action: Option<LeaderCommand>,
+    },
+    /// List, add, promote or remove cluster members (thesis ch. 4).
+    Member {
+        #[command(subcommand)]
+        action: MemberCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LeaderCommand {
+    /// Hand leadership to another voter (the most caught-up one, or --to N), e.g. before
+    /// maintenance; returns once it leads.
+    Transfer {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long, value_name = "ID")]
+        to: Option<u64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MemberCommand {
+    /// A table of the members: role, address, and on the leader each one's match index and lag.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Add node ID, listening at HOST:PORT, as a learner: it catches up without voting.
+    /// Start it first with `keel serve --id ID --listen HOST:PORT --join MEMBER`.
+    Add {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: u64,
+        address: String,
+    },
+    /// Make a caught-up learner a voter (refused while it lags).
+    Promote {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: u64,
+    },
+    /// Remove a voter or learner (the leader too: it steps down once the change commits).
+    Remove {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: u64,
     },
 }
 
@@ -128,6 +176,7 @@ pub async fn serve(args: ServeArgs) -> u8 {
         Err(error) => return start_failure(&format!("cannot listen on {}: {error}", config.listen)),
     };
     let id = config.id;
+    let hand_over_wait = Duration::from_millis(4 * config.election_timeout_ms);
     let mut server = match Server::start(config, listener).await {
         Ok(server) => server,
         Err(problem) => return start_failure(&problem),
@@ -135,6 +184,8 @@ pub async fn serve(args: ServeArgs) -> u8 {
     let result = tokio::select! {
         signal = shutdown_signal() => {
             info!("[NODE {id}] received {signal}");
+            // A rolling restart should cost no election: a leader hands over first.
+            server.hand_over_leadership(hand_over_wait).await;
             server.shutdown().await
         }
         result = server.stopped() => result,
@@ -179,7 +230,9 @@ pub async fn run_client(command: CommandLine) -> u8 {
                 }
             };
         }
-        CommandLine::Leader { client, quiet } => leader(&client, quiet).await,
+        CommandLine::Leader { action: Some(LeaderCommand::Transfer { client, to }), .. } => transfer(&client, to).await,
+        CommandLine::Leader { client, quiet, action: None } => leader(&client, quiet).await,
+        CommandLine::Member { action } => member(action).await,
     };
     match result {
         Ok(()) => 0,
@@ -239,10 +292,54 @@ async fn leader(args: &ClientArgs, quiet: bool) -> Result<(), ClientError> {
     Ok(())
 }
 
+async fn transfer(args: &ClientArgs, to: Option<u64>) -> Result<(), ClientError> {
+    let body = to.map(|to| serde_json::json!({ "to": to }));
+    let answer = client(args).change(reqwest::Method::POST, "/v1/leader/transfer", body).await?;
+    println!("node {} leads (term {})", answer["leader_id"], answer["term"]);
+    Ok(())
+}
+
+async fn member(action: MemberCommand) -> Result<(), ClientError> {
+    let (args, method, path, body) = match action {
+        MemberCommand::List { client: args } => {
+            let members = client(&args).members().await?;
+            print!("{}", members_table(&members));
+            return Ok(());
+        }
+        MemberCommand::Add { client, id, address } => (client, reqwest::Method::POST, "/v1/members".to_string(), Some(serde_json::json!({ "id": id, "address": address }))),
+        MemberCommand::Promote { client, id } => (client, reqwest::Method::POST, format!("/v1/members/{id}/promote"), None),
+        MemberCommand::Remove { client, id } => (client, reqwest::Method::DELETE, format!("/v1/members/{id}"), None),
+    };
+    let members = client(&args).change(method, &path, body).await?;
+    print!("{}", members_table(&members));
+    Ok(())
+}
+
+/// `GET /v1/members` as a table.
+fn members_table(members: &Value) -> String {
+    let header = ["ID", "ADDRESS", "ROLE", "LEADER", "MATCH", "LAG", "ACTIVE"];
+    let text = |value: &Value| match value {
+        Value::Null => "-".to_string(),
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    let rows: Vec<Vec<String>> = members["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|member| {
+            let leader = if member["is_leader"] == Value::Bool(true) { "*" } else { "" };
+            vec![text(&member["id"]), text(&member["address"]), text(&member["role"]), leader.to_string(), text(&member["match_index"]), text(&member["lag"]), text(&member["active"])]
+        })
+        .collect();
+    let joint = if members["joint"] == Value::Bool(true) { " (joint configuration: a change of voters is in progress)" } else { "" };
+    format!("{}term {}, configuration at index {}{joint}\n", render_table(&header, &rows), text(&members["term"]), text(&members["configuration_index"]))
+}
+
 async fn status(args: &ClientArgs) -> u8 {
     let client = client(args);
     let answers = probe_all(&client).await;
-    let header = ["ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST LOG", "SNAPSHOT", "ERRORS"];
+    let header = ["ENDPOINT", "ID", "MEMBER", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST LOG", "SNAPSHOT", "ERRORS"];
     let rows: Vec<Vec<String>> = client.endpoints().iter().zip(&answers).map(|(endpoint, answer)| status_row(endpoint, answer)).collect();
     print!("{}", render_table(&header, &rows));
     if answers.iter().all(Result::is_ok) {
@@ -270,15 +367,18 @@ fn status_row(endpoint: &str, answer: &Result<Value, String>) -> Vec<String> {
     };
     match answer {
         Ok(status) => {
-            let errors = status["stopped"].as_str().map(|reason| format!("stopped: {reason}")).unwrap_or_default();
+            let mut errors = status["stopped"].as_str().map(|reason| format!("stopped: {reason}")).unwrap_or_default();
+            if status["removed"] == Value::Bool(true) {
+                errors = format!("removed from the cluster {errors}").trim().to_string();
+            }
             let mut row = vec![endpoint.to_string()];
-            row.extend(["id", "role", "term", "leader_id", "commit_index", "applied_index", "last_log_index", "snapshot_index"].iter().map(|name| field(status, name)));
+            row.extend(["id", "member", "role", "term", "leader_id", "commit_index", "applied_index", "last_log_index", "snapshot_index"].iter().map(|name| field(status, name)));
             row.push(errors);
             row
         }
         Err(problem) => {
             let mut row = vec![endpoint.to_string()];
-            row.extend(std::iter::repeat_n("-".to_string(), 8));
+            row.extend(std::iter::repeat_n("-".to_string(), 9));
             row.push(problem.clone());
             row
         }

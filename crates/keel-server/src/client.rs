@@ -181,6 +181,23 @@ impl Client {
     }
 
     /// `GET /v1/status` of one endpoint, no retries; an owned future, to run many at once.
+    /// `GET /v1/members` (served by the leader).
+    pub async fn members(&mut self) -> Result<Value, ClientError> {
+        let answer = self.request(Method::GET, "/v1/members", None, false).await?;
+        Ok(answer.json())
+    }
+
+    /// A membership change or a transfer: `POST`/`DELETE` on `path`. A 409 (a conflict with
+    /// the cluster's state) is an error here, with its reason.
+    pub async fn change(&mut self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+        let answer = self.request(method, path, body.map(|body| body.to_string().into_bytes()), true).await?;
+        if answer.status == StatusCode::CONFLICT {
+            let error: ErrorBody = serde_json::from_slice(&answer.body).unwrap_or_default();
+            return Err(ClientError::Refused { status: 409, code: error.error, message: error.message });
+        }
+        Ok(answer.json())
+    }
+
     pub fn status_of(&self, endpoint: &str) -> impl std::future::Future<Output = Result<Value, String>> + Send + 'static {
         let request = self.http.get(format!("http://{endpoint}/v1/status")).timeout(self.deadline.min(Duration::from_secs(3)));
         async move {
@@ -265,6 +282,9 @@ fn classify(answer: Answer, is_write: bool) -> Step {
     let error: ErrorBody = serde_json::from_slice(&answer.body).unwrap_or_default();
     if status == StatusCode::NOT_FOUND && error.error == "not_found" {
         return Step::Fail(ClientError::NotFound);
+    }
+    if status == StatusCode::GONE {
+        return Step::Retry(format!("{}: {}", error.error, error.message)); // A removed node: ask another.
     }
     if status == StatusCode::MISDIRECTED_REQUEST {
         return match error.leader_addr {

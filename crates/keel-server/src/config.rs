@@ -47,9 +47,15 @@ pub struct ServeArgs {
     /// Directory for the write-ahead log and snapshots (created if missing).
     #[arg(long, env = "KEEL_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Every member, this node included: `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT`.
+    /// The founding members, this node included: `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT`.
+    /// Read only when the data directory is new (it then bootstraps a cluster of them);
+    /// after that the members come from the replicated configuration.
     #[arg(long, env = "KEEL_PEERS", value_name = "ID=HOST:PORT,...")]
     pub peers: Option<String>,
+    /// Start empty and wait to be added to the cluster this member belongs to
+    /// (`keel member add ID HOST:PORT`), instead of founding one. Needs --listen.
+    #[arg(long, env = "KEEL_JOIN", value_name = "HOST:PORT", conflicts_with = "peers")]
+    pub join: Option<String>,
     /// Peers refuse messages stamped with another cluster id [default: keel-local].
     #[arg(long, env = "KEEL_CLUSTER_ID", value_name = "NAME")]
     pub cluster_id: Option<String>,
@@ -88,6 +94,7 @@ struct FileConfig {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
     peers: Option<PeersValue>,
+    join: Option<String>,
     cluster_id: Option<String>,
     heartbeat_ms: Option<u64>,
     election_timeout_ms: Option<u64>,
@@ -113,8 +120,10 @@ pub struct ServerConfig {
     pub id: NodeId,
     pub listen: String,
     pub data_dir: PathBuf,
-    /// Every member's address, this node's included; used for peer traffic and forwarding.
+    /// `--peers`: the founding members' addresses, this node's included (empty when joining).
     pub peers: BTreeMap<NodeId, String>,
+    /// `--join`: a member of the cluster to join.
+    pub join: Option<String>,
     pub cluster_id: String,
     pub heartbeat_ms: u64,
     pub election_timeout_ms: u64,
@@ -135,6 +144,7 @@ impl ServerConfig {
             listen,
             data_dir: data_dir.into(),
             peers,
+            join: None,
             cluster_id: DEFAULT_CLUSTER_ID.to_string(),
             heartbeat_ms: DEFAULT_HEARTBEAT_MS,
             election_timeout_ms: DEFAULT_ELECTION_TIMEOUT_MS,
@@ -156,14 +166,22 @@ impl ServerConfig {
         };
         let id = args.id.or(file.id).ok_or("missing --id (or KEEL_ID, or `id` in the config file)")?;
         let data_dir = args.data_dir.or(file.data_dir).ok_or("missing --data-dir (or KEEL_DATA_DIR, or `data_dir` in the config file)")?;
+        let join = args.join.or(file.join);
         let peers = match (args.peers, file.peers) {
             (Some(text), _) | (None, Some(PeersValue::Text(text))) => parse_peers(&text)?,
             (None, Some(PeersValue::Table(table))) => peers_from_table(table)?,
-            (None, None) => return Err("missing --peers (or KEEL_PEERS, or `peers` in the config file)".into()),
+            // A node whose data directory holds its configuration needs neither.
+            (None, None) if join.is_some() || crate::bootstrap::cluster_file_path(&data_dir).exists() => BTreeMap::new(),
+            (None, None) => return Err("missing --peers (or KEEL_PEERS, or `peers` in the config file) to found a cluster, or --join MEMBER to join one".into()),
         };
         let mut config = ServerConfig::new(NodeId(id), data_dir, peers);
+        config.join = join;
         if let Some(listen) = args.listen.or(file.listen) {
             config.listen = listen;
+        } else if config.listen.is_empty() && config.peers.is_empty() && config.join.is_none() {
+            // A founding member restarted without --peers: its address is recorded.
+            let recorded = crate::bootstrap::read_cluster_file(&config.data_dir)?.and_then(|cluster| cluster.members.get(&config.id).cloned());
+            config.listen = recorded.ok_or("missing --listen (this node's address is not in its data directory's first configuration)")?;
         }
         config.cluster_id = args.cluster_id.or(file.cluster_id).unwrap_or(config.cluster_id);
         config.heartbeat_ms = args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(config.heartbeat_ms);
@@ -179,7 +197,15 @@ impl ServerConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if !self.peers.contains_key(&self.id) {
+        if let Some(join) = &self.join {
+            check_address("--join", join)?;
+            if !self.peers.is_empty() {
+                return Err("--join and --peers exclude each other: a joining node learns the members from the cluster".into());
+            }
+            if self.listen.is_empty() {
+                return Err("--join needs --listen: the address the cluster will reach this node at".into());
+            }
+        } else if !self.peers.is_empty() && !self.peers.contains_key(&self.id) {
             let ids: Vec<String> = self.peers.keys().map(|id| id.to_string()).collect();
             return Err(format!("--id {} is not in --peers (ids: {})", self.id, ids.join(", ")));
         }
@@ -196,9 +222,11 @@ impl ServerConfig {
         self.node_config().validate()
     }
 
-    /// The driver's settings.
+    /// The driver's settings, with `--peers` as the first configuration (`Server::start`
+    /// replaces it with the one the data directory records).
     pub fn node_config(&self) -> NodeConfig {
         let mut config = NodeConfig::new(self.id, self.peers.keys().copied().collect());
+        config.member_addresses = self.peers.clone();
         config.heartbeat_ms = self.heartbeat_ms;
         config.election_timeout_ms = self.election_timeout_ms;
         config.snapshot_threshold_entries = self.snapshot_threshold_entries;
@@ -257,7 +285,7 @@ fn insert_peer(peers: &mut BTreeMap<NodeId, String>, id: &str, address: &str) ->
     Ok(())
 }
 
-fn check_address(what: &str, address: &str) -> Result<(), String> {
+pub(crate) fn check_address(what: &str, address: &str) -> Result<(), String> {
     let valid = match address.rsplit_once(':') {
         Some((host, port)) => !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok(),
         None => false,

@@ -10,6 +10,8 @@
 //! - [`client::Client`] is the CLI's client: follows leader hints, retries only what is safe.
 
 pub mod api_error;
+mod api_members;
+pub mod bootstrap;
 pub mod bench;
 mod api_seed;
 mod api_v1;

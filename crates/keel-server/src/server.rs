@@ -15,15 +15,16 @@
 //! 4. Stop the node's driver and wait for it.
 
 use crate::api_error::ApiError;
+use crate::bootstrap::{self, FirstConfiguration, JoinInfo, Start};
 use crate::config::ServerConfig;
-use crate::{api_seed, api_v1};
+use crate::{api_members, api_seed, api_v1};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::serve::ListenerExt;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post, put};
+use axum::routing::{any, delete, get, post, put};
 use axum::Router;
 use keel_core::{LogIndex, NodeId, Role};
 use keel_kv::{Command, CommandResult, KvStore, KEY_BYTES_MAX};
@@ -77,7 +78,9 @@ pub(crate) struct AppState {
     pub id: NodeId,
     pub address: String,
     pub cluster_id: String,
-    pub peers: BTreeMap<NodeId, String>,
+    /// Addresses from the settings (founding members, or those a joining node was told),
+    /// for members the configuration in force gives none for.
+    pub known_addresses: BTreeMap<NodeId, String>,
     pub handle: RaftHandle<KvStore>,
     pub request_timeout: Duration,
     pub value_bytes_max: usize,
@@ -99,8 +102,16 @@ pub(crate) enum Route {
 }
 
 impl AppState {
+    /// Where member `id` listens: as the configuration in force says, or the settings.
     pub fn address_of(&self, id: NodeId) -> Option<String> {
-        self.peers.get(&id).cloned()
+        let membership = self.handle.status().membership;
+        membership.addresses.get(&id).or_else(|| self.known_addresses.get(&id)).cloned()
+    }
+
+    /// Every member of the configuration in force, with its address if known.
+    pub fn member_addresses(&self) -> BTreeMap<NodeId, Option<String>> {
+        let membership = self.handle.status().membership;
+        membership.members().into_iter().map(|id| (id, membership.addresses.get(&id).or_else(|| self.known_addresses.get(&id)).cloned())).collect()
     }
 
     /// Proposes `command` and waits (at most the request timeout) until it is applied.
@@ -135,6 +146,9 @@ impl AppState {
         let status = self.handle.status();
         if let Some(reason) = status.stopped {
             return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopped", format!("this node has stopped: {reason}")));
+        }
+        if status.removed {
+            return Err(ApiError::new(StatusCode::GONE, "removed", "this node was removed from the cluster and serves no requests that need the leader; ask a member"));
         }
         if forwarded || status.raft.role == Role::Leader {
             return Ok(Route::Local);
@@ -371,7 +385,11 @@ fn router(state: Arc<AppState>, raft_routes: Router) -> Router {
         .route("/v1/kv/{key}/cas", post(api_v1::compare_and_set))
         .route("/v1/kv/", any(empty_key))
         .route("/client/submit", post(api_seed::submit))
-        .route("/client/read/{key}", get(api_seed::read));
+        .route("/client/read/{key}", get(api_seed::read))
+        .route("/v1/members", get(api_members::list).post(api_members::add))
+        .route("/v1/members/{id}", delete(api_members::remove))
+        .route("/v1/members/{id}/promote", post(api_members::promote))
+        .route("/v1/leader/transfer", post(api_members::transfer));
     let info = Router::new()
         .route("/v1/status", get(api_v1::status))
         .route("/v1/cluster", get(api_v1::cluster))
@@ -394,16 +412,22 @@ impl Server {
     /// so tests can bind port 0 first and then tell every node the real addresses).
     pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Server, String> {
         let local_addr = listener.local_addr().map_err(|error| format!("cannot read the listener's address: {error}"))?;
+        let first = first_configuration(&config).await?;
         let storage = FileStorage::open(&config.data_dir, FileStorageConfig::default()).map_err(|error| format!("cannot open data dir {}: {error}", config.data_dir.display()))?;
         let transport_config = HttpTransportConfig::default();
-        let transport = HttpTransport::new(config.id, config.cluster_id.clone(), config.peers.clone(), transport_config.clone());
-        let node = RaftNode::start(config.node_config(), storage, KvStore::new(), transport).map_err(|error| error.to_string())?;
+        // The transport falls back on these for members the configuration gives no address
+        // (a joining node knows them only from the member it asked).
+        let transport = HttpTransport::new(config.id, config.cluster_id.clone(), first.known_addresses.clone(), transport_config.clone());
+        let mut node_config = config.node_config();
+        node_config.members = first.cluster.members.keys().copied().collect();
+        node_config.member_addresses = first.cluster.members.clone();
+        let node = RaftNode::start(node_config, storage, KvStore::new(), transport).map_err(|error| error.to_string())?;
         let raft_routes = keel_node::raft_routes(config.id, config.cluster_id.clone(), node.inbox.clone(), transport_config.frame_bytes_max);
         let state = Arc::new(AppState {
             id: config.id,
             address: config.advertised_address().to_string(),
             cluster_id: config.cluster_id.clone(),
-            peers: config.peers.clone(),
+            known_addresses: first.known_addresses.clone(),
             handle: node.handle.clone(),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             value_bytes_max: config.value_bytes_max,
@@ -431,7 +455,14 @@ impl Server {
                 error!("[NODE {}] HTTP server failed: {error}", http_state.id);
             }
         });
-        info!("[NODE {}] serving clients and peers on {local_addr} (cluster {:?}, members {})", config.id, config.cluster_id, describe_peers(&config.peers));
+        let membership = node.handle.status().membership;
+        info!("[NODE {}] serving clients and peers on {local_addr} (cluster {:?}, configuration {membership})", config.id, config.cluster_id);
+        match first.start {
+            Start::Joining => info!("[NODE {}] waiting to be added to the cluster: on any member, `keel member add {} {}`", config.id, config.id, config.advertised_address()),
+            Start::Bootstrapped => info!("[NODE {}] founded cluster {:?} with members {}", config.id, config.cluster_id, bootstrap::describe(&first.cluster.members)),
+            Start::Adopted => info!("[NODE {}] recorded the first configuration of this data directory: {}", config.id, bootstrap::describe(&first.cluster.members)),
+            Start::Recorded => {}
+        }
         let (stop, stop_requested) = watch::channel(false);
         let handle = node.handle.clone();
         let supervisor = tokio::spawn(supervise(state, node, http, http_stop, stop_requested));
@@ -450,6 +481,33 @@ impl Server {
         &self.handle
     }
 
+    /// If this node leads, hands leadership to the most caught-up voter (thesis §3.10) and
+    /// waits, at most `wait`, until it leads: a planned stop then costs the cluster no
+    /// election timeout. Returns the new leader, if one took over.
+    pub async fn hand_over_leadership(&self, wait: Duration) -> Option<NodeId> {
+        let status = self.handle.status();
+        if status.raft.role != Role::Leader || status.membership.voters.len() < 2 {
+            return None;
+        }
+        let target = match self.handle.transfer_leadership(None).await {
+            Ok(target) => target,
+            Err(error) => {
+                warn!("[NODE {}] stopping without handing over leadership: {error}", self.id);
+                return None;
+            }
+        };
+        info!("[NODE {}] handing leadership to node {target} before stopping", self.id);
+        let mut watch = self.handle.watch_status();
+        let taken_over = async { watch.wait_for(|status| status.raft.role != Role::Leader && status.raft.leader_id == Some(target)).await.is_ok() };
+        match tokio::time::timeout(wait, taken_over).await {
+            Ok(true) => Some(target),
+            _ => {
+                warn!("[NODE {}] node {target} did not take over within {wait:?}; stopping anyway", self.id);
+                None
+            }
+        }
+    }
+
     /// Graceful stop (see the module doc). `Err` if the node had already failed.
     pub async fn shutdown(self) -> Result<(), String> {
         let _ = self.stop.send(true);
@@ -462,8 +520,39 @@ impl Server {
     }
 }
 
-fn describe_peers(peers: &BTreeMap<NodeId, String>) -> String {
-    peers.iter().map(|(id, address)| format!("{id}={address}")).collect::<Vec<_>>().join(",")
+/// The data directory's first configuration (bootstrap.rs), asking the `--join` member
+/// about the cluster when there is none yet.
+async fn first_configuration(config: &ServerConfig) -> Result<FirstConfiguration, String> {
+    let fresh = bootstrap::read_cluster_file(&config.data_dir)?.is_none() && bootstrap::is_empty_data_dir(&config.data_dir)?;
+    let join = match &config.join {
+        Some(member) if fresh => Some(ask_to_join(member).await?),
+        _ => None,
+    };
+    let peers = (!config.peers.is_empty()).then_some(&config.peers);
+    let first = bootstrap::first_configuration(&config.data_dir, &config.cluster_id, peers, join)?;
+    if !first.cluster.members.is_empty() && !first.cluster.members.contains_key(&config.id) {
+        return Err(format!("node {} is not among the founding members {} of data dir {}", config.id, bootstrap::describe(&first.cluster.members), config.data_dir.display()));
+    }
+    Ok(first)
+}
+
+/// `GET /v1/cluster` of the member to join: the cluster id and where its members listen.
+async fn ask_to_join(member: &str) -> Result<JoinInfo, String> {
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().map_err(|error| format!("cannot build an HTTP client: {error}"))?;
+    let url = format!("http://{member}/v1/cluster");
+    let answer = client.get(&url).send().await.map_err(|error| format!("cannot reach --join member {member}: {}", keel_node::transport_http::error_chain(&error)))?;
+    if !answer.status().is_success() {
+        return Err(format!("--join member {member} answered {} to GET /v1/cluster", answer.status()));
+    }
+    let cluster: serde_json::Value = answer.json().await.map_err(|error| format!("--join member {member} sent no cluster description: {error}"))?;
+    let cluster_id = cluster["cluster_id"].as_str().ok_or_else(|| format!("--join member {member}: no cluster_id in its answer"))?.to_string();
+    let mut addresses = BTreeMap::new();
+    for member in cluster["members"].as_array().into_iter().flatten() {
+        if let (Some(id), Some(address)) = (member["id"].as_u64(), member["address"].as_str()) {
+            addresses.insert(NodeId(id), address.to_string());
+        }
+    }
+    Ok(JoinInfo { cluster_id, addresses })
 }
 
 async fn supervise(state: Arc<AppState>, node: RaftNode<KvStore>, http: JoinHandle<()>, http_stop: oneshot::Sender<()>, mut stop_requested: watch::Receiver<bool>) -> Result<(), String> {

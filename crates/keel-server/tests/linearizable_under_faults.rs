@@ -1,7 +1,8 @@
 //! Jepsen-style: clients run random reads, writes, deletes and compare-and-sets on a few
 //! keys against a real 3-process cluster while a nemesis crashes (SIGKILL) and restarts one
 //! node or all three, pauses one (SIGSTOP, then SIGCONT) and, run as root, cuts the leader
-//! off from the other nodes while clients can still reach it — the leader most often. Each
+//! off from the other nodes while clients can still reach it — the leader most often — and
+//! removes a node from the cluster, wipes it, and adds it back (membership changes). Each
 //! operation's call and answer times go into a history, and each key's history is checked
 //! for linearizability with the simulator's checker (todc-utils' Wing–Gong–Lowe), under a
 //! time bound that fails the test when hit.
@@ -52,6 +53,10 @@ enum Fault {
     PauseLeader,
     /// Needs the fabric (root).
     IsolateLeader,
+    /// Remove a random node (the leader too) from the cluster, restart it with an empty
+    /// data directory, add it back as a learner and promote it once it has caught up
+    /// (thesis ch. 4: every step a joint-consensus change or a learner change).
+    ReplaceNode,
 }
 
 /// What every client shares: the history, and a count of completed operations for pacing.
@@ -192,6 +197,7 @@ async fn inject(cluster: &mut Cluster, shared: &Shared, fault: Fault) {
                 cluster.start_node(id);
             }
         }
+        Fault::ReplaceNode => replace_node(cluster, shared).await,
         Fault::PauseLeader | Fault::IsolateLeader => {
             match fault {
                 Fault::PauseLeader => cluster.signal_node(leader, "STOP"),
@@ -208,6 +214,21 @@ async fn inject(cluster: &mut Cluster, shared: &Shared, fault: Fault) {
         }
     }
     shared.wait_for_progress(&format!("progress after {fault:?}")).await;
+}
+
+async fn replace_node(cluster: &mut Cluster, shared: &Shared) {
+    let victim = cluster.ids()[shared.history.lock().unwrap().operation_count() % cluster.ids().len()];
+    cluster.change_membership(reqwest::Method::DELETE, &format!("/v1/members/{victim}"), None).await;
+    cluster.kill_node(victim);
+    std::fs::remove_dir_all(cluster.data_dir(victim)).expect("wiping the removed node's data");
+    shared.wait_for_progress(&format!("progress with node {victim} removed")).await;
+    let via = cluster.addr(*cluster.running().first().expect("a member runs"));
+    cluster.nodes.get_mut(&victim).unwrap().join_via = Some(via);
+    cluster.start_node(victim);
+    let address = cluster.addr(victim);
+    cluster.change_membership(reqwest::Method::POST, "/v1/members", Some(serde_json::json!({ "id": victim, "address": address }))).await;
+    cluster.change_membership(reqwest::Method::POST, &format!("/v1/members/{victim}/promote"), None).await;
+    eprintln!("ReplaceNode: node {victim} removed, wiped, added back and promoted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,9 +249,9 @@ async fn histories_stay_linearizable_through_crashes_pauses_and_partitions() {
     shared.wait_for_progress("progress before any fault").await;
     let mut rng = ChaCha8Rng::seed_from_u64(SEED);
     let kinds: &[Fault] = if on_fabric {
-        &[Fault::KillLeader, Fault::PauseLeader, Fault::KillFollower, Fault::IsolateLeader, Fault::KillAll]
+        &[Fault::KillLeader, Fault::PauseLeader, Fault::KillFollower, Fault::IsolateLeader, Fault::KillAll, Fault::ReplaceNode]
     } else {
-        &[Fault::KillLeader, Fault::PauseLeader, Fault::KillFollower, Fault::KillAll]
+        &[Fault::KillLeader, Fault::PauseLeader, Fault::KillFollower, Fault::KillAll, Fault::ReplaceNode]
     };
     let mut faults = kinds.to_vec();
     while faults.len() < fault_count() {

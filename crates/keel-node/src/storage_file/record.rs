@@ -7,8 +7,11 @@
 //!   record_type 1 (entry):
 //!     body := term: u64 LE | index: u64 LE | kind: u8 | command? | configuration?
 //!     kind 0 = Noop (no more bytes), kind 1 = Command: command := data_bytes: u32 LE | data
-//!     kind 2 = Config: configuration := voters | voters_outgoing | learners, each
+//!     kind 2 = Config: configuration := voters | voters_outgoing | learners | addresses?
 //!       set := count: u8 | count × node id: u64 LE, ids ascending
+//!       addresses := count: u8 (≥ 1) | count × (node id: u64 LE | length: u8 | UTF-8 bytes),
+//!         ids ascending; absent when no member's address is known (as written before
+//!         configurations carried addresses, which therefore still read)
 //! ```
 //!
 //! The payload must be consumed exactly; `length` is at least `PAYLOAD_BYTES_MIN`.
@@ -16,7 +19,7 @@
 //! cannot silently change the bytes on disk: a new `EntryKind` fails to compile here.
 
 use keel_core::{Entry, EntryKind, LogIndex, Membership, NodeId, Term};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub const FRAME_HEADER_BYTES: usize = 8;
 /// record type + term + index + kind.
@@ -57,7 +60,9 @@ fn payload_bytes(entry: &Entry) -> usize {
 
 /// The bytes `encode_membership` writes for `membership`.
 pub fn membership_bytes(membership: &Membership) -> usize {
-    3 + 8 * (membership.voters.len() + membership.voters_outgoing.len() + membership.learners.len())
+    let sets = 3 + 8 * (membership.voters.len() + membership.voters_outgoing.len() + membership.learners.len());
+    let addresses = if membership.addresses.is_empty() { 0 } else { 1 + membership.addresses.values().map(|address| 9 + address.len()).sum::<usize>() };
+    sets + addresses
 }
 
 /// A configuration, in the encoding of the module doc (also the snapshot file's).
@@ -67,6 +72,15 @@ pub fn encode_membership(membership: &Membership, out: &mut Vec<u8>) {
         for id in set {
             out.extend_from_slice(&id.0.to_le_bytes());
         }
+    }
+    if membership.addresses.is_empty() {
+        return;
+    }
+    out.push(u8::try_from(membership.addresses.len()).expect("a configuration holds at most MEMBERS_MAX members"));
+    for (id, address) in &membership.addresses {
+        out.extend_from_slice(&id.0.to_le_bytes());
+        out.push(u8::try_from(address.len()).expect("addresses are at most ADDRESS_BYTES_MAX bytes"));
+        out.extend_from_slice(address.as_bytes());
     }
 }
 
@@ -84,9 +98,22 @@ pub fn decode_membership(bytes: &[u8]) -> Result<(Membership, usize), String> {
     let learners = sets.pop().expect("three sets");
     let voters_outgoing = sets.pop().expect("three sets");
     let voters = sets.pop().expect("three sets");
-    let membership = Membership { voters, voters_outgoing, learners };
+    let mut addresses = BTreeMap::new();
+    if at < bytes.len() {
+        let count = bytes[at] as usize;
+        at += 1;
+        for _ in 0..count {
+            let id = bytes.get(at..at + 8).ok_or("configuration cut short")?;
+            let length = *bytes.get(at + 8).ok_or("configuration cut short")? as usize;
+            let address = bytes.get(at + 9..at + 9 + length).ok_or("configuration cut short")?;
+            let address = std::str::from_utf8(address).map_err(|_| "a member address is not UTF-8")?;
+            addresses.insert(NodeId(read_u64(id)), address.to_string());
+            at += 9 + length;
+        }
+    }
+    let membership = Membership { voters, voters_outgoing, learners, addresses };
     if membership_bytes(&membership) != at {
-        return Err("configuration repeats a node id".into());
+        return Err("configuration not in canonical form (a repeated id, or an empty address list)".into());
     }
     membership.check()?;
     Ok((membership, at))
@@ -221,7 +248,7 @@ mod tests {
 
     #[test]
     fn round_trips_every_kind() {
-        let config = Membership { voters: [NodeId(1), NodeId(4)].into(), voters_outgoing: [NodeId(1), NodeId(2)].into(), learners: [NodeId(9)].into() };
+        let config = Membership { voters: [NodeId(1), NodeId(4)].into(), voters_outgoing: [NodeId(1), NodeId(2)].into(), learners: [NodeId(9)].into(), addresses: [(NodeId(4), "node-4.example:7004".to_string()), (NodeId(9), "[::1]:7009".to_string())].into() };
         let config = Entry { term: Term(2), index: LogIndex(3), kind: EntryKind::Config(config) };
         for entry in [command(7, b"hello"), command(8, b""), Entry { term: Term(1), index: LogIndex(1), kind: EntryKind::Noop }, config] {
             let mut bytes = Vec::new();

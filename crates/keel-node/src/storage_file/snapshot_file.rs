@@ -89,7 +89,10 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Snapshot, StorageError> {
     if crc32c::crc32c_append(crc32c::crc32c(&bytes[..40]), membership) != read_u32(&bytes[40..44]) {
         return Err(corruption(40, "snapshot header checksum mismatch".to_string()));
     }
-    let (membership, _) = decode_membership(membership).map_err(|reason| corruption(HEADER_BYTES, reason))?;
+    let (membership, used) = decode_membership(membership).map_err(|reason| corruption(HEADER_BYTES, reason))?;
+    if used != membership_bytes {
+        return Err(corruption(HEADER_BYTES, format!("the configuration takes {used} of its {membership_bytes} bytes")));
+    }
     decode_data(path, bytes, HEADER_BYTES + membership_bytes, membership)
 }
 

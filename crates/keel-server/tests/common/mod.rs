@@ -24,6 +24,18 @@ pub const BINARY: &str = env!("CARGO_BIN_EXE_keel");
 /// Hang guard for waits that normally take well under a second.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// The log every node holds: the shortest one, which every other must extend with nothing
+/// but no-ops (a leader elected by a hand-over at shutdown appends one that the nodes
+/// stopped before it never got).
+pub fn agreed_log(logs: &BTreeMap<u64, Vec<Entry>>) -> &Vec<Entry> {
+    let shortest = logs.values().min_by_key(|log| log.len()).expect("some log");
+    for (id, log) in logs {
+        assert_eq!(&log[..shortest.len()], &shortest[..], "node {id}'s log agrees with the others");
+        assert!(log[shortest.len()..].iter().all(|entry| entry.kind == EntryKind::Noop), "node {id}'s log goes on with more than no-ops: {:?}", &log[shortest.len()..]);
+    }
+    shortest
+}
+
 /// Polls `check` until it returns `Some`, panicking with `what` after `deadline`.
 pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
 where
@@ -82,6 +94,9 @@ pub struct Node {
     pub id: u64,
     pub port: u16,
     pub child: Option<Child>,
+    /// Set for a node restarted empty to join the cluster through this member: it then
+    /// starts with `--join` until its data directory records its first configuration.
+    pub join_via: Option<String>,
 }
 
 pub struct Cluster {
@@ -139,7 +154,7 @@ impl Cluster {
 
     fn spawn_with(size: u64, extra_args: &[&str], fabric: Option<fabric::Fabric>) -> Cluster {
         let port = |_| if fabric.is_some() { fabric::PORT } else { free_port() };
-        let nodes = (1..=size).map(|id| (id, Node { id, port: port(id), child: None })).collect();
+        let nodes = (1..=size).map(|id| (id, Node { id, port: port(id), child: None, join_via: None })).collect();
         let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(15)).build().unwrap();
         let extra_args = extra_args.iter().map(|arg| arg.to_string()).collect();
         let mut cluster = Cluster { dir: tempfile::tempdir().unwrap(), nodes, extra_args, http, fabric };
@@ -191,9 +206,15 @@ impl Cluster {
             Some(fabric) => fabric.command(id, BINARY),
             None => std::process::Command::new(BINARY),
         };
+        let joining = self.nodes[&id].join_via.clone().filter(|_| !self.data_dir(id).join("cluster.json").exists());
+        let membership = match &joining {
+            Some(via) => vec!["--join".to_string(), via.clone(), "--listen".to_string(), self.addr(id)],
+            None => vec!["--peers".to_string(), self.peers()],
+        };
         let child = command
             .arg("serve")
-            .args(["--id", &id.to_string(), "--data-dir", self.data_dir(id).to_str().unwrap(), "--peers", &self.peers()])
+            .args(["--id", &id.to_string(), "--data-dir", self.data_dir(id).to_str().unwrap()])
+            .args(&membership)
             .args(&self.extra_args)
             .env("KEEL_LOG_LEVEL", "info")
             .stdin(Stdio::null())
@@ -292,6 +313,48 @@ impl Cluster {
     }
 
     /// This node's own value, without asking the leader.
+    /// A membership change or transfer through the API (via `keel`'s client, which follows
+    /// the leader), retried while the cluster says "not yet": a change or transfer in
+    /// flight, a learner still catching up, no leader. After an attempt whose outcome is
+    /// unknown, an "already done" answer means it was done.
+    pub async fn change_membership(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        use keel_server::client::{Client, ClientError};
+        let endpoints: Vec<String> = self.running().iter().map(|id| self.addr(*id)).collect();
+        let mut client = Client::new(&endpoints, Duration::from_secs(3));
+        let started = Instant::now();
+        let mut uncertain = false;
+        loop {
+            match client.change(method.clone(), path, body.clone()).await {
+                Ok(answer) => return answer,
+                Err(ClientError::Refused { code, .. }) if uncertain && (code == "already_member" || code == "unknown_member") => return Value::Null,
+                Err(ClientError::Refused { status: 409, code, .. }) if code != "already_member" && code != "address_in_use" => {}
+                Err(ClientError::Unavailable(_)) => {}
+                Err(ClientError::OutcomeUnknown(_)) => uncertain = true,
+                Err(error) => panic!("{method} {path}: {error}"),
+            }
+            assert!(started.elapsed() < 3 * WAIT, "{method} {path} not accepted within {:?}", 3 * WAIT);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A new node slot `id`, started empty to join through a running member, then added
+    /// as a learner and promoted once caught up (what `run_cluster.sh addnode` does).
+    pub async fn add_node(&mut self, id: u64) {
+        assert!(!self.nodes.contains_key(&id), "node {id} exists");
+        let via = self.addr(*self.running().first().expect("a member runs"));
+        let port = free_port();
+        self.nodes.insert(id, Node { id, port, child: None, join_via: Some(via) });
+        self.start_node(id);
+        let address = self.addr(id);
+        self.change_membership(Method::POST, "/v1/members", Some(serde_json::json!({ "id": id, "address": address }))).await;
+        self.change_membership(Method::POST, &format!("/v1/members/{id}/promote"), None).await;
+    }
+
+    /// Removes member `id` through the API; the process keeps running (the caller stops it).
+    pub async fn remove_member(&self, id: u64) {
+        self.change_membership(Method::DELETE, &format!("/v1/members/{id}"), None).await;
+    }
+
     pub async fn stale_get(&self, id: u64, key: &str) -> Option<Vec<u8>> {
         let reply = self.call(id, Method::GET, &format!("/v1/kv/{}?consistency=stale", keel_server::client::encode_key(key)), None).await;
         match reply.status {
@@ -308,6 +371,8 @@ impl Cluster {
 
     /// Stops every node with SIGTERM (asserting a clean exit) and reads each one's log from
     /// its data directory.
+    /// SIGTERMs every node (a leader hands over first, so the last leader's log may end
+    /// with one more no-op: see `agreed_log`) and reads every log.
     pub fn stop_and_read_logs(&mut self) -> BTreeMap<u64, Vec<Entry>> {
         for id in self.running() {
             assert_eq!(self.terminate_node(id), Some(0), "node {id} exits cleanly on SIGTERM");

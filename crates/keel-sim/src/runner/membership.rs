@@ -72,7 +72,7 @@ impl Simulation {
             MembershipChange::Remove(self.pick_voter(leader, &voters))
         } else if voters.len() < VOTERS_MAX {
             let Some(new_node) = self.add_node()? else { return Ok(()) };
-            MembershipChange::AddLearner(node_id(new_node))
+            MembershipChange::add_learner(node_id(new_node))
         } else {
             return self.transfer(leader, &voters);
         };
