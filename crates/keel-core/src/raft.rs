@@ -310,6 +310,10 @@ impl RaftCore {
         self.log.configs().current()
     }
 
+    pub fn commit_index(&self) -> LogIndex {
+        self.log.commit_index()
+    }
+
     /// Where the configuration in force was appended (its snapshot's index, or 0 for the
     /// bootstrap configuration).
     pub fn membership_index(&self) -> LogIndex {

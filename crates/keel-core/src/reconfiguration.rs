@@ -91,7 +91,12 @@ impl RaftCore {
         if self.log.configs().current_index() > self.log.commit_index() {
             return; // The configuration in force is not committed yet.
         }
-        self.sync_progress(); // Members C_new left out get no more of the log.
+        // The configuration in force is committed: members it left out get no more of the
+        // log. Checked without allocating, as this runs on every commit.
+        let membership = self.membership();
+        if self.progress.keys().any(|id| !membership.is_member(*id)) {
+            self.sync_progress();
+        }
         let membership = self.membership().clone();
         if membership.is_joint() {
             self.append_configuration(membership.leave_joint());

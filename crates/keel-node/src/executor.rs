@@ -314,7 +314,7 @@ impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
         if !self.was_member {
             return false;
         }
-        let committed = self.core.membership_at(self.core.status().commit_index);
+        let committed = self.core.membership_at(self.core.commit_index());
         let leaving = committed.is_joint() && !committed.voters.contains(&self.id) && !committed.is_learner(self.id);
         !self.membership.is_member(self.id) || leaving
     }

@@ -4,8 +4,8 @@
 //! Reference: docs/API.md, "Members".
 
 use crate::api_error::ApiError;
-use crate::forward::proxy;
-use crate::server::{Admitted, AppState, BodyLimit, Failure, Incoming, Route};
+use crate::api_v1::serve_at_leader;
+use crate::server::{Admitted, AppState, BodyLimit, Failure, Incoming};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -15,7 +15,6 @@ use keel_core::{MembershipChange, MembershipError, NodeId, Role, TransferError};
 use keel_node::{ChangeError, NodeError, Outcome};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::future::Future;
 use std::sync::Arc;
 
 /// Bodies of the membership routes: an id and an address, in JSON.
@@ -24,22 +23,6 @@ pub(crate) enum MemberLimit {}
 impl BodyLimit for MemberLimit {
     fn bytes_max(_: &AppState) -> usize {
         4096
-    }
-}
-
-/// Like `serve_at_leader` for the key-value routes: here if this node leads, else at the
-/// leader; a refusal because leadership moved meanwhile is forwarded too.
-async fn at_leader<L>(state: &AppState, incoming: &Incoming<L>, local: impl Future<Output = Result<Response, Failure>>) -> Response {
-    let forwarded = incoming.forwarded();
-    match state.route(forwarded) {
-        Err(error) => return error.into_response(),
-        Ok(Route::Forward(leader)) => return proxy(state, leader, incoming, true).await,
-        Ok(Route::Local) => {}
-    }
-    match local.await {
-        Ok(response) => response,
-        Err(Failure::Node(NodeError::NotLeader { leader_hint: Some(leader) })) if !forwarded && leader != state.id => proxy(state, leader, incoming, true).await,
-        Err(failure) => state.failure(failure, false).into_response(),
     }
 }
 
@@ -52,7 +35,7 @@ pub(crate) async fn list(State(state): State<Arc<AppState>>, incoming: Incoming)
         }
         Ok(Json(members_json(&state, &members)).into_response())
     };
-    at_leader(&state, &incoming, local).await
+    serve_at_leader(&state, &incoming, false, local).await
 }
 
 fn members_json(state: &AppState, members: &keel_node::Members) -> Value {
@@ -139,7 +122,7 @@ async fn change<L>(state: &AppState, incoming: &Incoming<L>, change: MembershipC
             Ok(Err(error)) => Ok(change_error(error).into_response()),
         }
     };
-    at_leader(state, incoming, local).await
+    serve_at_leader(state, incoming, true, local).await
 }
 
 /// What each refusal is over HTTP: 409 for a conflict with the cluster's state, 404 for an
@@ -204,7 +187,7 @@ pub(crate) async fn transfer(state: Admitted, incoming: Incoming<MemberLimit>) -
         };
         Ok(wait_for_leader(&state, target).await)
     };
-    at_leader(&state, &incoming, local).await
+    serve_at_leader(&state, &incoming, true, local).await
 }
 
 /// Answers once `target` leads in this node's view, or, if the transfer is abandoned, when

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 /// Runs `local` here if this node should serve the request, else proxies it to the leader.
 /// `local` is a future not yet polled: when the request is forwarded it never runs.
-async fn serve_at_leader<L>(state: &AppState, incoming: &Incoming<L>, is_write: bool, local: impl Future<Output = Result<Response, Failure>>) -> Response {
+pub(crate) async fn serve_at_leader<L>(state: &AppState, incoming: &Incoming<L>, is_write: bool, local: impl Future<Output = Result<Response, Failure>>) -> Response {
     let forwarded = incoming.forwarded();
     match state.route(forwarded) {
         Err(error) => return error.into_response(),
