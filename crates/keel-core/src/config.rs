@@ -31,6 +31,9 @@ pub struct Config {
     /// Un-acknowledged AppendEntries per follower in the Replicate state.
     pub inflight_messages_max: usize,
     pub snapshot_chunk_bytes_max: usize,
+    /// InstallSnapshot bytes sent to one follower beyond what it acknowledged: chunks are
+    /// pipelined within this window, so a transfer is not one round trip per chunk.
+    pub snapshot_window_bytes_max: usize,
     /// Proposals refused once this many entries are appended but not yet committed.
     pub uncommitted_entries_max: usize,
     /// Proposals refused once the commands of this leader's uncommitted entries hold this
@@ -40,8 +43,8 @@ pub struct Config {
     /// one entry), in one `Ready`: applying a large backlog never holds the driver for long.
     pub committed_entries_per_ready_max: usize,
     pub committed_bytes_per_ready_max: usize,
-    /// An InstallSnapshot whose image is larger than this is refused (`StepError`): the
-    /// image is gathered in memory before it is installed.
+    /// An InstallSnapshot whose image is larger than this is refused (`StepError`): a bound
+    /// on the disk a leader can make a follower fill.
     pub snapshot_bytes_max: u64,
     /// ReadIndex requests waiting for confirmation before new ones are refused.
     pub read_requests_max: usize,
@@ -68,6 +71,7 @@ impl Config {
             append_bytes_max: 1 << 20,
             inflight_messages_max: 64,
             snapshot_chunk_bytes_max: 1 << 20,
+            snapshot_window_bytes_max: 4 << 20,
             uncommitted_entries_max: 8192,
             uncommitted_bytes_max: 64 << 20,
             committed_entries_per_ready_max: 4096,
@@ -103,6 +107,7 @@ impl Config {
             ("append_bytes_max", self.append_bytes_max),
             ("inflight_messages_max", self.inflight_messages_max),
             ("snapshot_chunk_bytes_max", self.snapshot_chunk_bytes_max),
+            ("snapshot_window_bytes_max", self.snapshot_window_bytes_max),
             ("uncommitted_entries_max", self.uncommitted_entries_max),
             ("uncommitted_bytes_max", self.uncommitted_bytes_max),
             ("committed_entries_per_ready_max", self.committed_entries_per_ready_max),

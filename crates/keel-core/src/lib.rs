@@ -31,7 +31,7 @@ pub use message::{AppendResult, Message, MessageBody};
 pub use raft::{RaftCore, RestoredState, Status};
 #[cfg(feature = "fault-injection")]
 pub use raft::Faults;
-pub use ready::{ProposeError, ReadError, ReadState, Ready, SoftState, StepError};
-pub use state_machine::StateMachine;
+pub use ready::{OutgoingChunk, ProposeError, ReadError, ReadState, Ready, ReceivedChunk, SoftState, StepError};
+pub use state_machine::{SnapshotWrite, StateMachine};
 pub use transfer::TransferError;
 pub use types::{Entry, EntryKind, HardState, LogIndex, NodeId, Role, Snapshot, SnapshotMeta, Term};

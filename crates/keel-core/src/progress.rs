@@ -12,7 +12,9 @@ pub enum ReplicationState {
     /// The follower matches; AppendEntries are pipelined up to the in-flight limit.
     Replicate,
     /// The follower is behind our compacted prefix: a snapshot is streaming, chunk by chunk.
-    Snapshot { meta: SnapshotMeta, next_offset: u64 },
+    /// The follower last asked for `acked_offset`; chunks up to `sent_offset` are on their
+    /// way (at most `snapshot_window_bytes_max` beyond it).
+    Snapshot { meta: SnapshotMeta, acked_offset: u64, sent_offset: u64 },
 }
 
 #[derive(Clone, Debug)]
@@ -26,7 +28,7 @@ pub struct Progress {
     pub inflight: VecDeque<LogIndex>,
     /// Heard from since the last check-quorum round.
     pub recent_active: bool,
-    /// In Snapshot: a chunk was answered since the last heartbeat; if not, it is resent.
+    /// In Snapshot: a chunk was answered since the last heartbeat; if not, the window is resent.
     pub snapshot_chunk_answered: bool,
     /// Highest ReadIndex round this follower acknowledged in the current term.
     pub read_round_acked: u64,

@@ -89,6 +89,10 @@ pub struct RaftCore {
     pub(crate) snapshot: Option<Snapshot>,
     /// Follower: chunks of a snapshot being received.
     pub(crate) incoming_snapshot: Option<crate::snapshot_transfer::IncomingSnapshot>,
+    /// Leader: InstallSnapshot chunks for the driver to fill and send.
+    pub(crate) outgoing_chunks: Vec<crate::ready::OutgoingChunk>,
+    /// Follower: chunks received in order, for the driver to write.
+    pub(crate) received_chunks: Vec<crate::ready::ReceivedChunk>,
     /// Leader: bytes of the commands this leader appended that are not committed yet.
     pub(crate) uncommitted_bytes: usize,
     /// Leader: a leadership transfer in progress (thesis §3.10).
@@ -146,6 +150,8 @@ impl RaftCore {
             progress: BTreeMap::new(),
             snapshot: restored.snapshot,
             incoming_snapshot: None,
+            outgoing_chunks: Vec::new(),
+            received_chunks: Vec::new(),
             uncommitted_bytes: 0,
             transfer: None,
             reads: ReadQueue::default(),
@@ -498,6 +504,8 @@ impl RaftCore {
             || self.snapshot_to_install.is_some()
             || self.log.has_unstable()
             || !self.messages.is_empty()
+            || !self.outgoing_chunks.is_empty()
+            || !self.received_chunks.is_empty()
             || self.broadcast_needed
             || self.sync_requested
             || self.reads.has_work()
@@ -528,6 +536,8 @@ impl RaftCore {
         ready.committed_entries = self.take_committed();
         ready.read_states = self.reads.take_ready();
         (ready.messages, ready.persisted_messages) = self.partition_messages(vote_handed);
+        ready.outgoing_chunks = self.take_chunks(vote_handed);
+        ready.received_chunks = std::mem::take(&mut self.received_chunks);
         ready.may_defer_sync = self.may_defer_sync(vote_handed, &ready);
         self.sync_requested = false;
         self.outstanding = Some(Handed {
@@ -554,6 +564,28 @@ impl RaftCore {
         let (early, later) = self.partition_messages(true);
         self.messages = later;
         early
+    }
+
+    /// `take_early_messages` for InstallSnapshot chunks (`Ready::outgoing_chunks`).
+    pub fn take_early_chunks(&mut self) -> Vec<crate::ready::OutgoingChunk> {
+        let vote_handed = self.vote_handed();
+        self.take_chunks(vote_handed)
+    }
+
+    /// The chunks queued, if they may leave now: like the leader's other replication
+    /// messages (`partition_messages`). Chunks of a term we no longer lead in are dropped;
+    /// a later leader starts its own transfer.
+    fn take_chunks(&mut self, vote_handed: bool) -> Vec<crate::ready::OutgoingChunk> {
+        if self.role != Role::Leader || !vote_handed {
+            if self.role != Role::Leader {
+                self.outgoing_chunks.clear();
+            }
+            return Vec::new();
+        }
+        let term = self.current_term;
+        let mut chunks = std::mem::take(&mut self.outgoing_chunks);
+        chunks.retain(|chunk| chunk.message.term == term);
+        chunks
     }
 
     /// Term and vote are as last handed to the driver (a change must be durable before any

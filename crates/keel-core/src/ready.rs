@@ -11,9 +11,15 @@
 //! 3. Send `ready.messages` at once. They are the leader's AppendEntries and InstallSnapshot,
 //!    which may go out while the leader's own disk write is still running (thesis §10.2.1):
 //!    the leader counts itself towards a majority only once `advance` says its log is durable.
-//!    While the write runs, `take_early_messages()` hands out the leader's replication
-//!    messages built since (entries proposed meanwhile); send those at once too.
-//! 4. Make durable, in this order: `ready.snapshot` (then restore the state machine from
+//!    Fill each of `ready.outgoing_chunks` (InstallSnapshot, §7) with its bytes of the stored
+//!    snapshot image it names, and send it too; a chunk whose image is gone (replaced by a
+//!    newer snapshot) is dropped, and the core moves on to the newer one.
+//!    While the write runs, `take_early_messages()` and `take_early_chunks()` hand out the
+//!    leader's replication messages built since (entries proposed meanwhile); send those at
+//!    once too.
+//! 4. Make durable, in this order: `ready.received_chunks` (written in order to the image
+//!    being received; the first chunk, at offset 0, starts a new one), `ready.snapshot`
+//!    (the received image becomes the stored snapshot; then restore the state machine from
 //!    it), `ready.entries` (first deleting any stored entry at or after the first new index),
 //!    `ready.hard_state`. Sync (fsync) before going on. If the write fails, stop the node:
 //!    answering after a lost write breaks Raft's safety argument.
@@ -39,15 +45,58 @@ pub struct Ready {
     /// Changed role, term or leader; for logging and for answering clients with a leader hint.
     pub soft_state: Option<SoftState>,
     pub hard_state: Option<HardState>,
+    /// A snapshot received from the leader, all of whose chunks were in `received_chunks`
+    /// of this Ready or earlier ones: install it (step 4).
     pub snapshot: Option<Snapshot>,
+    /// Chunks of a snapshot being received, to write in order (step 4).
+    pub received_chunks: Vec<ReceivedChunk>,
     pub entries: Vec<Entry>,
     pub messages: Vec<Message>,
+    /// InstallSnapshot chunks to fill from the stored image and send (step 3).
+    pub outgoing_chunks: Vec<OutgoingChunk>,
     pub persisted_messages: Vec<Message>,
     /// The write may stay unsynced (step 4): set only for a leader's own new entries while
     /// enough followers keep up to commit without it. Default false: sync.
     pub may_defer_sync: bool,
     pub committed_entries: Vec<Entry>,
     pub read_states: Vec<ReadState>,
+}
+
+/// §7, leader: an InstallSnapshot whose `data` the driver fills with bytes `offset ..
+/// offset + len` of the stored image of `meta` before sending it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutgoingChunk {
+    pub message: Message,
+    pub len: usize,
+}
+
+impl OutgoingChunk {
+    /// The image and the offset the chunk reads from.
+    pub fn source(&self) -> (crate::types::SnapshotMeta, u64) {
+        match &self.message.body {
+            crate::message::MessageBody::InstallSnapshot { meta, offset, .. } => (*meta, *offset),
+            other => unreachable!("an outgoing chunk is an InstallSnapshot, not {other:?}"),
+        }
+    }
+
+    /// The message to send, carrying `bytes` (exactly `len` of them).
+    pub fn fill(self, bytes: Vec<u8>) -> Message {
+        assert_eq!(bytes.len(), self.len, "a chunk is filled with exactly the bytes it names");
+        let mut message = self.message;
+        if let crate::message::MessageBody::InstallSnapshot { data, .. } = &mut message.body {
+            *data = bytes;
+        }
+        message
+    }
+}
+
+/// §7, follower: bytes of the leader's snapshot `snapshot` at `offset` of its image, which
+/// the core checked arrived in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReceivedChunk {
+    pub snapshot: Snapshot,
+    pub offset: u64,
+    pub data: Vec<u8>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -48,16 +48,12 @@ impl RaftCore {
             match progress.state {
                 // Re-probe: the last probe or its answer may have been lost.
                 ReplicationState::Probe => progress.probe_sent = false,
-                ReplicationState::Snapshot { .. } => {
-                    let resend = !progress.snapshot_chunk_answered;
-                    progress.snapshot_chunk_answered = false;
-                    return self.send_snapshot_chunk(peer, resend);
-                }
+                ReplicationState::Snapshot { .. } => return self.snapshot_heartbeat(peer),
                 ReplicationState::Replicate => {}
             }
         }
         if let ReplicationState::Snapshot { .. } = progress.state {
-            return; // One chunk at a time; the chunk stream carries the read round too.
+            return; // The chunk stream paces itself, and carries the read round too.
         }
         let prev_log_index = progress.next_index.prev();
         if self.log.term(prev_log_index).is_none() {

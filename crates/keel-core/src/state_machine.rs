@@ -15,19 +15,21 @@ pub trait StateMachine: Send + 'static {
     /// Index of the last entry applied (or restored from a snapshot).
     fn applied_index(&self) -> LogIndex;
 
-    /// A serialized image of the state as of `applied_index()`. Equal states give equal bytes.
-    fn snapshot(&self) -> Vec<u8>;
+    /// Writes a serialized image of the state as of `applied_index()` to `out`, streamed:
+    /// an image may be larger than the memory a second copy would take. Equal states give
+    /// equal bytes.
+    fn write_snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()>;
 
-    /// The same image, produced later on another thread: the driver calls this on its own
+    /// The same image, written later on another thread: the driver calls this on its own
     /// task and runs the returned closure on a snapshot thread, so neither applying nor log
     /// writes wait for more than what this method does (for `KvStore`: an O(1) copy of a
     /// persistent map), not for serializing and writing the image.
-    fn snapshot_job(&self) -> Box<dyn FnOnce() -> Vec<u8> + Send> {
-        let image = self.snapshot();
-        Box::new(move || image)
-    }
+    fn snapshot_job(&self) -> SnapshotWrite;
 
-    /// Replaces the whole state with a snapshot's image. Bad bytes are an error, not a panic:
-    /// they come from disk or the network.
-    fn restore(&mut self, data: &[u8]) -> Result<(), String>;
+    /// Replaces the whole state with the image `image` streams. Bad bytes are an error, not
+    /// a panic: they come from disk or the network.
+    fn restore(&mut self, image: &mut dyn std::io::Read) -> Result<(), String>;
 }
+
+/// Writes a state machine image (`StateMachine::snapshot_job`) to the stream it is given.
+pub type SnapshotWrite = Box<dyn FnOnce(&mut dyn std::io::Write) -> std::io::Result<()> + Send>;

@@ -128,35 +128,23 @@ impl SnapshotMeta {
     }
 }
 
-/// A state machine image plus the log position it reflects, and the cluster configuration
-/// in force at that position (thesis §4.1: the snapshot replaces the configuration entries it
-/// covers, so a node restored from it knows its cluster).
+impl SnapshotMeta {
+    /// The metadata of `image` as the snapshot at `last_included_index` (of
+    /// `last_included_term`): its size and CRC-32C.
+    pub fn of_image(last_included_index: LogIndex, last_included_term: Term, image: &[u8]) -> SnapshotMeta {
+        SnapshotMeta { last_included_index, last_included_term, data_bytes: image.len() as u64, data_crc32c: crc32c::crc32c(image) }
+    }
+}
+
+/// A snapshot as the core knows it: the log position its image reflects, and the cluster
+/// configuration in force there (thesis §4.1: the snapshot replaces the configuration
+/// entries it covers, so a node restored from it knows its cluster). The image itself never
+/// passes through the core whole: it lives in the driver's storage, which streams it to the
+/// state machine and reads the chunks InstallSnapshot sends (`Ready::outgoing_chunks`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub meta: SnapshotMeta,
     pub membership: crate::membership::Membership,
-    pub data: std::sync::Arc<Vec<u8>>,
-}
-
-impl Snapshot {
-    /// An image of the state as of `last_included_index`, with its size and checksum.
-    pub fn new(last_included_index: LogIndex, last_included_term: Term, membership: crate::membership::Membership, data: impl Into<std::sync::Arc<Vec<u8>>>) -> Snapshot {
-        let data = data.into();
-        let meta = SnapshotMeta { last_included_index, last_included_term, data_bytes: data.len() as u64, data_crc32c: crc32c::crc32c(&data) };
-        Snapshot { meta, membership, data }
-    }
-
-    /// Whether the image is the one its metadata describes (size and CRC-32C).
-    pub fn verify(&self) -> Result<(), String> {
-        if self.data.len() as u64 != self.meta.data_bytes {
-            return Err(format!("snapshot at {} holds {} bytes, its metadata says {}", self.meta.last_included_index, self.data.len(), self.meta.data_bytes));
-        }
-        let crc = crc32c::crc32c(&self.data);
-        if crc != self.meta.data_crc32c {
-            return Err(format!("snapshot at {} has CRC-32C {crc:#010x}, its metadata says {:#010x}", self.meta.last_included_index, self.meta.data_crc32c));
-        }
-        Ok(())
-    }
 }
 
 /// The three roles of §5.1, plus the pre-candidate of PreVote (thesis §9.6).

@@ -281,8 +281,9 @@ mod tests {
         let entries = vec![entry(1, 1), entry(2, 2)];
         let hard_state = crate::types::HardState { current_term: Term(2), voted_for: None, commit_index: LogIndex(2) };
         let mut core = RaftCore::new(Config::new(NodeId(1), vec![NodeId(1), NodeId(2), NodeId(3)]), RestoredState { hard_state, snapshot: None, entries });
-        let old = crate::types::Snapshot::new(LogIndex(5), Term(1), crate::membership::Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]), vec![1, 2, 3]);
-        let body = MessageBody::InstallSnapshot { meta: old.meta, membership: old.membership.clone(), offset: 0, data: old.data.to_vec(), done: true, read_round: 0 };
+        let meta = crate::types::SnapshotMeta::of_image(LogIndex(5), Term(1), &[1, 2, 3]);
+        let membership = crate::membership::Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]);
+        let body = MessageBody::InstallSnapshot { meta, membership, offset: 0, data: vec![1, 2, 3], done: true, read_round: 0 };
         assert_eq!(refused(&mut core, from_2(2, body)), "index 5 of term 1 would follow committed index 2 of term 2");
         let body = append((0, 0), vec![entry(1, 1), entry(2, 1), entry(3, 1)]);
         assert_eq!(refused(&mut core, from_2(2, body)), "index 3 of term 1 would follow committed index 2 of term 2");

@@ -290,10 +290,10 @@ fn a_removed_node_cannot_disrupt_the_cluster() {
 /// node takes its bootstrap members.
 #[test]
 fn a_restarted_node_takes_its_configuration_from_its_snapshot() {
-    use keel_core::{Config, RaftCore, RestoredState, Snapshot};
+    use keel_core::{Config, RaftCore, RestoredState, Snapshot, SnapshotMeta};
     let config = Config::new(NodeId(2), vec![NodeId(1), NodeId(2), NodeId(3)]);
     let grown = Membership { voters: ids(&[1, 2, 3, 4]), learners: ids(&[5]), ..Membership::default() };
-    let restored = |membership: Membership| RestoredState { snapshot: Some(Snapshot::new(LogIndex(9), Term(2), membership, b"abc".to_vec())), ..RestoredState::default() };
+    let restored = |membership: Membership| RestoredState { snapshot: Some(Snapshot { meta: SnapshotMeta::of_image(LogIndex(9), Term(2), b"abc"), membership }), ..RestoredState::default() };
     assert_eq!(RaftCore::new(config.clone(), restored(grown.clone())).membership(), &grown);
     assert_eq!(RaftCore::new(config.clone(), restored(Membership::default())).membership(), &config.bootstrap_membership());
 }

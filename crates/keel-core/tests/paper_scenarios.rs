@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use keel_core::{LogIndex, MessageBody, NodeId, ReadError, ReadState, Role, Snapshot, SnapshotMeta, Term};
+use keel_core::{LogIndex, MessageBody, NodeId, OutgoingChunk, ReadError, ReadState, ReceivedChunk, Role, Snapshot, SnapshotMeta, Term};
 
 // ----- §5.2 leader election ----------------------------------------------------------------------
 
@@ -799,30 +799,34 @@ fn figure_8_cluster() -> Cluster {
 
 /// §7 and Figure 13: a follower that missed entries the leader has since compacted away
 /// receives the snapshot by InstallSnapshot, in chunks of `snapshot_chunk_bytes_max` bytes at
-/// increasing offsets, installs it (Ready.snapshot) and then gets the entries after it.
+/// increasing offsets, pipelined within `snapshot_window_bytes_max`. Each chunk is written
+/// to storage as it arrives (Ready.received_chunks); the last one installs the image
+/// (Ready.snapshot), and the follower then gets the entries after it.
 #[test]
 fn follower_behind_the_compacted_prefix_catches_up_by_snapshot_in_chunks() {
     let (mut cluster, snapshot) = follower_behind_a_compacted_leader();
     let meta = snapshot.meta;
 
     // Back, node 3 refuses the heartbeat (its log ends at 1), and the entries it needs are
-    // gone: the leader starts the snapshot.
+    // gone: the leader starts the snapshot, with as many chunks as its 8-byte window holds.
     cluster.heal();
     cluster.ticks(1, 2);
     let ready = cluster.deliver(1, 3).expect("answer");
     assert_eq!(ready.persisted_messages, vec![message(3, 1, 1, append_conflict(12, None, 2, 0))]);
-    let install = |offset, data, done| install_snapshot(meta, offset, data, done);
+    let chunk = |offset, len, done| OutgoingChunk { message: install_snapshot(meta, offset, "", done), len };
+    let received = |offset, data: &str| ReceivedChunk { snapshot: snapshot.clone(), offset, data: data.as_bytes().to_vec() };
     let installed = |next_offset, done| install_snapshot_response(meta, next_offset, done);
     assert_eq!(
-        cluster.deliver(3, 1).expect("first chunk"),
-        ReadyRecord { messages: vec![install(0, "abcd", false)], ..Default::default() }
+        cluster.deliver(3, 1).expect("first chunks"),
+        ReadyRecord { outgoing_chunks: vec![chunk(0, 4, false), chunk(4, 4, false)], ..Default::default() }
     );
 
-    // One chunk per round trip; the follower says which offset it wants next.
-    assert_eq!(cluster.deliver(1, 3).expect("ack"), ReadyRecord { persisted_messages: vec![installed(4, false)], ..Default::default() });
-    assert_eq!(cluster.deliver(3, 1).expect("chunk"), ReadyRecord { messages: vec![install(4, "efgh", false)], ..Default::default() });
-    assert_eq!(cluster.deliver(1, 3).expect("ack"), ReadyRecord { persisted_messages: vec![installed(8, false)], ..Default::default() });
-    assert_eq!(cluster.deliver(3, 1).expect("chunk"), ReadyRecord { messages: vec![install(8, "i", true)], ..Default::default() });
+    // The follower writes each chunk, then says which offset it wants next; the answers
+    // open the window for the last chunk.
+    let acks = cluster.deliver(1, 3).expect("acks");
+    let expected = ReadyRecord { received_chunks: vec![received(0, "abcd"), received(4, "efgh")], persisted_messages: vec![installed(4, false), installed(8, false)], ..Default::default() };
+    assert_eq!(acks, expected);
+    assert_eq!(cluster.deliver(3, 1).expect("chunk"), ReadyRecord { outgoing_chunks: vec![chunk(8, 1, true)], ..Default::default() });
 
     // The last chunk: the follower replaces its log with the snapshot and commits through it.
     let ready = cluster.deliver(1, 3).expect("install");
@@ -831,6 +835,7 @@ fn follower_behind_the_compacted_prefix_catches_up_by_snapshot_in_chunks() {
         ReadyRecord {
             hard_state: Some(hard(1, Some(1), 10)),
             snapshot: Some(snapshot.clone()),
+            received_chunks: vec![received(8, "i")],
             persisted_messages: vec![installed(9, true)],
             ..Default::default()
         }
@@ -864,21 +869,25 @@ fn follower_behind_the_compacted_prefix_catches_up_by_snapshot_in_chunks() {
 }
 
 /// §7: the follower says which offset it wants next, so a transfer survives a lost chunk or
-/// a follower crash: a follower that lost the chunks it had gathered asks again from 0.
+/// a follower crash: a follower that lost the chunks it had gathered asks again from 0, and
+/// the leader goes back there.
 #[test]
 fn snapshot_transfer_restarts_from_the_offset_the_follower_asks_for() {
     let (mut cluster, snapshot) = follower_behind_a_compacted_leader();
     let meta = snapshot.meta;
+    let chunk = |offset, len, done| OutgoingChunk { message: install_snapshot(meta, offset, "", done), len };
     cluster.heal();
     cluster.ticks(1, 2);
     cluster.deliver(1, 3); // Refuses the heartbeat.
-    cluster.deliver(3, 1); // Chunk 0 goes out.
-    cluster.deliver(1, 3);
-    assert_eq!(cluster.deliver(3, 1).expect("chunk").messages, vec![install_snapshot(meta, 4, "efgh", false)]);
+    cluster.deliver(3, 1); // Chunks 0 and 4 go out.
+    let mut chunks = cluster.take_in_flight(1, 3);
+    cluster.deliver_message(chunks.remove(0)); // Node 3 takes chunk 0 and asks for 4.
+    assert_eq!(cluster.deliver(3, 1).expect("chunk").outgoing_chunks, vec![chunk(8, 1, true)]);
 
-    // Node 3 crashes with bytes 0..4 in memory only; the chunk at 4 no longer fits.
+    // Node 3 crashes with bytes 0..4 received but not installed; the chunks at 4 and 8 no
+    // longer fit.
     cluster.restart(3);
-    let ready = cluster.deliver(1, 3).expect("answer");
+    let ready = cluster.deliver_message(chunks.remove(0)).expect("answer");
     assert_eq!(
         ready,
         ReadyRecord {
@@ -887,7 +896,8 @@ fn snapshot_transfer_restarts_from_the_offset_the_follower_asks_for() {
             ..Default::default()
         }
     );
-    assert_eq!(cluster.deliver(3, 1).expect("chunk").messages, vec![install_snapshot(meta, 0, "abcd", false)]);
+    cluster.deliver(1, 3);
+    assert_eq!(cluster.deliver(3, 1).expect("chunks").outgoing_chunks, vec![chunk(0, 4, false), chunk(4, 4, false)], "back to offset 0");
 
     cluster.stabilize();
     cluster.ticks(1, 2);
@@ -895,6 +905,26 @@ fn snapshot_transfer_restarts_from_the_offset_the_follower_asks_for() {
     assert_eq!(cluster.stored(3).snapshot.as_ref(), Some(&snapshot));
     assert_eq!(cluster.node(3).state_machine.bytes, b"abcdefghijk");
     cluster.assert_disk_matches_core(3);
+}
+
+/// §7: a chunk lost on the way leaves a gap the follower will not skip; the leader, hearing
+/// nothing new by its next heartbeat, sends again from the offset last asked for.
+#[test]
+fn a_lost_chunk_is_sent_again_at_the_next_heartbeat() {
+    let (mut cluster, snapshot) = follower_behind_a_compacted_leader();
+    let meta = snapshot.meta;
+    cluster.heal();
+    cluster.ticks(1, 2);
+    cluster.deliver(1, 3); // Refuses the heartbeat.
+    cluster.deliver(3, 1); // Chunks 0 and 4 go out.
+    let lost = cluster.take_in_flight(1, 3);
+    assert_eq!(lost.len(), 2, "both chunks are lost");
+    cluster.ticks(1, 2);
+    assert!(cluster.in_flight(1, 3).is_empty(), "the first heartbeat only notes that nothing came back");
+    cluster.ticks(1, 2);
+    assert_eq!(cluster.in_flight(1, 3), vec![install_snapshot(meta, 0, "abcd", false), install_snapshot(meta, 4, "efgh", false)], "the window, again");
+    cluster.stabilize();
+    assert_eq!(cluster.stored(3).snapshot.as_ref(), Some(&snapshot));
 }
 
 /// §7 and the metadata's checksum: an image whose bytes do not match the CRC-32C its
@@ -929,14 +959,17 @@ fn a_snapshot_that_fails_its_checksum_is_refused_and_sent_again() {
 }
 
 fn crc32c_of(bytes: &[u8]) -> u32 {
-    keel_core::Snapshot::new(LogIndex(1), Term(1), Default::default(), bytes.to_vec()).meta.data_crc32c
+    SnapshotMeta::of_image(LogIndex(1), Term(1), bytes).data_crc32c
 }
 
 /// Three nodes where node 3 was away while the leader committed "a".."i" (indexes 2..=10),
 /// compacted its log up to index 10 (snapshot "abcdefghi"), then committed "j" and "k".
-/// Node 3 is still cut off; snapshot chunks are 4 bytes.
+/// Node 3 is still cut off; snapshot chunks are 4 bytes, two of them in flight at most.
 fn follower_behind_a_compacted_leader() -> (Cluster, Snapshot) {
-    let mut cluster = Cluster::with(3, |config| config.snapshot_chunk_bytes_max = 4);
+    let mut cluster = Cluster::with(3, |config| {
+        config.snapshot_chunk_bytes_max = 4;
+        config.snapshot_window_bytes_max = 8;
+    });
     cluster.elect(1);
     cluster.stabilize();
 
@@ -949,7 +982,8 @@ fn follower_behind_a_compacted_leader() -> (Cluster, Snapshot) {
     cluster.stabilize();
     assert_eq!(cluster.node(1).state_machine.applied_index, LogIndex(10));
     let snapshot = cluster.compact(1);
-    assert_eq!(snapshot, Snapshot::new(LogIndex(10), Term(1), keel_core::Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]), b"abcdefghi".to_vec()));
+    let membership = keel_core::Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]);
+    assert_eq!(snapshot, Snapshot { meta: SnapshotMeta::of_image(LogIndex(10), Term(1), b"abcdefghi"), membership });
     assert_eq!(cluster.core(1).first_log_index(), LogIndex(11), "the log now starts after the snapshot");
     cluster.propose(1, "j");
     cluster.propose(1, "k");

@@ -20,7 +20,7 @@
 mod common;
 
 use common::Cluster;
-use keel_core::{AppendResult, Entry, EntryKind, LogIndex, Membership, Message, MessageBody, NodeId, Snapshot, SnapshotMeta, Term};
+use keel_core::{AppendResult, Entry, EntryKind, LogIndex, Membership, Message, MessageBody, NodeId, SnapshotMeta, Term};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use std::cell::Cell;
@@ -112,8 +112,8 @@ fn body() -> impl Strategy<Value = MessageBody> {
             .prop_map(|(meta, membership, offset, data, done, read_round)| MessageBody::InstallSnapshot { meta, membership, offset, data, done, read_round }),
         // A whole image whose checksum holds: the install path itself.
         (1u64..12, 1u64..4, membership(), prop::collection::vec(any::<u8>(), 0..8)).prop_map(|(index, term, membership, data)| {
-            let snapshot = Snapshot::new(LogIndex(index), Term(term), membership, data);
-            MessageBody::InstallSnapshot { meta: snapshot.meta, membership: snapshot.membership, offset: 0, data: snapshot.data.to_vec(), done: true, read_round: 0 }
+            let meta = SnapshotMeta::of_image(LogIndex(index), Term(term), &data);
+            MessageBody::InstallSnapshot { meta, membership, offset: 0, data, done: true, read_round: 0 }
         }),
         (snapshot_meta(), number(), any::<bool>(), number()).prop_map(|(meta, next_offset, done, read_round)| MessageBody::InstallSnapshotResponse { meta, next_offset, done, read_round }),
     ]

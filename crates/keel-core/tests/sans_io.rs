@@ -10,10 +10,15 @@ const FORBIDDEN: &[&str] = &["std::time", "std::fs", "std::net", "std::thread", 
 /// (`use std::{time, ...}`), where the words above do not.
 const FORBIDDEN_MODULES: &[&str] = &["time", "fs", "net", "thread", "process", "env", "io", "os"];
 
+/// Names of `std::io` that do no IO themselves: the stream traits (and their result type)
+/// through which the `StateMachine` trait streams an image its driver opened.
+const STREAM_TRAITS: &[&str] = &["std::io::Read", "std::io::Write", "std::io::Result"];
+
 /// Every violation in one source text, as `line: what`.
 fn violations(text: &str) -> Vec<String> {
     let mut found = Vec::new();
     for (number, line) in text.lines().enumerate() {
+        let line = STREAM_TRAITS.iter().fold(line.to_string(), |line, name| line.replace(name, ""));
         for word in FORBIDDEN {
             if line.contains(word) {
                 found.push(format!("{}: `{word}` in {line}", number + 1));
@@ -104,6 +109,9 @@ fn the_check_catches_grouped_and_nested_imports() {
     assert!(caught("use std::{collections::BTreeMap, fs};"));
     assert!(caught("use std::{io::Write as _};"));
     assert!(caught("let now = std::time::Instant::now();"));
+    assert!(caught("std::io::stdout().write_all(b\"x\")"));
+    assert!(caught("fn f(out: &mut dyn std::io::Write) { std::io::copy(&mut std::io::empty(), out); }"));
+    assert!(!caught("fn write_snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()>;"));
     assert!(!caught("use std::{fmt, collections::{BTreeMap, VecDeque}, sync::Arc};"));
     assert!(!caught("use std::{cmp::Ordering, mem};"));
 }

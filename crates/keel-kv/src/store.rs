@@ -11,7 +11,8 @@
 
 use crate::command::{Command, CommandResult};
 use compact_str::CompactString;
-use keel_core::{Entry, EntryKind, LogIndex, StateMachine};
+use keel_core::{Entry, EntryKind, LogIndex, SnapshotWrite, StateMachine};
+use std::io::{Read, Write};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
@@ -101,26 +102,74 @@ impl StateMachine for KvStore {
         self.applied_index
     }
 
-    /// Sized first, so the image is allocated once at its exact length (a growing Vec would
-    /// briefly hold up to twice the image).
-    fn snapshot(&self) -> Vec<u8> {
-        let bytes = postcard::experimental::serialized_size(self).expect("sizing an in-memory map cannot fail");
-        let image = postcard::to_io(self, Vec::with_capacity(bytes)).expect("serializing to a Vec cannot fail");
-        debug_assert_eq!(image.len(), bytes);
-        image
+    /// Streams the map into `out`: nothing is built in memory but postcard's encoding of
+    /// one pair at a time.
+    fn write_snapshot(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        postcard::to_io(self, out).map(drop).map_err(|error| std::io::Error::other(format!("serializing the snapshot image: {error}")))
     }
 
     /// Takes an O(1) copy of the map now (nodes are shared until written); serializes it on
     /// the caller's thread.
-    fn snapshot_job(&self) -> Box<dyn FnOnce() -> Vec<u8> + Send> {
+    fn snapshot_job(&self) -> SnapshotWrite {
         let copy = self.clone();
-        Box::new(move || copy.snapshot())
+        Box::new(move |out| copy.write_snapshot(out))
     }
 
-    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
-        *self = postcard::from_bytes(data).map_err(|error| format!("corrupt snapshot image: {error}"))?;
+    /// Reads the image pair by pair (postcard's encoding of this struct, decoded by hand so
+    /// that it streams) into a new map, then swaps it in: a bad image leaves the state as it
+    /// was.
+    fn restore(&mut self, image: &mut dyn Read) -> Result<(), String> {
+        let applied_index = LogIndex(read_varint(image)?);
+        let count = read_varint(image)?;
+        let mut data = imbl::OrdMap::new();
+        let mut last: Option<Key> = None;
+        for _ in 0..count {
+            let key = String::from_utf8(read_bytes(image)?).map_err(|_| "corrupt snapshot image: a key is not UTF-8".to_string())?;
+            let key = Key::from(key);
+            if last.as_ref().is_some_and(|last| *last >= key) {
+                return Err("corrupt snapshot image: keys out of order".into());
+            }
+            let value = value_from(read_bytes(image)?);
+            last = Some(key.clone());
+            data.insert(key, value);
+        }
+        let mut rest = [0u8; 1];
+        if image.read(&mut rest).map_err(corrupt)? != 0 {
+            return Err("corrupt snapshot image: bytes after the last pair".into());
+        }
+        *self = KvStore { applied_index, data };
         Ok(())
     }
+}
+
+fn corrupt(error: std::io::Error) -> String {
+    format!("corrupt snapshot image: {error}")
+}
+
+/// A postcard varint: 7 bits a byte, least significant first, at most 10 bytes.
+fn read_varint(image: &mut dyn Read) -> Result<u64, String> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let mut byte = [0u8; 1];
+        image.read_exact(&mut byte).map_err(corrupt)?;
+        value |= u64::from(byte[0] & 0x7f) << shift;
+        if byte[0] & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err("corrupt snapshot image: a varint runs over 64 bits".into())
+}
+
+/// A length-prefixed byte string. Read through `take`, so a corrupt length allocates only
+/// as much as the image holds.
+fn read_bytes(image: &mut dyn Read) -> Result<Vec<u8>, String> {
+    let len = read_varint(image)?;
+    let mut bytes = Vec::new();
+    image.take(len).read_to_end(&mut bytes).map_err(corrupt)?;
+    if bytes.len() as u64 != len {
+        return Err("corrupt snapshot image: cut short".into());
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -148,22 +197,36 @@ mod tests {
         assert_eq!(store.applied_index(), LogIndex(5));
     }
 
+    fn image_of(store: &KvStore) -> Vec<u8> {
+        let mut image = Vec::new();
+        store.write_snapshot(&mut image).unwrap();
+        image
+    }
+
+    fn restore(store: &mut KvStore, mut image: &[u8]) -> Result<(), String> {
+        store.restore(&mut image)
+    }
+
     #[test]
     fn snapshot_restore_round_trip_is_deterministic() {
         let mut store = KvStore::new();
         for (index, key) in ["b", "a", "c"].iter().enumerate() {
             store.apply(&entry(index as u64 + 1, &Command::Set { key: key.to_string(), value: key.as_bytes().to_vec() }));
         }
-        let image = store.snapshot();
+        let image = image_of(&store);
         let mut restored = KvStore::new();
-        restored.restore(&image).unwrap();
+        restore(&mut restored, &image).unwrap();
         assert_eq!(restored, store);
-        assert_eq!(restored.snapshot(), image, "equal states give equal bytes");
-        assert!(restored.restore(b"garbage").is_err());
-        assert_eq!(restored, store, "a failed restore leaves the state untouched");
+        assert_eq!(image_of(&restored), image, "equal states give equal bytes");
+        for bad in [&b"garbage"[..], &image[..image.len() - 1], &[image.as_slice(), b"x"].concat()] {
+            assert!(restore(&mut restored, bad).is_err());
+            assert_eq!(restored, store, "a failed restore leaves the state untouched");
+        }
         let job = store.snapshot_job();
         store.apply(&entry(4, &Command::Set { key: "later".into(), value: b"x".to_vec() }));
-        assert_eq!(job(), image, "a snapshot job captures the state when it was made");
+        let mut written = Vec::new();
+        job(&mut written).unwrap();
+        assert_eq!(written, image, "a snapshot job captures the state when it was made");
     }
 
     /// The image format predates the compact map: a data directory written with
@@ -184,9 +247,12 @@ mod tests {
             plain.data.insert(key.to_string(), value);
         }
         plain.applied_index = LogIndex(3);
-        let image = store.snapshot();
+        let image = image_of(&store);
         assert_eq!(image, postcard::to_allocvec(&plain).unwrap());
         assert_eq!(postcard::from_bytes::<PlainImage>(&image).unwrap(), plain);
+        let mut restored = KvStore::new();
+        restore(&mut restored, &postcard::to_allocvec(&plain).unwrap()).unwrap();
+        assert_eq!(restored, store, "the hand-written reader reads postcard's encoding");
         assert_eq!(store.get(&long_key), Some(&long_value[..]));
         assert_eq!(store.iter().map(|(key, _)| key.to_string()).collect::<Vec<_>>(), plain.data.keys().cloned().collect::<Vec<_>>());
     }

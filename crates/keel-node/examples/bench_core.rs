@@ -28,12 +28,18 @@ impl StateMachine for NoopMachine {
         self.applied
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        self.applied.0.to_le_bytes().to_vec()
+    fn write_snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        out.write_all(&self.applied.0.to_le_bytes())
     }
 
-    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
-        let bytes: [u8; 8] = data.try_into().map_err(|_| "snapshot must be 8 bytes".to_string())?;
+    fn snapshot_job(&self) -> keel_core::SnapshotWrite {
+        let applied = self.applied;
+        Box::new(move |out| out.write_all(&applied.0.to_le_bytes()))
+    }
+
+    fn restore(&mut self, image: &mut dyn std::io::Read) -> Result<(), String> {
+        let mut bytes = [0u8; 8];
+        image.read_exact(&mut bytes).map_err(|_| "snapshot must be 8 bytes".to_string())?;
         self.applied = LogIndex(u64::from_le_bytes(bytes));
         Ok(())
     }

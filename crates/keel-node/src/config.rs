@@ -21,6 +21,8 @@ pub struct NodeConfig {
     /// large values is compacted before it fills memory; 0 disables.
     pub snapshot_threshold_bytes: u64,
     pub snapshot_chunk_bytes_max: usize,
+    /// InstallSnapshot bytes in flight to one follower beyond what it acknowledged.
+    pub snapshot_window_bytes_max: usize,
     /// Client requests queued for the driver before new ones are refused.
     pub requests_queued_max: usize,
     /// Peer messages queued for the driver before new ones are dropped.
@@ -58,6 +60,7 @@ impl NodeConfig {
             snapshot_threshold_entries: 10_000,
             snapshot_threshold_bytes: 64 << 20,
             snapshot_chunk_bytes_max: 1 << 20,
+            snapshot_window_bytes_max: 4 << 20,
             requests_queued_max: 16_384,
             inbox_messages_max: 16_384,
             append_entries_max: 1024,
@@ -96,6 +99,7 @@ impl NodeConfig {
         config.append_bytes_max = self.append_bytes_max;
         config.inflight_messages_max = self.inflight_messages_max;
         config.snapshot_chunk_bytes_max = self.snapshot_chunk_bytes_max;
+        config.snapshot_window_bytes_max = self.snapshot_window_bytes_max;
         config.uncommitted_entries_max = self.uncommitted_entries_max;
         config.uncommitted_bytes_max = self.uncommitted_bytes_max;
         config.committed_entries_per_ready_max = self.committed_entries_per_ready_max;

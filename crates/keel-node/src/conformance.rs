@@ -17,7 +17,9 @@
 
 use crate::storage::Storage;
 use crate::storage_memory::MemoryStorage;
-use keel_core::{Entry, EntryKind, HardState, LogIndex, NodeId, RestoredState, Snapshot, SnapshotMeta, Term};
+use crate::storage::{SnapshotJob, SnapshotWriter, StorageError};
+use keel_core::{Entry, EntryKind, HardState, LogIndex, NodeId, ReceivedChunk, RestoredState, Snapshot, SnapshotMeta, Term};
+use std::io::Read;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Makes and restarts storages for the suite.
@@ -69,10 +71,11 @@ macro_rules! __storage_conformance_with_cases {
             install_snapshot_keeps_matching_suffix, install_snapshot_discards_log_on_term_mismatch,
             install_snapshot_beyond_log_discards_log, install_snapshot_on_empty_storage_then_append,
             compact_drops_prefix, compact_whole_log_then_append, compact_twice_keeps_latest_snapshot,
-            staged_compact_matches_compact, stale_staged_snapshot_is_dropped, overwrite_after_compaction, large_and_empty_entries, reopen_then_append_continues,
+            image_written_off_thread_then_compacted, image_written_but_not_compacted_is_dropped,
+            received_chunks_count_only_once_installed, a_first_chunk_starts_the_image_again, overwrite_after_compaction, large_and_empty_entries, reopen_then_append_continues,
             crash_keeps_synced_writes_and_a_prefix_of_the_rest,
             append_with_gap_panics, append_into_snapshot_panics, compact_with_wrong_term_panics,
-            stale_snapshot_panics, random_operations_match_model }
+            stale_snapshot_panics, chunk_after_a_gap_panics, install_of_a_partial_image_panics, random_operations_match_model }
     };
 }
 
@@ -142,10 +145,55 @@ pub fn entries(from: u64, to: u64, term: u64) -> Vec<Entry> {
     (from..=to).map(|index| entry(index, term)).collect()
 }
 
-fn snapshot(index: u64, term: u64) -> Snapshot {
+/// The image of the suite's snapshot at `index`@`term`: bytes that name it, several chunks
+/// long (`CHUNK_BYTES`).
+pub fn image(index: u64, term: u64) -> Vec<u8> {
+    format!("state machine at {index}@{term}; ").repeat(3).into_bytes()
+}
+
+/// How the suite cuts an image it receives.
+const CHUNK_BYTES: usize = 16;
+
+/// The suite's snapshot at `index`@`term` (the one `install` and `compact` store).
+pub fn snapshot(index: u64, term: u64) -> Snapshot {
     // A configuration that differs from snapshot to snapshot, so storing it is checked too.
     let membership = keel_core::Membership { voters: [NodeId(1), NodeId(2), NodeId(index % 7 + 3)].into(), learners: [NodeId(term + 20)].into(), ..Default::default() };
-    Snapshot::new(LogIndex(index), Term(term), membership, format!("state machine at {index}@{term}").into_bytes())
+    Snapshot { meta: SnapshotMeta::of_image(LogIndex(index), Term(term), &image(index, term)), membership }
+}
+
+/// The chunks a leader would send of the suite's snapshot at `index`@`term`.
+fn chunks(index: u64, term: u64) -> Vec<ReceivedChunk> {
+    let snapshot = snapshot(index, term);
+    let image = image(index, term);
+    image.chunks(CHUNK_BYTES).enumerate().map(|(at, data)| ReceivedChunk { snapshot: snapshot.clone(), offset: (at * CHUNK_BYTES) as u64, data: data.to_vec() }).collect()
+}
+
+/// Receives the suite's snapshot at `index`@`term` chunk by chunk, as from a leader, and
+/// installs it (`Ready.received_chunks`, then `Ready.snapshot`).
+pub fn install(storage: &mut impl Storage, index: u64, term: u64) -> Result<Snapshot, StorageError> {
+    for chunk in chunks(index, term) {
+        storage.write_snapshot_chunk(&chunk)?;
+    }
+    let snapshot = snapshot(index, term);
+    storage.install_snapshot(&snapshot)?;
+    Ok(snapshot)
+}
+
+/// Writes our own snapshot's image at `index`@`term` through the storage's writer.
+fn write_own(writer: &SnapshotWriter, index: u64, term: u64) -> Snapshot {
+    let membership = snapshot(index, term).membership;
+    let image = image(index, term);
+    let job = SnapshotJob { index: LogIndex(index), term: Term(term), membership, write: Box::new(move |out| out.write_all(&image)) };
+    let written = writer(job).expect("write our own snapshot's image");
+    assert_eq!(written, snapshot(index, term), "the writer measures the image it wrote");
+    written
+}
+
+/// Writes our own snapshot's image at `index`@`term`, then compacts to it.
+pub fn compact(storage: &mut impl Storage, index: u64, term: u64) -> Result<Snapshot, StorageError> {
+    let snapshot = write_own(&storage.snapshot_writer(), index, term);
+    storage.compact(&snapshot)?;
+    Ok(snapshot)
 }
 
 fn hard_state(term: u64, voted_for: Option<u64>, commit_index: u64) -> HardState {
@@ -168,12 +216,28 @@ fn assert_state(actual: &RestoredState, expected: &Expected, step: &str) {
     assert_eq!(actual.entries, expected.entries, "{step}: entries");
 }
 
+/// The stored snapshot's image is the one `expected` names, read whole and in pieces.
+fn assert_image(storage: &impl Storage, expected: &Expected, step: &str) {
+    let image_read = storage.snapshot_image().map(|stored| {
+        let mut whole = Vec::new();
+        stored.reader().expect("open the image").read_to_end(&mut whole).expect("read the image");
+        let meta = stored.meta();
+        let pieces: Vec<u8> = (0..meta.data_bytes).step_by(7).flat_map(|offset| stored.read_at(offset, 7.min(meta.data_bytes - offset) as usize).expect("read_at")).collect();
+        assert_eq!(pieces, whole, "{step}: the image read in pieces");
+        (meta, whole)
+    });
+    let image_expected = expected.snapshot.as_ref().map(|snapshot| (snapshot.meta, image(snapshot.meta.last_included_index.0, snapshot.meta.last_included_term.0)));
+    assert_eq!(image_read, image_expected, "{step}: snapshot image");
+}
+
 /// Syncs, checks the state, restarts, checks again; returns the restarted storage.
 fn check<H: Harness>(harness: &mut H, mut storage: H::Storage, expected: &Expected, step: &str) -> H::Storage {
     storage.sync().expect("sync");
     assert_state(&storage.initial_state().expect("initial_state"), expected, &format!("{step} (before restart)"));
+    assert_image(&storage, expected, &format!("{step} (before restart)"));
     let storage = harness.reopen(storage);
     assert_state(&storage.initial_state().expect("initial_state"), expected, &format!("{step} (after restart)"));
+    assert_image(&storage, expected, &format!("{step} (after restart)"));
     storage
 }
 
@@ -274,7 +338,7 @@ pub fn hard_state_and_entries_together<H: Harness>(harness: &mut H) {
 
 pub fn install_snapshot_keeps_matching_suffix<H: Harness>(harness: &mut H) {
     let mut storage = filled(harness, 10);
-    storage.install_snapshot(&snapshot(6, 1)).expect("install_snapshot");
+    install(&mut storage, 6, 1).expect("install");
     storage.set_hard_state(&hard_state(1, Some(1), 6)).expect("set_hard_state");
     let expected = Expected { hard_state: hard_state(1, Some(1), 6), snapshot: Some(snapshot(6, 1)), entries: entries(7, 10, 1) };
     check(harness, storage, &expected, "install at 6@1 keeps 7..=10");
@@ -282,7 +346,7 @@ pub fn install_snapshot_keeps_matching_suffix<H: Harness>(harness: &mut H) {
 
 pub fn install_snapshot_discards_log_on_term_mismatch<H: Harness>(harness: &mut H) {
     let mut storage = filled(harness, 10);
-    storage.install_snapshot(&snapshot(6, 2)).expect("install_snapshot");
+    install(&mut storage, 6, 2).expect("install");
     storage.set_hard_state(&hard_state(2, None, 6)).expect("set_hard_state");
     let expected = Expected { hard_state: hard_state(2, None, 6), snapshot: Some(snapshot(6, 2)), entries: vec![] };
     let mut storage = check(harness, storage, &expected, "install at 6@2 over a term-1 log");
@@ -293,7 +357,7 @@ pub fn install_snapshot_discards_log_on_term_mismatch<H: Harness>(harness: &mut 
 
 pub fn install_snapshot_beyond_log_discards_log<H: Harness>(harness: &mut H) {
     let mut storage = filled(harness, 5);
-    storage.install_snapshot(&snapshot(40, 1)).expect("install_snapshot");
+    install(&mut storage, 40, 1).expect("install");
     storage.set_hard_state(&hard_state(1, Some(1), 40)).expect("set_hard_state");
     let expected = Expected { hard_state: hard_state(1, Some(1), 40), snapshot: Some(snapshot(40, 1)), entries: vec![] };
     check(harness, storage, &expected, "install past the log's end");
@@ -301,7 +365,7 @@ pub fn install_snapshot_beyond_log_discards_log<H: Harness>(harness: &mut H) {
 
 pub fn install_snapshot_on_empty_storage_then_append<H: Harness>(harness: &mut H) {
     let mut storage = harness.create();
-    storage.install_snapshot(&snapshot(100, 4)).expect("install_snapshot");
+    install(&mut storage, 100, 4).expect("install");
     storage.append(&entries(101, 120, 4)).expect("append");
     storage.set_hard_state(&hard_state(4, None, 100)).expect("set_hard_state");
     let expected = Expected { hard_state: hard_state(4, None, 100), snapshot: Some(snapshot(100, 4)), entries: entries(101, 120, 4) };
@@ -310,14 +374,14 @@ pub fn install_snapshot_on_empty_storage_then_append<H: Harness>(harness: &mut H
 
 pub fn compact_drops_prefix<H: Harness>(harness: &mut H) {
     let mut storage = filled(harness, 30);
-    storage.compact(&snapshot(17, 1)).expect("compact");
+    compact(&mut storage, 17, 1).expect("compact");
     let expected = Expected { hard_state: hard_state(1, Some(1), 0), snapshot: Some(snapshot(17, 1)), entries: entries(18, 30, 1) };
     check(harness, storage, &expected, "compact to 17");
 }
 
 pub fn compact_whole_log_then_append<H: Harness>(harness: &mut H) {
     let mut storage = filled(harness, 12);
-    storage.compact(&snapshot(12, 1)).expect("compact");
+    compact(&mut storage, 12, 1).expect("compact");
     let expected = Expected { hard_state: hard_state(1, Some(1), 0), snapshot: Some(snapshot(12, 1)), entries: vec![] };
     let mut storage = check(harness, storage, &expected, "compact everything");
     storage.append(&entries(13, 14, 1)).expect("append");
@@ -326,39 +390,68 @@ pub fn compact_whole_log_then_append<H: Harness>(harness: &mut H) {
 
 pub fn compact_twice_keeps_latest_snapshot<H: Harness>(harness: &mut H) {
     let mut storage = filled(harness, 30);
-    storage.compact(&snapshot(10, 1)).expect("compact");
-    storage.compact(&snapshot(25, 1)).expect("compact");
+    compact(&mut storage, 10, 1).expect("compact");
+    compact(&mut storage, 25, 1).expect("compact");
     let expected = Expected { hard_state: hard_state(1, Some(1), 0), snapshot: Some(snapshot(25, 1)), entries: entries(26, 30, 1) };
     check(harness, storage, &expected, "two compactions");
 }
 
-/// The stager runs on another thread while appends go on; `compact` then finishes the job.
-pub fn staged_compact_matches_compact<H: Harness>(harness: &mut H) {
+/// Our own image is written on another thread while appends go on; `compact` then makes
+/// it the snapshot.
+pub fn image_written_off_thread_then_compacted<H: Harness>(harness: &mut H) {
     let mut storage = filled(harness, 20);
-    let stager = storage.snapshot_stager();
-    let staged = std::thread::spawn(move || stager(&snapshot(15, 1)));
+    let writer = storage.snapshot_writer();
+    let written = std::thread::spawn(move || write_own(&writer, 15, 1));
     storage.append(&entries(21, 25, 1)).expect("append");
     storage.sync().expect("sync");
-    staged.join().expect("stager thread").expect("stage");
-    storage.compact(&snapshot(15, 1)).expect("compact");
-    let expected = Expected { hard_state: hard_state(1, Some(1), 0), snapshot: Some(snapshot(15, 1)), entries: entries(16, 25, 1) };
-    check(harness, storage, &expected, "staged, then compacted to 15");
+    let snapshot = written.join().expect("writer thread");
+    storage.compact(&snapshot).expect("compact");
+    let expected = Expected { hard_state: hard_state(1, Some(1), 0), snapshot: Some(snapshot), entries: entries(16, 25, 1) };
+    check(harness, storage, &expected, "written, then compacted to 15");
 }
 
-/// A staged snapshot that is never compacted (a newer one from the leader won) is not
-/// what the storage reads back.
-pub fn stale_staged_snapshot_is_dropped<H: Harness>(harness: &mut H) {
+/// An image written but never compacted (a newer one from the leader won) is not what
+/// the storage reads back.
+pub fn image_written_but_not_compacted_is_dropped<H: Harness>(harness: &mut H) {
     let mut storage = filled(harness, 20);
-    (storage.snapshot_stager())(&snapshot(10, 1)).expect("stage");
+    write_own(&storage.snapshot_writer(), 10, 1);
     storage.set_hard_state(&hard_state(2, None, 0)).expect("set_hard_state");
-    storage.install_snapshot(&snapshot(30, 2)).expect("install_snapshot");
+    install(&mut storage, 30, 2).expect("install");
     let expected = Expected { hard_state: hard_state(2, None, 0), snapshot: Some(snapshot(30, 2)), entries: vec![] };
-    check(harness, storage, &expected, "staged 10, installed 30");
+    check(harness, storage, &expected, "wrote 10, installed 30");
+}
+
+/// Chunks of an image never installed are no part of the stored state: a restart finds
+/// the state before them, and the transfer starts again from offset 0.
+pub fn received_chunks_count_only_once_installed<H: Harness>(harness: &mut H) {
+    let mut storage = filled(harness, 10);
+    for chunk in &chunks(20, 1)[..2] {
+        storage.write_snapshot_chunk(chunk).expect("write_snapshot_chunk");
+    }
+    let storage = check(harness, storage, &log_only(entries(1, 10, 1), hard_state(1, Some(1), 0)), "two chunks received");
+    let mut storage = storage;
+    install(&mut storage, 20, 1).expect("install after a restart");
+    let expected = Expected { hard_state: hard_state(1, Some(1), 0), snapshot: Some(snapshot(20, 1)), entries: vec![] };
+    check(harness, storage, &expected, "received again and installed");
+}
+
+/// A chunk at offset 0 starts a new image, whatever was being received: a new leader's
+/// transfer replaces the last one's.
+pub fn a_first_chunk_starts_the_image_again<H: Harness>(harness: &mut H) {
+    let mut storage = filled(harness, 10);
+    for chunk in &chunks(20, 1)[..2] {
+        storage.write_snapshot_chunk(chunk).expect("write_snapshot_chunk");
+    }
+    storage.write_snapshot_chunk(&chunks(24, 2)[0]).expect("write_snapshot_chunk");
+    storage.set_hard_state(&hard_state(2, None, 0)).expect("set_hard_state");
+    install(&mut storage, 24, 2).expect("install");
+    let expected = Expected { hard_state: hard_state(2, None, 0), snapshot: Some(snapshot(24, 2)), entries: vec![] };
+    check(harness, storage, &expected, "the second transfer installed");
 }
 
 pub fn overwrite_after_compaction<H: Harness>(harness: &mut H) {
     let mut storage = filled(harness, 20);
-    storage.compact(&snapshot(8, 1)).expect("compact");
+    compact(&mut storage, 8, 1).expect("compact");
     storage.set_hard_state(&hard_state(2, None, 8)).expect("set_hard_state");
     storage.append(&entries(9, 12, 2)).expect("append");
     let expected = Expected { hard_state: hard_state(2, None, 8), snapshot: Some(snapshot(8, 1)), entries: entries(9, 12, 2) };
@@ -422,22 +515,35 @@ pub fn append_with_gap_panics<H: Harness>(harness: &mut H) {
 
 pub fn append_into_snapshot_panics<H: Harness>(harness: &mut H) {
     let mut storage = filled(harness, 10);
-    storage.compact(&snapshot(5, 1)).expect("compact");
+    compact(&mut storage, 5, 1).expect("compact");
     assert!(panics(|| drop(storage.append(&entries(5, 6, 1)))), "append at the snapshot index must panic");
 }
 
 pub fn compact_with_wrong_term_panics<H: Harness>(harness: &mut H) {
     let mut storage = filled(harness, 10);
-    assert!(panics(|| drop(storage.compact(&snapshot(5, 2)))), "compaction with a term the log lacks must panic");
+    assert!(panics(|| drop(compact(&mut storage, 5, 2))), "compaction with a term the log lacks must panic");
 }
 
 pub fn stale_snapshot_panics<H: Harness>(harness: &mut H) {
     let mut storage = filled(harness, 10);
-    storage.compact(&snapshot(6, 1)).expect("compact");
-    assert!(panics(|| drop(storage.install_snapshot(&snapshot(6, 1)))), "a snapshot that does not advance must panic");
+    compact(&mut storage, 6, 1).expect("compact");
+    assert!(panics(|| drop(install(&mut storage, 6, 1))), "a snapshot that does not advance must panic");
 }
 
 // ----- model-based ------------------------------------------------------------------------
+
+pub fn chunk_after_a_gap_panics<H: Harness>(harness: &mut H) {
+    let mut storage = filled(harness, 5);
+    let chunks = chunks(8, 1);
+    storage.write_snapshot_chunk(&chunks[0]).expect("write_snapshot_chunk");
+    assert!(panics(|| drop(storage.write_snapshot_chunk(&chunks[2]))), "a chunk that leaves a gap must panic");
+}
+
+pub fn install_of_a_partial_image_panics<H: Harness>(harness: &mut H) {
+    let mut storage = filled(harness, 5);
+    storage.write_snapshot_chunk(&chunks(8, 1)[0]).expect("write_snapshot_chunk");
+    assert!(panics(|| drop(storage.install_snapshot(&snapshot(8, 1)))), "installing an image received in part must panic");
+}
 
 /// A few hundred random operations (a fixed seed per run), compared with a plain model after
 /// each sync and restart. Operations keep to what a Raft core asks for: terms never
@@ -528,8 +634,7 @@ impl Model {
             return;
         }
         let index = floor + 1 + random.below(commit - floor);
-        let snapshot = snapshot(index, self.term_at(index).expect("committed entries are stored").0);
-        storage.compact(&snapshot).expect("compact");
+        let snapshot = compact(storage, index, self.term_at(index).expect("committed entries are stored").0).expect("compact");
         self.entries.retain(|entry| entry.index.0 > index);
         self.snapshot = Some(snapshot);
     }
@@ -544,8 +649,7 @@ impl Model {
             Some(term) if random.below(2) == 0 => term,
             _ => self.hard_state.current_term,
         };
-        let snapshot = snapshot(index, term.0);
-        storage.install_snapshot(&snapshot).expect("install_snapshot");
+        let snapshot = install(storage, index, term.0).expect("install");
         if self.term_at(index) == Some(term) {
             self.entries.retain(|entry| entry.index.0 > index);
         } else {

@@ -28,8 +28,9 @@
 
 use crate::config::NodeConfig;
 use crate::error::{NodeError, StartError};
-use crate::io::{Io, JobResult, Observation, SnapshotBuild, SnapshotImage, SnapshotJob, StorageDone, StorageJob};
-use keel_core::{Entry, HardState, LogIndex, Membership, MembershipChange, MembershipError, Message, NodeId, RaftCore, ReadError, Ready, RestoredState, Role, SnapshotMeta, StateMachine, StepError, Term, TransferError};
+use crate::io::{BuiltSnapshot, Io, JobResult, Observation, SnapshotBuild, SnapshotJob, StorageDone, StorageJob};
+use crate::storage::{StorageError, StoredImage};
+use keel_core::{Entry, HardState, LogIndex, Membership, MembershipChange, MembershipError, Message, NodeId, OutgoingChunk, RaftCore, ReadError, Ready, RestoredState, Role, SnapshotMeta, StateMachine, StepError, Term, TransferError};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use tracing::{debug, error, info, warn};
@@ -73,6 +74,8 @@ pub struct Executor<SM: StateMachine, I: Io<SM>> {
     next_read_id: u64,
     /// The latest snapshot handed to storage: ours, or one installed from the leader.
     snapshot_index: LogIndex,
+    /// The stored snapshot's image, which InstallSnapshot chunks are read from.
+    image: Option<Arc<dyn StoredImage>>,
     snapshot_in_progress: bool,
     /// Bytes of the entries applied since `snapshot_index` (`snapshot_threshold_bytes`).
     applied_bytes_since_snapshot: u64,
@@ -94,12 +97,13 @@ pub struct Executor<SM: StateMachine, I: Io<SM>> {
 }
 
 impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
-    /// A node recovered from `restored` (its storage's `initial_state`); `state_machine` must
-    /// be empty and is restored from the snapshot there.
-    pub fn new(config: &NodeConfig, restored: RestoredState, mut state_machine: SM, io: I) -> Result<Executor<SM, I>, StartError> {
+    /// A node recovered from `restored` (its storage's `initial_state`) and `image` (its
+    /// `snapshot_image`); `state_machine` must be empty and is restored from the image.
+    pub fn new(config: &NodeConfig, restored: RestoredState, image: Option<Arc<dyn StoredImage>>, mut state_machine: SM, io: I) -> Result<Executor<SM, I>, StartError> {
         config.validate().map_err(StartError::Config)?;
         if let Some(snapshot) = &restored.snapshot {
-            state_machine.restore(&snapshot.data).map_err(StartError::Snapshot)?;
+            let image = image.as_ref().filter(|image| image.meta() == snapshot.meta).ok_or_else(|| StartError::Snapshot(format!("no image for the snapshot at {}", snapshot.meta.last_included_index)))?;
+            restore_from(&mut state_machine, image.as_ref()).map_err(StartError::Snapshot)?;
         }
         let snapshot_index = restored.snapshot.as_ref().map(|snapshot| snapshot.meta.last_included_index).unwrap_or_default();
         info!("[NODE {}] starting: term {}, {} log entries after snapshot {}", config.id, restored.hard_state.current_term, restored.entries.len(), snapshot_index);
@@ -124,6 +128,7 @@ impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
             reads_waiting_apply: Vec::new(),
             next_read_id: 0,
             snapshot_index,
+            image,
             snapshot_in_progress: false,
             applied_bytes_since_snapshot: 0,
             hard_state_saved,
@@ -200,18 +205,26 @@ impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
         self.completed.push_back(result);
     }
 
-    /// A snapshot image started by `Io::build_snapshot` is ready: save it and compact, unless
-    /// a newer snapshot from the leader was handed to storage meanwhile (saving an older one
-    /// would move the log's start backwards).
-    pub fn snapshot_built(&mut self, image: SnapshotImage) {
-        let index = image.snapshot.meta.last_included_index;
+    /// A snapshot image started by `Io::build_snapshot` is written: compact, unless a newer
+    /// snapshot from the leader was handed to storage meanwhile (storing an older one would
+    /// move the log's start backwards), or the image could not be written.
+    pub fn snapshot_built(&mut self, built: Result<BuiltSnapshot, StorageError>) {
+        let built = match built {
+            Ok(built) => built,
+            Err(error) => {
+                error!("[NODE {}] cannot write a snapshot ({error}); will retry at the next threshold", self.id);
+                self.snapshot_in_progress = false;
+                return;
+            }
+        };
+        let index = built.snapshot.meta.last_included_index;
         if self.snapshot_index > index {
             info!("[NODE {}] dropped our snapshot at {index}: the leader's at {} is newer", self.id, self.snapshot_index);
             self.snapshot_in_progress = false;
             return;
         }
         // Compaction can take longer than an election timeout on a large log: never inline.
-        self.submit(StorageJob::Compact(image), false);
+        self.submit(StorageJob::Compact(built), false);
     }
 
     /// Answers every waiting client with `NodeError::Stopped`: the node is going away.
@@ -273,8 +286,8 @@ impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
             }
             let Some(done) = self.next_completion() else { break };
             match done {
-                Ok(StorageDone::Written) => self.on_persisted()?,
-                Ok(StorageDone::Compacted { image, compact_ms }) => self.on_compacted(image, compact_ms),
+                Ok(StorageDone::Written { image }) => self.on_persisted(image)?,
+                Ok(StorageDone::Compacted { built, image, compact_ms }) => self.on_compacted(built, image, compact_ms),
                 Err(error) => return Err(format!("storage failed: {error}")),
             }
         }
@@ -282,6 +295,9 @@ impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
             // Entries proposed during our own write go to followers now, not after it.
             for message in self.core.take_early_messages() {
                 self.io.send(message);
+            }
+            for chunk in self.core.take_early_chunks() {
+                self.send_chunk(chunk);
             }
         }
         if self.core.membership() != &*self.membership {
@@ -354,6 +370,9 @@ impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
         for message in std::mem::take(&mut ready.messages) {
             self.io.send(message);
         }
+        for chunk in std::mem::take(&mut ready.outgoing_chunks) {
+            self.send_chunk(chunk);
+        }
         if self.fault_acknowledge_before_sync() {
             for message in std::mem::take(&mut ready.persisted_messages) {
                 self.io.send(message);
@@ -363,7 +382,7 @@ impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
             self.snapshot_index = snapshot.meta.last_included_index;
         }
         let hard_state = ready.hard_state.filter(|hard_state| self.must_save(hard_state));
-        let writes = ready.snapshot.is_some() || !ready.entries.is_empty() || hard_state.is_some();
+        let writes = ready.snapshot.is_some() || !ready.received_chunks.is_empty() || !ready.entries.is_empty() || hard_state.is_some();
         let sync = !ready.may_defer_sync && !self.fault_skip_leader_sync(&ready);
         let needs_disk = writes || (sync && self.unsynced);
         self.unsynced = if sync { false } else { self.unsynced || writes };
@@ -371,11 +390,12 @@ impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
             // The job sends the acknowledgements the moment its sync returns; after a
             // snapshot they wait for the state machine's restore (`on_persisted`).
             let persisted_messages = if ready.snapshot.is_none() { std::mem::take(&mut ready.persisted_messages) } else { Vec::new() };
-            let job = StorageJob::Write { snapshot: ready.snapshot.clone(), entries: std::mem::take(&mut ready.entries), hard_state, sync, persisted_messages };
+            let received_chunks = std::mem::take(&mut ready.received_chunks);
+            let job = StorageJob::Write { received_chunks, snapshot: ready.snapshot.clone(), entries: std::mem::take(&mut ready.entries), hard_state, sync, persisted_messages };
             let inline = !sync || self.core.role() != Role::Leader;
             self.submit(job, inline);
         } else {
-            self.completed.push_back(Ok(StorageDone::Written));
+            self.completed.push_back(Ok(StorageDone::Written { image: None }));
         }
         self.inflight = Some(ready);
     }
@@ -400,10 +420,11 @@ impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
     }
 
     /// Contract steps 4 (restore) to 8, once the write is durable.
-    fn on_persisted(&mut self) -> Result<(), String> {
+    fn on_persisted(&mut self, image: Option<Arc<dyn StoredImage>>) -> Result<(), String> {
         let mut ready = self.inflight.take().expect("a write was in flight");
         if let Some(snapshot) = &ready.snapshot {
-            self.restore_snapshot(snapshot.meta, &snapshot.data)?;
+            let image = image.filter(|image| image.meta() == snapshot.meta).expect("storage stored the snapshot it installed");
+            self.restore_snapshot(snapshot.meta, image)?;
         }
         // Still here only after a snapshot or when nothing was written (see `start_ready`).
         for message in std::mem::take(&mut ready.persisted_messages) {
@@ -425,13 +446,16 @@ impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
         Ok(())
     }
 
-    fn on_compacted(&mut self, image: SnapshotImage, compact_ms: u128) {
-        let SnapshotImage { snapshot, build_ms, stage_ms } = image;
+    fn on_compacted(&mut self, built: BuiltSnapshot, image: Arc<dyn StoredImage>, compact_ms: u128) {
+        let BuiltSnapshot { snapshot, build_ms } = built;
         let meta = snapshot.meta;
         self.core.compact(snapshot);
+        if self.core.snapshot().is_some_and(|snapshot| snapshot.meta == image.meta()) {
+            self.image = Some(image);
+        }
         self.snapshot_in_progress = false;
         info!(
-            "[NODE {}] snapshot taken at index {} (term {}); log compacted (image {} bytes: built in {build_ms} ms, written in {stage_ms} ms, compacted in {compact_ms} ms)",
+            "[NODE {}] snapshot taken at index {} (term {}); log compacted (image {} bytes: written in {build_ms} ms, compacted in {compact_ms} ms)",
             self.id, meta.last_included_index, meta.last_included_term, meta.data_bytes,
         );
     }
@@ -451,9 +475,10 @@ impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
     /// image the state machine still cannot read means the leader's state machine wrote
     /// bytes ours cannot parse. The core has already moved past the log it replaces, so the
     /// node stops (with the reason) rather than serve a state it does not have.
-    fn restore_snapshot(&mut self, meta: SnapshotMeta, data: &[u8]) -> Result<(), String> {
+    fn restore_snapshot(&mut self, meta: SnapshotMeta, image: Arc<dyn StoredImage>) -> Result<(), String> {
         self.io.observe(Observation::InstallingSnapshot { meta, applied_index: self.state_machine.applied_index() });
-        self.state_machine.restore(data).map_err(|problem| format!("cannot restore the snapshot at {} from the leader: {problem}", meta.last_included_index))?;
+        restore_from(&mut self.state_machine, image.as_ref()).map_err(|problem| format!("cannot restore the snapshot at {} from the leader: {problem}", meta.last_included_index))?;
+        self.image = Some(image);
         info!("[NODE {}] installed snapshot from the leader at index {} (term {})", self.id, meta.last_included_index, meta.last_included_term);
         self.snapshot_index = meta.last_included_index;
         self.applied_bytes_since_snapshot = 0;
@@ -464,6 +489,21 @@ impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
             self.io.answer_proposal(proposal, Err(NodeError::OutcomeUnknown));
         }
         Ok(())
+    }
+
+    /// Contract step 3 for an InstallSnapshot chunk: its bytes come from the stored image.
+    /// An image already replaced by a newer snapshot is gone; the core moves on to the
+    /// newer one at the next heartbeat, so the chunk is dropped.
+    fn send_chunk(&mut self, chunk: OutgoingChunk) {
+        let (meta, offset) = chunk.source();
+        let Some(image) = self.image.as_ref().filter(|image| image.meta() == meta) else {
+            debug!("[NODE {}] dropped a chunk of the snapshot at {}: that image is gone", self.id, meta.last_included_index);
+            return;
+        };
+        match image.read_at(offset, chunk.len) {
+            Ok(bytes) => self.io.send(chunk.fill(bytes)),
+            Err(error) => warn!("[NODE {}] cannot read a chunk of the snapshot at {}: {error}", self.id, meta.last_included_index),
+        }
     }
 
     /// Contract step 6: apply, and answer the proposer if this entry is its (same term).
@@ -503,12 +543,12 @@ impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
         }
         let Some(term) = self.core.entry(applied).map(|entry| entry.term) else { return };
         let membership = self.core.membership_at(applied).clone();
-        let job = SnapshotJob { index: applied, term, membership, make: self.state_machine.snapshot_job() };
+        let job = SnapshotJob { index: applied, term, membership, write: self.state_machine.snapshot_job() };
         self.snapshot_in_progress = true;
         self.snapshot_index = applied;
         self.applied_bytes_since_snapshot = 0;
         match self.io.build_snapshot(job) {
-            SnapshotBuild::Built(image) => self.snapshot_built(image),
+            SnapshotBuild::Built(built) => self.snapshot_built(built),
             SnapshotBuild::Started => {}
             SnapshotBuild::Failed(problem) => {
                 error!("[NODE {}] cannot build a snapshot ({problem}); will retry at the next threshold", self.id);
@@ -578,11 +618,17 @@ pub(crate) fn read_error(error: ReadError) -> NodeError {
     }
 }
 
+/// Restores `state_machine` from `image`, streamed.
+fn restore_from<SM: StateMachine>(state_machine: &mut SM, image: &dyn StoredImage) -> Result<(), String> {
+    let mut reader = image.reader().map_err(|error| error.to_string())?;
+    state_machine.restore(&mut reader)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::io::{build_image, run_storage_job};
-    use crate::storage::SnapshotStager;
+    use crate::storage::Storage;
     use crate::storage_memory::MemoryStorage;
     use keel_core::{Snapshot, Term};
     use keel_kv::{Command, KvStore};
@@ -601,7 +647,7 @@ mod tests {
     fn describe(job: &StorageJob) -> String {
         match job {
             StorageJob::Write { entries, .. } => format!("write {:?}", entries.iter().map(|entry| entry.index.0).collect::<Vec<_>>()),
-            StorageJob::Compact(image) => format!("compact {}", image.snapshot.meta.last_included_index),
+            StorageJob::Compact(built) => format!("compact {}", built.snapshot.meta.last_included_index),
         }
     }
 
@@ -625,8 +671,7 @@ mod tests {
         }
         fn build_snapshot(&mut self, job: SnapshotJob) -> SnapshotBuild {
             self.snapshots_built += 1;
-            let stager: SnapshotStager = Box::new(|_| Ok(()));
-            SnapshotBuild::Built(build_image(NodeId(1), job, &stager))
+            SnapshotBuild::Built(build_image(job, &self.storage.snapshot_writer()))
         }
     }
 
@@ -638,16 +683,20 @@ mod tests {
         let mut config = NodeConfig::new(NodeId(1), vec![NodeId(1)]);
         config.random_seed = Some(7);
         configure(&mut config);
-        Executor::new(&config, RestoredState::default(), KvStore::new(), test_io(threads)).expect("valid configuration")
+        Executor::new(&config, RestoredState::default(), None, KvStore::new(), test_io(threads)).expect("valid configuration")
     }
 
     fn write(index: u64) -> StorageJob {
         let entries = vec![Entry { term: Term(1), index: LogIndex(index), kind: keel_core::EntryKind::Noop }];
-        StorageJob::Write { snapshot: None, entries, hard_state: None, sync: false, persisted_messages: Vec::new() }
+        StorageJob::Write { received_chunks: Vec::new(), snapshot: None, entries, hard_state: None, sync: false, persisted_messages: Vec::new() }
+    }
+
+    fn built(index: u64) -> BuiltSnapshot {
+        BuiltSnapshot { snapshot: Snapshot { meta: SnapshotMeta::of_image(LogIndex(index), Term(1), b""), membership: Default::default() }, build_ms: 0 }
     }
 
     fn compaction(index: u64) -> StorageJob {
-        StorageJob::Compact(SnapshotImage { snapshot: Snapshot::new(LogIndex(index), Term(1), Default::default(), Vec::new()), build_ms: 0, stage_ms: 0 })
+        StorageJob::Compact(built(index))
     }
 
     /// The order rule of the module doc: a write the executor would run inline waits behind
@@ -661,11 +710,14 @@ mod tests {
         assert_eq!(executor.io.queued, ["compact 2", "write [5]"], "the write must not overtake the queued compaction");
         assert!(executor.io.ran_inline.is_empty());
 
-        let compacted = StorageDone::Compacted { image: SnapshotImage { snapshot: Snapshot::new(LogIndex(2), Term(1), Default::default(), Vec::new()), build_ms: 0, stage_ms: 0 }, compact_ms: 0 };
+        let mut storage = MemoryStorage::new();
+        storage.append(&[Entry { term: Term(1), index: LogIndex(1), kind: keel_core::EntryKind::Noop }, Entry { term: Term(1), index: LogIndex(2), kind: keel_core::EntryKind::Noop }]).unwrap();
+        let snapshot = crate::conformance::compact(&mut storage, 2, 1).unwrap();
+        let compacted = StorageDone::Compacted { built: BuiltSnapshot { snapshot, build_ms: 0 }, image: storage.snapshot_image().unwrap(), compact_ms: 0 };
         executor.storage_done(Ok(compacted));
-        executor.storage_done(Ok(StorageDone::Written));
+        executor.storage_done(Ok(StorageDone::Written { image: None }));
         assert!(matches!(executor.next_completion(), Some(Ok(StorageDone::Compacted { .. }))));
-        assert!(matches!(executor.next_completion(), Some(Ok(StorageDone::Written))));
+        assert!(matches!(executor.next_completion(), Some(Ok(StorageDone::Written { .. }))));
         executor.submit(write(1), true);
         assert_eq!(executor.io.ran_inline, ["write [1]"], "with the compaction done, inline again");
     }
@@ -712,9 +764,10 @@ mod tests {
     #[test]
     fn an_image_the_state_machine_cannot_read_stops_the_node() {
         let config = NodeConfig::new(NodeId(1), vec![NodeId(1), NodeId(2), NodeId(3)]);
-        let mut executor: Executor<KvStore, TestIo> = Executor::new(&config, RestoredState::default(), KvStore::new(), test_io(false)).unwrap();
-        let image = Snapshot::new(LogIndex(5), Term(1), keel_core::Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]), b"not a key-value image".to_vec());
-        let body = keel_core::MessageBody::InstallSnapshot { meta: image.meta, membership: image.membership.clone(), offset: 0, data: image.data.to_vec(), done: true, read_round: 0 };
+        let mut executor: Executor<KvStore, TestIo> = Executor::new(&config, RestoredState::default(), None, KvStore::new(), test_io(false)).unwrap();
+        let data = b"not a key-value image".to_vec();
+        let meta = SnapshotMeta::of_image(LogIndex(5), Term(1), &data);
+        let body = keel_core::MessageBody::InstallSnapshot { meta, membership: keel_core::Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]), offset: 0, data, done: true, read_round: 0 };
         executor.step(Message { from: NodeId(2), to: NodeId(1), term: Term(1), body }).expect("a well-formed chunk");
         let stopped = executor.drive().expect_err("the node must stop");
         assert!(stopped.starts_with("cannot restore the snapshot at 5 from the leader"), "{stopped}");

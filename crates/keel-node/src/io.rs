@@ -9,8 +9,11 @@
 //! both, goes through [`run_storage_job`], and every snapshot image through [`build_image`].
 
 use crate::error::NodeError;
-use crate::storage::{SnapshotStager, Storage, StorageError};
-use keel_core::{Entry, HardState, LogIndex, Message, NodeId, RaftCore, Snapshot, SnapshotMeta, SoftState, StateMachine, Term};
+use crate::storage::{SnapshotWriter, Storage, StorageError, StoredImage};
+use keel_core::{Entry, HardState, LogIndex, Message, RaftCore, ReceivedChunk, Snapshot, SnapshotMeta, SoftState, StateMachine};
+use std::sync::Arc;
+
+pub use crate::storage::SnapshotJob;
 
 /// What a proposer is answered: the entry's index and the state machine's output, or why
 /// it failed (and whether it may still have been applied: `NodeError::outcome`).
@@ -20,9 +23,10 @@ pub type ProposeResult<SM> = Result<(LogIndex, <SM as StateMachine>::Output), No
 pub enum StorageJob {
     /// `sync` false: leave the write in the OS's cache (`Ready::may_defer_sync`).
     /// `persisted_messages` (contract step 5) are sent once the write is durable.
-    Write { snapshot: Option<Snapshot>, entries: Vec<Entry>, hard_state: Option<HardState>, sync: bool, persisted_messages: Vec<Message> },
-    /// Our own snapshot, its image already built: save it, then drop the log it covers.
-    Compact(SnapshotImage),
+    Write { received_chunks: Vec<ReceivedChunk>, snapshot: Option<Snapshot>, entries: Vec<Entry>, hard_state: Option<HardState>, sync: bool, persisted_messages: Vec<Message> },
+    /// Our own snapshot, its image already written: make it the stored one, then drop the
+    /// log it covers.
+    Compact(BuiltSnapshot),
 }
 
 impl StorageJob {
@@ -32,33 +36,24 @@ impl StorageJob {
 }
 
 pub enum StorageDone {
-    Written,
-    Compacted { image: SnapshotImage, compact_ms: u128 },
+    /// `image`: the stored snapshot's image, when the write installed one.
+    Written { image: Option<Arc<dyn StoredImage>> },
+    Compacted { built: BuiltSnapshot, image: Arc<dyn StoredImage>, compact_ms: u128 },
 }
 
 pub type JobResult = Result<StorageDone, StorageError>;
 
-/// A state machine image to build off the driver (`StateMachine::snapshot_job`): the image
-/// as of `index` (of `term`), made by `make`, and the configuration in force there.
-pub struct SnapshotJob {
-    pub index: LogIndex,
-    pub term: Term,
-    pub membership: keel_core::Membership,
-    pub make: Box<dyn FnOnce() -> Vec<u8> + Send>,
-}
-
-/// A built image, pre-written through the storage's stager where it has one.
-pub struct SnapshotImage {
+/// Our own snapshot, its image written by the storage's `snapshot_writer`.
+pub struct BuiltSnapshot {
     pub snapshot: Snapshot,
-    /// For the log line: how long building and pre-writing the image took.
+    /// For the log line: how long writing the image took.
     pub build_ms: u128,
-    pub stage_ms: u128,
 }
 
 /// How `Io::build_snapshot` went.
 pub enum SnapshotBuild {
     /// Built here and now (no threads): hand it straight back.
-    Built(SnapshotImage),
+    Built(Result<BuiltSnapshot, StorageError>),
     /// Building elsewhere; the image arrives through `Executor::snapshot_built`.
     Started,
     /// Could not start (no thread could be spawned): try again at the next threshold.
@@ -110,13 +105,18 @@ pub trait Io<SM: StateMachine> {
     fn membership_changed(&mut self, _membership: &keel_core::Membership) {}
 }
 
-/// Contract step 4 for one job: snapshot, entries, hard state, then one sync for all of them
+/// Contract step 4 for one job: received chunks, snapshot, entries, hard state, then one sync for all of them
 /// (and for any write left unsynced before); step 5, `send`, once the sync returned.
 pub fn run_storage_job(storage: &mut (impl Storage + ?Sized), job: StorageJob, send: &mut dyn FnMut(Message)) -> JobResult {
     match job {
-        StorageJob::Write { snapshot, entries, hard_state, sync, persisted_messages } => {
+        StorageJob::Write { received_chunks, snapshot, entries, hard_state, sync, persisted_messages } => {
+            for chunk in &received_chunks {
+                storage.write_snapshot_chunk(chunk)?;
+            }
+            let mut image = None;
             if let Some(snapshot) = &snapshot {
                 storage.install_snapshot(snapshot)?;
+                image = storage.snapshot_image();
             }
             storage.append(&entries)?;
             if let Some(hard_state) = &hard_state {
@@ -128,26 +128,21 @@ pub fn run_storage_job(storage: &mut (impl Storage + ?Sized), job: StorageJob, s
             for message in persisted_messages {
                 send(message);
             }
-            Ok(StorageDone::Written)
+            Ok(StorageDone::Written { image })
         }
-        StorageJob::Compact(image) => {
+        StorageJob::Compact(built) => {
             let started = std::time::Instant::now();
-            storage.compact(&image.snapshot)?;
+            storage.compact(&built.snapshot)?;
             storage.sync()?;
-            Ok(StorageDone::Compacted { image, compact_ms: started.elapsed().as_millis() })
+            let image = storage.snapshot_image().expect("a compacted storage has a snapshot");
+            Ok(StorageDone::Compacted { built, image, compact_ms: started.elapsed().as_millis() })
         }
     }
 }
 
-/// Builds the image and pre-writes it through the storage's stager, timing both.
-pub fn build_image(id: NodeId, job: SnapshotJob, stager: &SnapshotStager) -> SnapshotImage {
+/// Writes the image of `job` through the storage's writer, timing it.
+pub fn build_image(job: SnapshotJob, writer: &SnapshotWriter) -> Result<BuiltSnapshot, StorageError> {
     let started = std::time::Instant::now();
-    let snapshot = Snapshot::new(job.index, job.term, job.membership, (job.make)());
-    let build_ms = started.elapsed().as_millis();
-    if let Err(error) = stager(&snapshot) {
-        // `compact` writes it again on the storage thread, and stops the node if that fails too.
-        tracing::warn!("[NODE {id}] could not pre-write the snapshot at {}: {error}", job.index);
-    }
-    let stage_ms = started.elapsed().as_millis() - build_ms;
-    SnapshotImage { snapshot, build_ms, stage_ms }
+    let snapshot = writer(job)?;
+    Ok(BuiltSnapshot { snapshot, build_ms: started.elapsed().as_millis() })
 }

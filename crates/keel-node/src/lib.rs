@@ -27,9 +27,9 @@ pub use error::{NodeError, Outcome, StartError};
 #[cfg(feature = "fault-injection")]
 pub use executor::DriverFaults;
 pub use executor::{Consistency, Executor};
-pub use io::{build_image, run_storage_job, Io, JobResult, Observation, ProposeResult, SnapshotBuild, SnapshotImage, SnapshotJob, StorageDone, StorageJob};
+pub use io::{build_image, run_storage_job, BuiltSnapshot, Io, JobResult, Observation, ProposeResult, SnapshotBuild, SnapshotJob, StorageDone, StorageJob};
 pub use node::{ChangeError, Members, NodeStatus, RaftHandle, RaftNode, ReadFn};
-pub use storage::{SnapshotStager, Storage, StorageError};
+pub use storage::{SnapshotWriter, Storage, StorageError, StoredImage};
 pub use storage_file::{FileStorage, FileStorageConfig, Recovery, TornTail};
 pub use storage_memory::{DurablePoint, MemoryStorage};
 pub use transport::{Transport, PROTOCOL_VERSION};

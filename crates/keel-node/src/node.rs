@@ -9,8 +9,8 @@
 use crate::config::NodeConfig;
 use crate::error::{NodeError, StartError};
 use crate::executor::{Consistency, Executor};
-use crate::io::{build_image, Io, JobResult, ProposeResult, SnapshotBuild, SnapshotImage, SnapshotJob, StorageJob};
-use crate::storage::{SnapshotStager, Storage};
+use crate::io::{build_image, BuiltSnapshot, Io, JobResult, ProposeResult, SnapshotBuild, SnapshotJob, StorageJob};
+use crate::storage::{SnapshotWriter, Storage, StorageError};
 use crate::storage_runner::{DoneReceiver, StorageRunner};
 use crate::transport::Transport;
 use keel_core::{LogIndex, Membership, MembershipChange, MembershipError, Message, NodeId, StateMachine, Status, Term, TransferError};
@@ -210,7 +210,8 @@ impl<SM: StateMachine> RaftNode<SM> {
     {
         config.validate().map_err(StartError::Config)?;
         let restored = storage.initial_state().map_err(StartError::Storage)?;
-        let stager: Arc<SnapshotStager> = Arc::new(storage.snapshot_stager());
+        let image = storage.snapshot_image();
+        let writer: Arc<SnapshotWriter> = Arc::new(storage.snapshot_writer());
         let transport = Arc::new(transport);
         let (storage, storage_done) = if config.storage_on_thread {
             StorageRunner::with_thread(config.id, storage, transport.clone())
@@ -218,8 +219,8 @@ impl<SM: StateMachine> RaftNode<SM> {
             (StorageRunner::inline(config.id, storage), mpsc::unbounded_channel().1)
         };
         let (snapshot_images, images) = mpsc::unbounded_channel();
-        let io = NodeIo { id: config.id, transport, storage, snapshot_images, stager };
-        let executor = Executor::new(&config, restored, state_machine, io)?;
+        let io = NodeIo { id: config.id, transport, storage, snapshot_images, writer };
+        let executor = Executor::new(&config, restored, image, state_machine, io)?;
         let (inbox, inbox_receiver) = mpsc::channel(config.inbox_messages_max);
         let (requests, request_receiver) = mpsc::channel(config.requests_queued_max);
         let initial = status_of(&executor, None);
@@ -239,9 +240,9 @@ struct NodeIo<T: Transport> {
     /// Shared with the storage thread, which sends acknowledgements (contract step 5).
     transport: Arc<T>,
     storage: StorageRunner,
-    /// Where a snapshot thread hands back its image.
-    snapshot_images: mpsc::UnboundedSender<SnapshotImage>,
-    stager: Arc<SnapshotStager>,
+    /// Where a snapshot thread says it wrote its image.
+    snapshot_images: mpsc::UnboundedSender<Result<BuiltSnapshot, StorageError>>,
+    writer: Arc<SnapshotWriter>,
 }
 
 impl<SM: StateMachine, T: Transport> Io<SM> for NodeIo<T> {
@@ -279,11 +280,11 @@ impl<SM: StateMachine, T: Transport> Io<SM> for NodeIo<T> {
     fn build_snapshot(&mut self, job: SnapshotJob) -> SnapshotBuild {
         if !self.storage.has_thread() {
             // Inline storage (deterministic tests): build it here, in order.
-            return SnapshotBuild::Built(build_image(self.id, job, &self.stager));
+            return SnapshotBuild::Built(build_image(job, &self.writer));
         }
-        let (images, stager, id) = (self.snapshot_images.clone(), self.stager.clone(), self.id);
+        let (images, writer) = (self.snapshot_images.clone(), self.writer.clone());
         let build = move || {
-            let _ = images.send(build_image(id, job, &stager));
+            let _ = images.send(build_image(job, &writer));
         };
         match std::thread::Builder::new().name(format!("keel-snapshot-{}", self.id)).spawn(build) {
             Ok(_) => SnapshotBuild::Started,
@@ -309,7 +310,7 @@ struct Inputs<SM: StateMachine> {
     inbox: mpsc::Receiver<Message>,
     requests: mpsc::Receiver<Request<SM>>,
     storage_done: DoneReceiver,
-    images: mpsc::UnboundedReceiver<SnapshotImage>,
+    images: mpsc::UnboundedReceiver<Result<BuiltSnapshot, StorageError>>,
     shutdown: watch::Receiver<bool>,
 }
 

@@ -2,8 +2,14 @@
 //! "Persistent state on all servers"), its log, and its latest snapshot (§7).
 //!
 //! The driver carries out step 4 of the driver contract (`keel_core::ready`) through this
-//! trait, in this order: `install_snapshot` (if `ready.snapshot`), `append` (if
-//! `ready.entries`), `set_hard_state` (if `ready.hard_state`), then `sync`. Only after `sync`
+//! trait, in this order: `write_snapshot_chunk` (for each of `ready.received_chunks`),
+//! `install_snapshot` (if `ready.snapshot`), `append` (if `ready.entries`), `set_hard_state`
+//! (if `ready.hard_state`), then `sync`.
+//!
+//! Snapshot images are streamed, never held whole: the state machine writes its image
+//! through `snapshot_writer` (on a snapshot thread), a received one arrives chunk by chunk,
+//! and both are read back through a [`StoredImage`] — in chunks to send to a follower, or
+//! as a stream to restore a state machine from. Only after `sync`
 //! returns may it send `ready.persisted_messages`. Every error is fatal to the node: a node
 //! that goes on after a lost write may answer wrongly, so the driver stops instead.
 //!
@@ -15,9 +21,10 @@
 //! programmer errors and panic, with the same messages in every implementation: the checks
 //! live in this file.
 
-use keel_core::{Entry, HardState, LogIndex, RestoredState, Snapshot, SnapshotMeta};
+use keel_core::{Entry, HardState, LogIndex, Membership, ReceivedChunk, RestoredState, Snapshot, SnapshotMeta, SnapshotWrite, Term};
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Stable storage for one Raft node.
 ///
@@ -30,8 +37,9 @@ use std::path::PathBuf;
 /// the writes since then applied in order: never a mix that breaks the log's shape
 /// (consecutive indexes after the snapshot, commit index within the log).
 pub trait Storage {
-    /// Everything stored: the hard state, the latest snapshot (meta and data), and the log
-    /// entries after that snapshot, consecutive from `last_included_index + 1`.
+    /// Everything stored: the hard state, the latest snapshot (its image checked against
+    /// its size and CRC-32C, and readable through `snapshot_image`), and the log entries
+    /// after that snapshot, consecutive from `last_included_index + 1`.
     ///
     /// Called once at start, before the core is built. After a restart it returns at least
     /// everything made durable by the last successful `sync` (writes after it may or may not
@@ -55,18 +63,28 @@ pub trait Storage {
     /// commit index never points past the durable log.
     fn set_hard_state(&mut self, hard_state: &HardState) -> Result<(), StorageError>;
 
-    /// Stores a snapshot received from the leader (`Ready.snapshot`; §7 InstallSnapshot
-    /// receiver steps 6–7). If the log holds an entry at `meta.last_included_index` with
-    /// `meta.last_included_term`, the entries after it stay; otherwise the whole log goes.
+    /// Writes a chunk of a snapshot being received from the leader (`Ready.received_chunks`,
+    /// in order). A chunk at offset 0 starts a new image, dropping any other being received;
+    /// every other chunk continues the image being received where it ends (`check_chunk`
+    /// panics otherwise). Nothing written here is stored state until `install_snapshot`: a
+    /// crash may drop it.
+    fn write_snapshot_chunk(&mut self, chunk: &ReceivedChunk) -> Result<(), StorageError>;
+
+    /// Makes the image received whole through `write_snapshot_chunk` the stored snapshot
+    /// (`Ready.snapshot`; §7 InstallSnapshot receiver steps 6–7). If the log holds an entry
+    /// at `meta.last_included_index` with `meta.last_included_term`, the entries after it
+    /// stay; otherwise the whole log goes. Receiving an image other than `snapshot`'s, or
+    /// only part of it, is a caller mistake (`check_received` panics).
     ///
     /// The snapshot is made durable before any entry is deleted: a crash in between leaves
     /// the new snapshot with the old log, and reading it back applies the same rule again.
     /// `meta.last_included_index` must be beyond the current snapshot.
     fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError>;
 
-    /// Stores the node's own snapshot (after `RaftCore::compact`), then drops the entries it
-    /// covers (`<= meta.last_included_index`). The log must hold the entry the snapshot ends
-    /// with, with the same term; entries after it stay.
+    /// Makes the node's own snapshot (after `RaftCore::compact`), whose image
+    /// `snapshot_writer` wrote, the stored snapshot; then drops the entries it covers
+    /// (`<= meta.last_included_index`). The log must hold the entry the snapshot ends with,
+    /// with the same term; entries after it stay.
     ///
     /// The snapshot is made durable before any entry is deleted, so a crash never leaves
     /// a hole between the snapshot and the log.
@@ -76,19 +94,72 @@ pub trait Storage {
     /// driver sends no message that promises durable state until this returns `Ok`.
     fn sync(&mut self) -> Result<(), StorageError>;
 
-    /// A function that may do the slow part of a later `compact(snapshot)` (writing and
-    /// syncing a large image) on a thread of its own, so that log writes queued behind
-    /// `compact` are not held up for it: a held-up write holds up every acknowledgement,
-    /// and followers that stay silent for an election timeout lose the cluster its leader.
-    /// It must not touch anything the other methods use; `compact` must still be correct
-    /// if it was never called or failed. The default does nothing.
-    fn snapshot_stager(&self) -> SnapshotStager {
-        Box::new(|_| Ok(()))
+    /// The stored snapshot's image (`None` without a snapshot), for other threads to read
+    /// while the storage goes on writing.
+    fn snapshot_image(&self) -> Option<Arc<dyn StoredImage>>;
+
+    /// A function that writes the image of one of our own snapshots, durably, where a later
+    /// `compact` of the snapshot it returns finds it. It runs on a snapshot thread, so that
+    /// log writes are not held up for a large image (a held-up write holds up every
+    /// acknowledgement, and followers silent for an election timeout lose the cluster its
+    /// leader); it must not touch anything the other methods use.
+    fn snapshot_writer(&self) -> SnapshotWriter;
+}
+
+/// See [`Storage::snapshot_writer`].
+pub type SnapshotWriter = Box<dyn Fn(SnapshotJob) -> Result<Snapshot, StorageError> + Send + Sync>;
+
+/// An image of our own state to write (`StateMachine::snapshot_job`): the state as of
+/// `index` (of `term`), streamed by `write`, with the configuration in force there.
+pub struct SnapshotJob {
+    pub index: LogIndex,
+    pub term: Term,
+    pub membership: Membership,
+    pub write: SnapshotWrite,
+}
+
+/// A stored snapshot's image. It never changes once stored; it is deleted when a newer
+/// snapshot is stored, and reads after that fail (a handle opened before may finish).
+pub trait StoredImage: Send + Sync {
+    fn meta(&self) -> SnapshotMeta;
+
+    /// Bytes `offset .. offset + len` of the image (which must lie inside it).
+    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, StorageError>;
+
+    /// The whole image as a stream, to restore a state machine from.
+    fn reader(&self) -> Result<Box<dyn std::io::Read + Send + '_>, StorageError>;
+}
+
+/// A writer that counts and checksums what passes through it: how an image streamed to
+/// storage gets its `SnapshotMeta`.
+pub(crate) struct Checksummed<W> {
+    pub inner: W,
+    pub bytes: u64,
+    pub crc32c: u32,
+}
+
+impl<W: std::io::Write> Checksummed<W> {
+    pub fn new(inner: W) -> Checksummed<W> {
+        Checksummed { inner, bytes: 0, crc32c: 0 }
+    }
+
+    pub fn meta(&self, index: LogIndex, term: Term) -> SnapshotMeta {
+        SnapshotMeta { last_included_index: index, last_included_term: term, data_bytes: self.bytes, data_crc32c: self.crc32c }
     }
 }
 
-/// See [`Storage::snapshot_stager`].
-pub type SnapshotStager = Box<dyn Fn(&Snapshot) -> Result<(), StorageError> + Send + Sync>;
+impl<W: std::io::Write> std::io::Write for Checksummed<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.crc32c = crc32c::crc32c_append(self.crc32c, &bytes[..written]);
+        self.bytes += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
 
 /// Why storage failed. Every variant stops the node.
 #[derive(Debug)]
@@ -179,6 +250,23 @@ pub fn check_compact(meta: SnapshotMeta, term_at_index: Option<keel_core::Term>)
         meta.last_included_index,
         meta.last_included_term
     );
+}
+
+/// Panics unless `chunk` may be written next: at offset 0, or at `received`, the end of
+/// the image being received for the same snapshot.
+pub fn check_chunk(received: Option<(SnapshotMeta, u64)>, chunk: &ReceivedChunk) {
+    if chunk.offset == 0 {
+        return;
+    }
+    let meta = chunk.snapshot.meta;
+    assert_eq!(received, Some((meta, chunk.offset)), "a chunk at {} of the snapshot at {} does not continue the image being received", chunk.offset, meta.last_included_index);
+    assert!(chunk.offset + chunk.data.len() as u64 <= meta.data_bytes, "a chunk runs past the end of its image");
+}
+
+/// Panics unless the image received so far (`received`: its metadata, bytes and CRC-32C
+/// so far) is `meta`'s, whole: the core checked every byte before asking to install it.
+pub fn check_received(received: Option<(SnapshotMeta, u64, u32)>, meta: SnapshotMeta) {
+    assert_eq!(received, Some((meta, meta.data_bytes, meta.data_crc32c)), "installing the snapshot at {} before its image was received whole", meta.last_included_index);
 }
 
 /// Checks the shape of what `initial_state` returns: entries consecutive after the

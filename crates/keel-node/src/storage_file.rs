@@ -26,7 +26,11 @@
 //!   any new record is written.
 //! - `set_hard_state`: kept in memory until `sync`.
 //! - `sync`: fsyncs the last segment, then (if it changed) replaces `hard_state`.
-//! - `compact` and `install_snapshot`: write the snapshot file durably, then delete the
+//! - `write_snapshot_chunk`: appends to `<snapshot file>.incoming.tmp` (a first chunk starts
+//!   it afresh); `snapshot_writer` streams our own image into `<snapshot file>.tmp` on a
+//!   snapshot thread (see `storage_file/snapshot_file.rs`).
+//! - `compact` and `install_snapshot`: make that temp file the snapshot file, durably (sync,
+//!   rename, fsync the directory), then delete the
 //!   segments whose records are all covered by it, except the last, which the log goes on in
 //!   (oldest first, on a background thread: they are dead already, and a crash leaves them
 //!   for step 3 below; a last segment left whole dead is deleted the same way once the next
@@ -62,8 +66,10 @@ mod record;
 mod segment;
 mod snapshot_file;
 
-use crate::storage::{check_append, check_compact, check_restored, check_snapshot_advances, SnapshotStager, Storage, StorageError};
-use keel_core::{Entry, HardState, LogIndex, RestoredState, Snapshot, SnapshotMeta, Term};
+use crate::storage::{check_append, check_chunk, check_compact, check_received, check_restored, check_snapshot_advances, SnapshotWriter, Storage, StorageError, StoredImage};
+use keel_core::{Entry, HardState, LogIndex, ReceivedChunk, RestoredState, Snapshot, SnapshotMeta, Term};
+use snapshot_file::{FileImage, IncomingFile};
+use std::sync::Arc;
 use segment::{Segment, Tail};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
@@ -148,6 +154,10 @@ pub struct FileStorage {
     hard_state: HardState,
     hard_state_durable: HardState,
     snapshot: Option<Snapshot>,
+    /// The image of `snapshot`.
+    image: Option<Arc<FileImage>>,
+    /// A leader's snapshot being received.
+    incoming: Option<IncomingFile>,
     /// Consecutive; the first starts at or below `floor + 1`, the last ends at or after
     /// `floor`. Records `<= floor` inside them are dead.
     segments: Vec<Segment>,
@@ -190,7 +200,7 @@ impl FileStorage {
         atomic::remove_temp_files(&dir)?;
         atomic::remove_temp_files(&wal_dir)?;
         let hard_state = hard_state_file::load(&dir)?;
-        let snapshot = snapshot_file::load_latest(&dir)?;
+        let (snapshot, image) = snapshot_file::load_latest(&dir)?.map_or((None, None), |(snapshot, image)| (Some(snapshot), Some(Arc::new(image))));
         let mut storage = FileStorage {
             config,
             dir,
@@ -199,6 +209,8 @@ impl FileStorage {
             hard_state,
             hard_state_durable: hard_state,
             snapshot,
+            image,
+            incoming: None,
             segments: Vec::new(),
             active: None,
             active_dirty: false,
@@ -527,11 +539,12 @@ impl FileStorage {
         Ok(())
     }
 
-    /// Writes `snapshot` durably, then deletes the segments it covers (or, when
-    /// `keep_suffix` is false, the whole log), then older snapshot files.
-    fn replace_prefix(&mut self, snapshot: &Snapshot, keep_suffix: bool) -> Result<(), StorageError> {
-        snapshot_file::store(&self.dir, snapshot)?;
+    /// With `snapshot` durable in its file (`image`), deletes the segments it covers (or,
+    /// when `keep_suffix` is false, the whole log), then older snapshot files.
+    fn replace_prefix(&mut self, snapshot: &Snapshot, image: FileImage, keep_suffix: bool) -> Result<(), StorageError> {
+        assert_eq!(image.meta(), snapshot.meta, "a snapshot is stored with its own image");
         self.snapshot = Some(snapshot.clone());
+        self.image = Some(Arc::new(image));
         if !keep_suffix {
             self.remove_all_segments()?;
         }
@@ -646,12 +659,27 @@ impl Storage for FileStorage {
         })
     }
 
+    fn write_snapshot_chunk(&mut self, chunk: &ReceivedChunk) -> Result<(), StorageError> {
+        self.guarded(|storage| {
+            check_chunk(storage.incoming.as_ref().map(IncomingFile::received), chunk);
+            if chunk.offset == 0 {
+                if let Some(previous) = storage.incoming.take() {
+                    previous.discard()?;
+                }
+                storage.incoming = Some(IncomingFile::create(&storage.dir, chunk)?);
+            }
+            storage.incoming.as_mut().expect("started above or before").append(&chunk.data)
+        })
+    }
+
     fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
         self.guarded(|storage| {
             let meta = snapshot.meta;
             check_snapshot_advances(storage.floor(), meta);
+            check_received(storage.incoming.as_ref().map(IncomingFile::received_with_checksum), meta);
+            let image = storage.incoming.take().expect("checked above").finish(&storage.dir)?;
             let keep_suffix = storage.term_at(meta.last_included_index)? == Some(meta.last_included_term);
-            storage.replace_prefix(snapshot, keep_suffix)
+            storage.replace_prefix(snapshot, image, keep_suffix)
         })
     }
 
@@ -660,14 +688,20 @@ impl Storage for FileStorage {
             let meta = snapshot.meta;
             check_snapshot_advances(storage.floor(), meta);
             check_compact(meta, storage.term_at(meta.last_included_index)?);
-            storage.replace_prefix(snapshot, true)
+            let image = snapshot_file::store_own(&storage.dir, snapshot)?;
+            storage.replace_prefix(snapshot, image, true)
         })
     }
 
-    /// Writes and syncs the snapshot's temp file; `compact` then only renames it.
-    fn snapshot_stager(&self) -> SnapshotStager {
+    fn snapshot_image(&self) -> Option<Arc<dyn StoredImage>> {
+        self.image.clone().map(|image| image as Arc<dyn StoredImage>)
+    }
+
+    /// Streams the image into the snapshot's temp file and syncs it; `compact` then only
+    /// renames it.
+    fn snapshot_writer(&self) -> SnapshotWriter {
         let dir = self.dir.clone();
-        Box::new(move |snapshot| snapshot_file::stage(&dir, snapshot))
+        Box::new(move |job| snapshot_file::write_own(&dir, job))
     }
 
     fn sync(&mut self) -> Result<(), StorageError> {

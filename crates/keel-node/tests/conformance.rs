@@ -76,20 +76,24 @@ fn run_all_covers_every_case_once() {
     assert_eq!(unique, defined, "cases run by run_all against cases defined in conformance.rs");
 }
 
-/// A staged snapshot that lost to a newer one leaves no temp file behind.
+/// An image our writer wrote that lost to a newer snapshot, and one received in part,
+/// leave no temp file behind.
 #[test]
-fn stale_staged_snapshot_file_is_deleted() {
-    use keel_core::{Entry, EntryKind, LogIndex, Snapshot, Term};
-    use keel_node::Storage;
+fn images_that_lost_leave_no_temp_file() {
+    use keel_core::{Entry, EntryKind, LogIndex, ReceivedChunk, Term};
+    use keel_node::conformance::{install, snapshot};
+    use keel_node::{SnapshotJob, Storage};
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut storage = FileStorage::open(dir.path(), FileStorageConfig::default()).expect("open");
     let entries: Vec<Entry> = (1..=20).map(|index| Entry { term: Term(1), index: LogIndex(index), kind: EntryKind::Noop }).collect();
     storage.append(&entries).expect("append");
     storage.sync().expect("sync");
-    let snapshot = |index: u64, term: u64| Snapshot::new(LogIndex(index), Term(term), Default::default(), vec![7; 64]);
-    (storage.snapshot_stager())(&snapshot(10, 1)).expect("stage");
+    let job = SnapshotJob { index: LogIndex(10), term: Term(1), membership: Default::default(), write: Box::new(|out| out.write_all(&[7; 64])) };
+    (storage.snapshot_writer())(job).expect("write our image");
     let temp_files = || std::fs::read_dir(dir.path()).unwrap().filter(|item| item.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp")).count();
-    assert_eq!(temp_files(), 1, "the stager wrote the image's temp file");
-    storage.install_snapshot(&snapshot(30, 2)).expect("install_snapshot");
+    assert_eq!(temp_files(), 1, "the writer wrote the image's temp file");
+    storage.write_snapshot_chunk(&ReceivedChunk { snapshot: snapshot(25, 2), offset: 0, data: b"part".to_vec() }).expect("a first chunk");
+    assert_eq!(temp_files(), 2, "a received chunk goes to a temp file of its own");
+    install(&mut storage, 30, 2).expect("install");
     assert_eq!(temp_files(), 0);
 }

@@ -6,7 +6,7 @@
 //! preallocated layout (records written over zeros) has its own cases at the end, which take
 //! record places from the same log written growing: the records' bytes are identical.
 
-use keel_core::{Entry, EntryKind, HardState, LogIndex, NodeId, Snapshot, Term};
+use keel_core::{Entry, EntryKind, HardState, LogIndex, NodeId, Term};
 use keel_node::{FileStorage, FileStorageConfig, Storage, StorageError, TornTail};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -29,9 +29,7 @@ fn hard_state(term: u64) -> HardState {
     HardState { current_term: Term(term), voted_for: Some(NodeId(2)), commit_index: LogIndex(0) }
 }
 
-fn snapshot(index: u64, term: u64) -> Snapshot {
-    Snapshot::new(LogIndex(index), Term(term), keel_core::Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]), vec![7; 100])
-}
+use keel_node::conformance::{compact, install, snapshot};
 
 /// Where one record landed on disk.
 #[derive(Clone, Debug)]
@@ -270,7 +268,7 @@ fn damaged_snapshot_is_corruption() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_log(dir.path(), 10);
     let mut storage = FileStorage::open(dir.path(), config()).expect("open");
-    storage.compact(&snapshot(5, 1)).expect("compact");
+    compact(&mut storage, 5, 1).expect("compact");
     drop(storage);
     let path = dir.path().join(format!("snapshot-{:020}-{:020}.snap", 5, 1));
     flip_byte(&path, 60);
@@ -286,7 +284,7 @@ fn install_interrupted_before_discarding_the_log_is_finished_on_open() {
     write_log(dir.path(), 10);
     let other = tempfile::tempdir().expect("tempdir");
     let mut donor = FileStorage::open(other.path(), config()).expect("open");
-    donor.install_snapshot(&snapshot(6, 2)).expect("install");
+    install(&mut donor, 6, 2).expect("install");
     drop(donor);
     let name = format!("snapshot-{:020}-{:020}.snap", 6, 2);
     fs::copy(other.path().join(&name), dir.path().join(&name)).expect("copy");
@@ -308,7 +306,7 @@ fn compaction_interrupted_before_deleting_segments_is_finished_on_open() {
     let other = tempfile::tempdir().expect("tempdir");
     write_log(other.path(), 16);
     let mut donor = FileStorage::open(other.path(), config()).expect("open");
-    donor.compact(&snapshot(12, 1)).expect("compact");
+    compact(&mut donor, 12, 1).expect("compact");
     drop(donor);
     let name = format!("snapshot-{:020}-{:020}.snap", 12, 1);
     fs::copy(other.path().join(&name), dir.path().join(&name)).expect("copy");
@@ -396,7 +394,7 @@ fn compaction_deletes_whole_segments_only() {
     write_log(dir.path(), 30);
     let mut storage = FileStorage::open(dir.path(), config()).expect("open");
     let before = contents(&storage.segment_paths());
-    storage.compact(&snapshot(17, 1)).expect("compact");
+    compact(&mut storage, 17, 1).expect("compact");
     let after = contents(&storage.segment_paths());
     assert!(after.len() < before.len(), "segments were deleted");
     for (path, bytes) in &after {
@@ -423,7 +421,7 @@ fn compaction_of_the_whole_log_keeps_the_last_segment() {
     let mut storage = FileStorage::open(dir.path(), config()).expect("open");
     let last = storage.segment_paths().last().expect("segments").clone();
     assert!(storage.segment_paths().len() > 1, "earlier segments exist to be deleted");
-    storage.compact(&snapshot(count, 1)).expect("compact");
+    compact(&mut storage, count, 1).expect("compact");
     assert_eq!(storage.segment_paths(), vec![last.clone()], "only the last segment is left");
     storage.append(&[entry(count + 1, 1)]).expect("append");
     storage.sync().expect("sync");

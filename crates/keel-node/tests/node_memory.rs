@@ -327,6 +327,15 @@ impl Storage for TestStorage {
     fn compact(&mut self, snapshot: &keel_core::Snapshot) -> Result<(), keel_node::StorageError> {
         self.inner.compact(snapshot)
     }
+    fn write_snapshot_chunk(&mut self, chunk: &keel_core::ReceivedChunk) -> Result<(), keel_node::StorageError> {
+        self.inner.write_snapshot_chunk(chunk)
+    }
+    fn snapshot_image(&self) -> Option<std::sync::Arc<dyn keel_node::StoredImage>> {
+        self.inner.snapshot_image()
+    }
+    fn snapshot_writer(&self) -> keel_node::SnapshotWriter {
+        self.inner.snapshot_writer()
+    }
     fn sync(&mut self) -> Result<(), keel_node::StorageError> {
         self.record(DiskOp::Sync);
         if self.fail.load(std::sync::atomic::Ordering::SeqCst) {

@@ -59,18 +59,18 @@ impl StateMachine for GatedKv {
     fn applied_index(&self) -> LogIndex {
         self.inner.applied_index()
     }
-    fn snapshot(&self) -> Vec<u8> {
-        self.inner.snapshot()
+    fn write_snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        self.inner.write_snapshot(out)
     }
-    fn snapshot_job(&self) -> Box<dyn FnOnce() -> Vec<u8> + Send> {
+    fn snapshot_job(&self) -> keel_core::SnapshotWrite {
         let (job, gate) = (self.inner.snapshot_job(), self.gate.clone());
-        Box::new(move || {
+        Box::new(move |out| {
             gate.pass();
-            job()
+            job(out)
         })
     }
-    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
-        self.inner.restore(data)
+    fn restore(&mut self, image: &mut dyn std::io::Read) -> Result<(), String> {
+        self.inner.restore(image)
     }
 }
 

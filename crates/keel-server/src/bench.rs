@@ -41,6 +41,16 @@ pub struct BenchArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Write each key once instead, in order, as 16-byte keys `fill-00000000000` ..: the
+    /// run ends when all `--key-space` keys are written (or at `--duration`). Loads a store
+    /// of a known size, e.g. for a snapshot catch-up test. Writes only.
+    #[arg(long)]
+    pub fill: bool,
+}
+
+/// The `n`th key of `--fill`: 16 bytes.
+pub fn fill_key(n: u64) -> String {
+    format!("fill-{n:011}")
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -108,13 +118,17 @@ pub async fn run(endpoints: &[String], args: BenchArgs) -> Result<(), String> {
     if args.clients == 0 || args.key_space == 0 || !(0.0..=1.0).contains(&args.ratio_reads) {
         return Err("--clients and --key-space must be at least 1, --ratio-reads within 0..1".into());
     }
+    if args.fill && args.ratio_reads > 0.0 {
+        return Err("--fill writes only: leave --ratio-reads at 0".into());
+    }
     let mut discovery = Client::new(endpoints, Duration::from_secs(10));
     let (leader_id, leader_addr, _) = discovery.leader().await.map_err(|error| format!("no leader: {error}"))?;
     let leader = Leader::follow(endpoints, normalize_endpoint(&leader_addr));
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + args.duration;
-    let workers: Vec<_> = (0..args.clients).map(|n| tokio::spawn(worker(n as u64, leader.clone(), args.clone(), deadline, done.clone()))).collect();
+    let next_key = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..args.clients).map(|n| tokio::spawn(worker(n as u64, leader.clone(), args.clone(), deadline, done.clone(), next_key.clone()))).collect();
     let progress = progress_bar(&args, done.clone(), started);
     let (mut writes, mut reads) = (Tally::new(), Tally::new());
     for worker in workers {
@@ -134,6 +148,7 @@ pub async fn run(endpoints: &[String], args: BenchArgs) -> Result<(), String> {
         "duration_s": elapsed.as_secs_f64(),
         "ratio_reads": args.ratio_reads,
         "key_space": args.key_space,
+        "fill": args.fill,
         "value_size": args.value_size,
         "read_consistency": if args.stale_reads { "stale" } else { "linearizable" },
         "writes": writes.summary(elapsed),
@@ -151,19 +166,27 @@ pub async fn run(endpoints: &[String], args: BenchArgs) -> Result<(), String> {
 /// request and again after a failure: hyper's connection API rather than a pooled client,
 /// because on a small machine the load generator shares the cores with the nodes, and
 /// every microsecond it spends per request (URL parsing, pool checkout) is taken from them.
-async fn worker(n: u64, leader: Leader, args: BenchArgs, deadline: Instant, done: Arc<AtomicU64>) -> (Tally, Tally) {
+async fn worker(n: u64, leader: Leader, args: BenchArgs, deadline: Instant, done: Arc<AtomicU64>, next_key: Arc<AtomicU64>) -> (Tally, Tally) {
     let (mut writes, mut reads) = (Tally::new(), Tally::new());
     let mut dice = Dice(0x9E37_79B9_7F4A_7C15 ^ (n + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
     let value = Bytes::from(vec![b'v'; args.value_size]);
     let consistency = if args.stale_reads { "stale" } else { "linearizable" };
     let mut connection = connect(leader.address()).await.ok();
     while Instant::now() < deadline {
-        let key = dice.next() % args.key_space;
+        let key = if args.fill {
+            let n = next_key.fetch_add(1, Ordering::Relaxed);
+            if n >= args.key_space {
+                break;
+            }
+            fill_key(n)
+        } else {
+            format!("bench-{}", dice.next() % args.key_space)
+        };
         let is_read = dice.unit() < args.ratio_reads;
         let request = if is_read {
-            Request::get(format!("/v1/kv/bench-{key}?consistency={consistency}")).body(Full::new(Bytes::new()))
+            Request::get(format!("/v1/kv/{key}?consistency={consistency}")).body(Full::new(Bytes::new()))
         } else {
-            Request::put(format!("/v1/kv/bench-{key}")).body(Full::new(value.clone()))
+            Request::put(format!("/v1/kv/{key}")).body(Full::new(value.clone()))
         };
         let request = request.expect("a valid request");
         let began = Instant::now();
@@ -385,10 +408,16 @@ mod tests {
 
     /// One writing client against `leader` for `duration`.
     async fn one_writer(leader: Leader, duration: Duration) -> Tally {
-        let args = BenchArgs { clients: 1, duration, ratio_reads: 0.0, key_space: 10, value_size: 16, stale_reads: false, json: true };
-        let (writes, reads) = worker(0, leader, args, Instant::now() + duration, Arc::new(AtomicU64::new(0))).await;
+        let args = BenchArgs { clients: 1, duration, ratio_reads: 0.0, key_space: 10, value_size: 16, stale_reads: false, json: true, fill: false };
+        let (writes, reads) = worker(0, leader, args, Instant::now() + duration, Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0))).await;
         assert!(reads.latency_us.is_empty() && reads.errors.is_empty(), "a writer only writes");
         writes
+    }
+
+    #[test]
+    fn fill_keys_are_16_bytes_in_order() {
+        assert_eq!((fill_key(0), fill_key(999_999)), ("fill-00000000000".to_string(), "fill-00000999999".to_string()));
+        assert!(fill_key(1) < fill_key(10));
     }
 
     #[test]

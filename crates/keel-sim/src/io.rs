@@ -236,6 +236,15 @@ impl Storage for TimedSync<'_> {
     fn compact(&mut self, snapshot: &keel_core::Snapshot) -> Result<(), StorageError> {
         self.storage.compact(snapshot)
     }
+    fn write_snapshot_chunk(&mut self, chunk: &keel_core::ReceivedChunk) -> Result<(), StorageError> {
+        self.storage.write_snapshot_chunk(chunk)
+    }
+    fn snapshot_image(&self) -> Option<std::sync::Arc<dyn keel_node::StoredImage>> {
+        self.storage.snapshot_image()
+    }
+    fn snapshot_writer(&self) -> keel_node::SnapshotWriter {
+        self.storage.snapshot_writer()
+    }
     fn sync(&mut self) -> Result<(), StorageError> {
         let ends_at = self.busy_ms.get() + self.latency_ms;
         self.busy_ms.set(ends_at);

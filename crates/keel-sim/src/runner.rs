@@ -18,7 +18,7 @@ use crate::network::Network;
 use crate::workload::{self, Client, OpKind};
 use keel_core::{LogIndex, Message, NodeId, RaftCore, Role, StateMachine};
 use keel_kv::{CommandResult, KvStore};
-use keel_node::{Consistency, DurablePoint, Executor, MemoryStorage, NodeConfig, SnapshotStager, Storage};
+use keel_node::{Consistency, DurablePoint, Executor, MemoryStorage, NodeConfig, Storage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cell::RefCell;
@@ -203,7 +203,6 @@ pub struct Simulation {
     next_value: u32,
     history: HistoryLog,
     shared: Rc<RefCell<Shared>>,
-    stager: SnapshotStager,
     stats: RunStats,
     trace: DefaultHasher,
     chaos: bool,
@@ -243,7 +242,6 @@ impl Simulation {
             next_value: 0,
             history: HistoryLog::default(),
             shared: Rc::default(),
-            stager: Box::new(|_| Ok(())),
             stats: RunStats::default(),
             trace: DefaultHasher::new(),
             chaos: true,
@@ -350,7 +348,8 @@ impl Simulation {
         config.election_timeout_ms = 10 * TICK_MS;
         config.append_entries_max = self.append_entries_max;
         config.inflight_messages_max = 4;
-        config.snapshot_chunk_bytes_max = 64;
+        config.snapshot_chunk_bytes_max = 32;
+        config.snapshot_window_bytes_max = 64;
         config.uncommitted_entries_max = 256;
         config.snapshot_threshold_entries = self.config.snapshot_threshold_entries;
         config.snapshot_threshold_bytes = self.snapshot_threshold_bytes;
@@ -370,8 +369,9 @@ impl Simulation {
         node.epoch += 1;
         let storage = node.disk.take().unwrap_or_default();
         let restored = storage.initial_state().map_err(|error| format!("node {} cannot restart from its storage: {error}", index + 1))?;
+        let image = storage.snapshot_image();
         let io = SimIo::new(index, storage, disk_rng, self.disk_latency_ms_max, self.shared.clone());
-        let mut executor = Executor::new(&config, restored, KvStore::new(), io).map_err(|error| format!("node {} cannot start: {error}", index + 1))?;
+        let mut executor = Executor::new(&config, restored, image, KvStore::new(), io).map_err(|error| format!("node {} cannot start: {error}", index + 1))?;
         if let Some(inject) = self.config.inject {
             inject(&mut executor);
         }
@@ -513,12 +513,12 @@ impl Simulation {
             return Ok(());
         }
         self.stats.snapshots_built += 1;
-        let stager = &self.stager;
         let Some(executor) = self.nodes[index].executor.as_mut() else { return Ok(()) };
         let job = executor.io_mut().snapshot_builds.pop_front().expect("one completion is scheduled per build");
-        let image = keel_node::build_image(node_id(index), job, stager);
+        // The snapshot thread writes the image where the storage's `compact` will find it.
+        let built = keel_node::build_image(job, &executor.io_mut().storage.snapshot_writer());
         self.input(index, |executor| {
-            executor.snapshot_built(image);
+            executor.snapshot_built(built);
             Ok(())
         })
     }

@@ -65,6 +65,12 @@ pub fn membership_bytes(membership: &Membership) -> usize {
     sets + addresses
 }
 
+/// The most bytes any encoded configuration takes (each count is one byte): a bound to
+/// check a length read from disk against before allocating for it.
+pub fn membership_bytes_max() -> usize {
+    3 + 8 * 3 * 255 + 1 + 255 * (9 + 255)
+}
+
 /// A configuration, in the encoding of the module doc (also the snapshot file's).
 pub fn encode_membership(membership: &Membership, out: &mut Vec<u8>) {
     for set in [&membership.voters, &membership.voters_outgoing, &membership.learners] {
