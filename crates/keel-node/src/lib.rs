@@ -8,16 +8,19 @@
 //! - [`Transport`] (`transport.rs`) with [`MemoryNetwork`] (channels, for tests) and the HTTP
 //!   transport (`transport_http.rs`).
 
+pub mod certificates;
 pub mod config;
 pub mod conformance;
 pub mod error;
 pub mod executor;
 pub mod io;
+pub mod listener;
 pub mod node;
 pub mod storage;
 pub mod storage_file;
 pub mod storage_memory;
 mod storage_runner;
+pub mod tls;
 pub mod transport;
 pub mod transport_http;
 pub mod transport_memory;
@@ -33,5 +36,6 @@ pub use storage::{SnapshotWriter, Storage, StorageError, StoredImage};
 pub use storage_file::{FileStorage, FileStorageConfig, Recovery, TornTail};
 pub use storage_memory::{DurablePoint, MemoryStorage};
 pub use transport::{Transport, PROTOCOL_VERSION};
+pub use tls::{ConnectionInfo, ConnectionSecurity, PeerTls};
 pub use transport_http::{raft_routes, HttpTransport, HttpTransportConfig};
 pub use transport_memory::{MemoryNetwork, MemoryTransport};

@@ -13,8 +13,9 @@ use std::collections::BTreeMap;
 
 /// Bumped on any incompatible change of the peer wire format. 2: streams of frames
 /// (`transport_http.rs`) replaced one request per batch. 3: snapshot metadata carries the
-/// image's size and CRC-32C. 4: configurations carry member addresses.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// image's size and CRC-32C. 4: configurations carry member addresses. 5: a stream's
+/// handshake names its sender (`from`), which peer TLS checks against its certificate.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 pub trait Transport: Send + Sync + 'static {
     /// Queues `message` for `message.to`. Must not block the driver: a full queue or an

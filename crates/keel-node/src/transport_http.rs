@@ -3,18 +3,22 @@
 //!
 //! # Opening a stream
 //!
-//! The sender asks `GET /raft/stream?protocol=<PROTOCOL_VERSION>&cluster=<cluster id>` with
-//! `Connection: upgrade` and `Upgrade: keel-raft`. The receiver answers:
+//! The sender asks `GET /raft/stream?protocol=<PROTOCOL_VERSION>&cluster=<cluster id>&from=<its id>`
+//! with `Connection: upgrade` and `Upgrade: keel-raft`. The receiver answers:
 //!
 //! | status | meaning |
 //! |---|---|
 //! | 101 | accepted: from now on the connection carries frames from the caller to this node |
 //! | 400 | a missing or malformed query, or another protocol version |
-//! | 403 | another cluster id: two clusters' addresses overlap (logged at warn, nothing stepped) |
+//! | 403 | another cluster id: two clusters' addresses overlap (logged at warn, nothing stepped); or, with peer TLS on, a connection without a peer certificate from the cluster CA naming node `from` (`tls.rs`) |
 //! | 426 | not an upgrade request (a plain `curl`, say) |
 //! | 503 | the node behind this route has stopped |
 //!
-//! Checking version and cluster once, at the handshake, keeps them out of every frame.
+//! Checking version, cluster and identity once, at the handshake, keeps them out of every
+//! frame; a message in the stream that claims another sender than `from` closes it.
+//!
+//! With peer TLS ([`HttpTransport::with_peer_tls`]) the sender dials `https://` with its
+//! node certificate and checks the receiver's names the node it meant to reach.
 //!
 //! # Frames
 //!
@@ -25,6 +29,8 @@
 //! framing error nothing later on it can be trusted. The stream is one-way; a reply is a
 //! message on the replier's own stream. InstallSnapshot needs nothing special: the core
 //! already cuts a snapshot into chunks of `snapshot_chunk_bytes_max` (1 MiB by default).
+//! A message whose `from` is not the stream's `from` closes the stream too: with peer TLS
+//! it would be a node speaking for another.
 //!
 //! Compared with one request per batch, a stream saves a round trip per batch (the next
 //! frame need not wait for an answer), the HTTP headers, and a task hop on each side.
@@ -51,7 +57,9 @@
 //! socket, which the server sets (keel-server's `server.rs`); nothing else would tell a
 //! receiver that only reads.
 
+use crate::tls::{certificate_names_node, ConnectionInfo, ConnectionSecurity, PeerTls};
 use crate::transport::{Transport, PROTOCOL_VERSION};
+use axum::extract::ConnectInfo;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -146,6 +154,8 @@ pub struct HttpTransport {
     /// The addresses given at construction: used for peers the configuration names none
     /// for (a joining node knows the members only from the member it joined through).
     base_addresses: BTreeMap<NodeId, String>,
+    /// Peer TLS: each peer is dialed with its own client, which checks it is that peer.
+    tls: Option<Arc<PeerTls>>,
     /// One queue, and one sender task behind it, per peer. Written only when the
     /// configuration changes; read on every send.
     peers: RwLock<BTreeMap<NodeId, PeerQueue>>,
@@ -164,23 +174,38 @@ impl HttpTransport {
     /// On a config that fails [`HttpTransportConfig::validate`] (call that first with
     /// operator input), or if the HTTP client cannot be built.
     pub fn new(id: NodeId, cluster_id: String, peers: BTreeMap<NodeId, String>, config: HttpTransportConfig) -> HttpTransport {
+        HttpTransport::build(id, cluster_id, peers, config, None)
+    }
+
+    /// As [`HttpTransport::new`], over mutual TLS (`tls.rs`): streams go to `https://`
+    /// addresses, and each peer must prove it is the node the configuration says.
+    pub fn with_peer_tls(id: NodeId, cluster_id: String, peers: BTreeMap<NodeId, String>, config: HttpTransportConfig, tls: Arc<PeerTls>) -> HttpTransport {
+        assert_eq!(tls.id(), id, "a node dials with its own certificate");
+        HttpTransport::build(id, cluster_id, peers, config, Some(tls))
+    }
+
+    fn build(id: NodeId, cluster_id: String, peers: BTreeMap<NodeId, String>, config: HttpTransportConfig, tls: Option<Arc<PeerTls>>) -> HttpTransport {
         if let Err(problem) = config.validate() {
             panic!("[NODE {id}] invalid HTTP transport config: {problem}");
         }
-        let client = build_client(&config);
-        let transport = HttpTransport { id, cluster_id, config, client, base_addresses: peers, peers: RwLock::new(BTreeMap::new()) };
+        let client = build_client(&config, None);
+        let transport = HttpTransport { id, cluster_id, config, client, base_addresses: peers, tls, peers: RwLock::new(BTreeMap::new()) };
         transport.set_peer_addresses(&BTreeMap::new());
         transport
     }
 
     fn spawn_sender(&self, peer: NodeId, address: &str) -> mpsc::Sender<Message> {
         let (queue, queue_receiver) = mpsc::channel(self.config.queue_messages_max);
+        let (scheme, client) = match &self.tls {
+            Some(tls) => ("https", build_client(&self.config, Some(tls.client_config(peer)))),
+            None => ("http", self.client.clone()),
+        };
         let sender = PeerSender {
             id: self.id,
             peer,
-            url: format!("http://{address}{STREAM_PATH}"),
+            url: format!("{scheme}://{address}{STREAM_PATH}"),
             cluster_id: self.cluster_id.clone(),
-            client: self.client.clone(),
+            client,
             io_timeout: Duration::from_millis(self.config.io_timeout_ms),
             batch_messages_max: self.config.batch_messages_max,
             batch_bytes_max: self.config.batch_bytes_max,
@@ -231,25 +256,22 @@ impl Transport for HttpTransport {
 /// stays unacknowledged for `io_timeout_ms` (TCP_USER_TIMEOUT, which also bounds keepalive
 /// probes on an idle stream): the next write then fails, the sender reconnects, and the
 /// partition shows in the log within seconds instead of after TCP's ~15 minutes of retries.
-fn build_client(config: &HttpTransportConfig) -> reqwest::Client {
+/// With `tls`, the client speaks TLS as it says (one peer's, see `PeerTls::client_config`).
+fn build_client(config: &HttpTransportConfig, tls: Option<rustls::ClientConfig>) -> reqwest::Client {
     let io_timeout = Duration::from_millis(config.io_timeout_ms);
-    reqwest::Client::builder()
-        .connect_timeout(io_timeout)
-        .tcp_nodelay(true)
-        .tcp_keepalive(Some(Duration::from_secs(10)))
-        .tcp_user_timeout(io_timeout)
-        .http1_only()
-        .no_proxy()
-        .build()
-        .expect("building the HTTP client")
+    let mut builder = reqwest::Client::builder().connect_timeout(io_timeout).tcp_nodelay(true).tcp_keepalive(Some(Duration::from_secs(10))).tcp_user_timeout(io_timeout).http1_only().no_proxy();
+    if let Some(tls) = tls {
+        builder = builder.use_preconfigured_tls(tls);
+    }
+    builder.build().expect("building the HTTP client")
 }
 
 /// Opens a stream to the peer route at `url` (see the module doc): the connection, upgraded,
 /// ready for frames. On failure, what went wrong, for a log line.
-pub async fn open_stream(client: &reqwest::Client, url: &str, cluster_id: &str) -> Result<reqwest::Upgraded, String> {
+pub async fn open_stream(client: &reqwest::Client, url: &str, cluster_id: &str, from: NodeId) -> Result<reqwest::Upgraded, String> {
     let request = client
         .get(url)
-        .query(&[("protocol", PROTOCOL_VERSION.to_string().as_str()), ("cluster", cluster_id)])
+        .query(&[("protocol", PROTOCOL_VERSION.to_string().as_str()), ("cluster", cluster_id), ("from", from.to_string().as_str())])
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, UPGRADE_PROTOCOL);
     let response = request.send().await.map_err(|error| error_chain(&error))?;
@@ -316,7 +338,7 @@ impl PeerSender {
     /// Writes `self.frame`, opening the stream first if none is open.
     async fn write_frame(&mut self) -> Result<(), String> {
         if self.stream.is_none() {
-            let opening = open_stream(&self.client, &self.url, &self.cluster_id);
+            let opening = open_stream(&self.client, &self.url, &self.cluster_id, self.id);
             let stream = tokio::time::timeout(self.io_timeout, opening).await.map_err(|_| format!("no stream within {:?}", self.io_timeout))??;
             debug!("[NODE {}] opened a stream to node {} at {}", self.id, self.peer, self.url);
             self.stream = Some(stream);
@@ -387,7 +409,7 @@ async fn describe_answer(response: reqwest::Response) -> String {
         text.truncate(cut);
     }
     match status {
-        StatusCode::FORBIDDEN => format!("refused with {status}, a different cluster id: {text}"),
+        StatusCode::FORBIDDEN => format!("refused with {status}: {text}"),
         _ => format!("answered {status}: {text}"),
     }
 }
@@ -406,14 +428,14 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// Rate-limits a warning: lets one through per `WARN_INTERVAL` and counts the rest.
 #[derive(Debug, Default)]
-struct WarnLimiter {
+pub(crate) struct WarnLimiter {
     last_warned: Option<Instant>,
     suppressed: u64,
 }
 
 impl WarnLimiter {
     /// `Some(events suppressed since the last warning)` if this one may warn.
-    fn check(&mut self, now: Instant) -> Option<u64> {
+    pub(crate) fn check(&mut self, now: Instant) -> Option<u64> {
         match self.last_warned {
             Some(last) if now.saturating_duration_since(last) < WARN_INTERVAL => {
                 self.suppressed += 1;
@@ -433,6 +455,8 @@ struct Inbound {
     cluster_id: String,
     inbox: mpsc::Sender<Message>,
     frame_bytes_max: usize,
+    /// Peer TLS is on: a stream needs a peer certificate naming its `from` (`tls.rs`).
+    peer_certificate_required: bool,
     rejections: Mutex<WarnLimiter>,
 }
 
@@ -441,6 +465,7 @@ struct Inbound {
 struct Handshake {
     protocol: u16,
     cluster: String,
+    from: u64,
 }
 
 /// How a stream ended, for the log line.
@@ -455,20 +480,24 @@ enum StreamEnd {
 
 /// `GET /raft/stream` for node `id`: checks each opening request (see the module doc) and
 /// forwards the messages of each accepted stream into `inbox` (the node's `RaftNode::inbox`).
-/// A frame over `frame_bytes_max` closes its stream before it is read.
-pub fn raft_routes(id: NodeId, cluster_id: String, inbox: mpsc::Sender<Message>, frame_bytes_max: usize) -> Router {
-    let inbound = Arc::new(Inbound { id, cluster_id, inbox, frame_bytes_max, rejections: Mutex::new(WarnLimiter::default()) });
+/// A frame over `frame_bytes_max` closes its stream before it is read. With
+/// `peer_certificate_required`, a stream is accepted only on a connection the listener
+/// marked [`ConnectionSecurity::Peer`] whose certificate names the stream's `from`.
+pub fn raft_routes(id: NodeId, cluster_id: String, inbox: mpsc::Sender<Message>, frame_bytes_max: usize, peer_certificate_required: bool) -> Router {
+    let inbound = Arc::new(Inbound { id, cluster_id, inbox, frame_bytes_max, peer_certificate_required, rejections: Mutex::new(WarnLimiter::default()) });
     Router::new().route(STREAM_PATH, get(accept_stream)).with_state(inbound)
 }
 
 async fn accept_stream(State(inbound): State<Arc<Inbound>>, handshake: Result<Query<Handshake>, QueryRejection>, mut request: Request) -> Response {
-    if let Some(refusal) = inbound.refusal(handshake, request.headers()) {
-        return refusal;
-    }
+    let connection = request.extensions().get::<ConnectInfo<ConnectionInfo>>().map(|ConnectInfo(info)| info.clone());
+    let from = match inbound.refusal(handshake, request.headers(), connection.as_ref()) {
+        Ok(from) => from,
+        Err(refusal) => return refusal,
+    };
     let upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
         let end = match upgrade.await {
-            Ok(upgraded) => inbound.receive(TokioIo::new(upgraded)).await,
+            Ok(upgraded) => inbound.receive(TokioIo::new(upgraded), from).await,
             Err(error) => StreamEnd::Broken(format!("the upgrade failed: {error}")),
         };
         match end {
@@ -481,27 +510,45 @@ async fn accept_stream(State(inbound): State<Arc<Inbound>>, handshake: Result<Qu
 }
 
 impl Inbound {
-    /// The module doc's table, in order: 426, 400, 403, 503; `None` accepts.
-    fn refusal(&self, handshake: Result<Query<Handshake>, QueryRejection>, headers: &HeaderMap) -> Option<Response> {
+    /// The module doc's table, in order: 426, 400, 403, 503. `Ok` accepts a stream from
+    /// the node it names.
+    fn refusal(&self, handshake: Result<Query<Handshake>, QueryRejection>, headers: &HeaderMap, connection: Option<&ConnectionInfo>) -> Result<NodeId, Response> {
         let upgrade = headers.get(header::UPGRADE).map(|value| value.as_bytes());
         if !upgrade.is_some_and(|token| token.eq_ignore_ascii_case(UPGRADE_PROTOCOL.as_bytes())) {
             let hint = format!("peers open a stream here with `Connection: upgrade` and `Upgrade: {UPGRADE_PROTOCOL}`");
-            return Some((StatusCode::UPGRADE_REQUIRED, [(header::UPGRADE, UPGRADE_PROTOCOL)], hint).into_response());
+            return Err((StatusCode::UPGRADE_REQUIRED, [(header::UPGRADE, UPGRADE_PROTOCOL)], hint).into_response());
         }
         let handshake = match handshake {
             Ok(Query(handshake)) => handshake,
-            Err(rejection) => return Some(self.refuse(StatusCode::BAD_REQUEST, format!("bad stream handshake: {rejection}"))),
+            Err(rejection) => return Err(self.refuse(StatusCode::BAD_REQUEST, format!("bad stream handshake: {rejection}"))),
         };
         if handshake.protocol != PROTOCOL_VERSION {
-            return Some(self.refuse(StatusCode::BAD_REQUEST, format!("peer speaks protocol {}, this node speaks {PROTOCOL_VERSION}", handshake.protocol)));
+            return Err(self.refuse(StatusCode::BAD_REQUEST, format!("peer speaks protocol {}, this node speaks {PROTOCOL_VERSION}", handshake.protocol)));
         }
         if handshake.cluster != self.cluster_id {
-            return Some(self.refuse(StatusCode::FORBIDDEN, format!("refused a stream from cluster {:?}; this node belongs to {:?}", handshake.cluster, self.cluster_id)));
+            return Err(self.refuse(StatusCode::FORBIDDEN, format!("refused a stream from cluster {:?}; this node belongs to {:?}", handshake.cluster, self.cluster_id)));
+        }
+        let from = NodeId(handshake.from);
+        if let Err(problem) = self.check_identity(from, connection) {
+            let remote = connection.map_or_else(|| "an unknown address".to_string(), |connection| connection.remote.to_string());
+            return Err(self.refuse(StatusCode::FORBIDDEN, format!("refused a stream claiming to be from node {from} at {remote}: {problem}")));
         }
         if self.inbox.is_closed() {
-            return Some((StatusCode::SERVICE_UNAVAILABLE, "node stopped").into_response());
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "node stopped").into_response());
         }
-        None
+        Ok(from)
+    }
+
+    /// With peer TLS on, the connection must carry a peer certificate naming `from`.
+    fn check_identity(&self, from: NodeId, connection: Option<&ConnectionInfo>) -> Result<(), &'static str> {
+        if !self.peer_certificate_required {
+            return Ok(());
+        }
+        match connection.map(|connection| &connection.security) {
+            Some(ConnectionSecurity::Peer { certificate }) if certificate_names_node(certificate, from) => Ok(()),
+            Some(ConnectionSecurity::Peer { .. }) => Err("its certificate names another node"),
+            _ => Err("peer streams need mutual TLS with a node certificate from the cluster CA"),
+        }
     }
 
     fn refuse(&self, status: StatusCode, problem: String) -> Response {
@@ -510,7 +557,7 @@ impl Inbound {
     }
 
     /// Reads frames until the stream ends or this node stops.
-    async fn receive(&self, stream: impl AsyncRead + Unpin) -> StreamEnd {
+    async fn receive(&self, stream: impl AsyncRead + Unpin, from: NodeId) -> StreamEnd {
         let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
         let mut frame = Vec::new();
         loop {
@@ -525,6 +572,9 @@ impl Inbound {
                 Ok(messages) => messages,
                 Err(error) => return StreamEnd::Invalid(format!("undecodable frame of {} bytes: {error}", frame.len())),
             };
+            if let Some(forged) = messages.iter().find(|message| message.from != from) {
+                return StreamEnd::Invalid(format!("a {} claiming to be from node {} on node {from}'s stream", forged.body.name(), forged.from));
+            }
             if !self.forward(messages) {
                 return StreamEnd::Closed;
             }

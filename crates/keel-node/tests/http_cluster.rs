@@ -1,11 +1,15 @@
 //! The HTTP transport over real loopback sockets: `RaftNode` + `FileStorage` + `KvStore`
-//! clusters talking through `HttpTransport` and `raft_routes`, and raw handshakes and frames
-//! checking what the route accepts and refuses.
+//! clusters talking through `HttpTransport` and `raft_routes` behind the production
+//! `Listener`, in plain HTTP and with peer mutual TLS, and raw handshakes and frames checking
+//! what the route accepts and refuses.
 //!
 //! No sleeps as synchronisation: every wait polls a condition, bounded by `WAIT_MAX` (with
 //! a message saying what it waited for) inside a whole-test `TEST_MAX` hang guard.
 
 use axum::Router;
+use keel_node::certificates::DevCa;
+use keel_node::listener::{Listener, ListenerTls};
+use keel_node::tls::{ConnectionInfo, PeerTls, PEER_ALPN};
 use keel_core::{LogIndex, Message, MessageBody, NodeId, Role, Term};
 use keel_kv::{Command, CommandResult, KvStore};
 use keel_node::transport_http::{encode_frame, open_stream, STREAM_PATH, UPGRADE_PROTOCOL};
@@ -14,6 +18,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -56,9 +61,10 @@ struct Server {
 }
 
 impl Server {
-    fn spawn(listener: TcpListener, router: Router) -> Server {
+    fn spawn(listener: TcpListener, router: Router, tls: ListenerTls) -> Server {
         let (stop, stopped) = oneshot::channel::<()>();
-        let serving = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let listener = Listener::new(listener, tls, |_| {}).expect("listener");
+        let serving = axum::serve(listener, router.into_make_service_with_connect_info::<ConnectionInfo>()).with_graceful_shutdown(async move {
             let _ = stopped.await;
         });
         let task = tokio::spawn(async move { serving.await.expect("serving") });
@@ -88,17 +94,28 @@ struct Cluster {
     dirs: BTreeMap<NodeId, TempDir>,
     nodes: BTreeMap<NodeId, Running>,
     snapshot_threshold_entries: u64,
+    /// Peer TLS: each node's certificate, from one CA.
+    tls: Option<BTreeMap<NodeId, Arc<PeerTls>>>,
 }
 
 impl Cluster {
     async fn start(size: u64, snapshot_threshold_entries: u64) -> Cluster {
+        Cluster::start_with(size, snapshot_threshold_entries, None).await
+    }
+
+    async fn start_secure(size: u64, snapshot_threshold_entries: u64, certificates: &Certificates) -> Cluster {
+        let tls = (1..=size).map(|id| (NodeId(id), Arc::new(certificates.peer_tls(NodeId(id))))).collect();
+        Cluster::start_with(size, snapshot_threshold_entries, Some(tls)).await
+    }
+
+    async fn start_with(size: u64, snapshot_threshold_entries: u64, tls: Option<BTreeMap<NodeId, Arc<PeerTls>>>) -> Cluster {
         let mut listeners = BTreeMap::new();
         for id in 1..=size {
             listeners.insert(NodeId(id), TcpListener::bind("127.0.0.1:0").await.expect("bind"));
         }
         let addresses = listeners.iter().map(|(id, listener)| (*id, listener.local_addr().expect("address"))).collect();
         let dirs = listeners.keys().map(|id| (*id, tempfile::tempdir().expect("tempdir"))).collect();
-        let mut cluster = Cluster { addresses, dirs, nodes: BTreeMap::new(), snapshot_threshold_entries };
+        let mut cluster = Cluster { addresses, dirs, nodes: BTreeMap::new(), snapshot_threshold_entries, tls };
         for (id, listener) in listeners {
             cluster.launch(id, listener).await;
         }
@@ -118,9 +135,15 @@ impl Cluster {
     async fn launch(&mut self, id: NodeId, listener: TcpListener) {
         let storage = open_storage(self.dirs[&id].path()).await;
         let peers = self.addresses.iter().map(|(peer, address)| (*peer, address.to_string())).collect();
-        let transport = HttpTransport::new(id, CLUSTER_ID.to_string(), peers, HttpTransportConfig::default());
+        let tls = self.tls.as_ref().map(|tls| tls[&id].clone());
+        let transport = match &tls {
+            Some(tls) => HttpTransport::with_peer_tls(id, CLUSTER_ID.to_string(), peers, HttpTransportConfig::default(), tls.clone()),
+            None => HttpTransport::new(id, CLUSTER_ID.to_string(), peers, HttpTransportConfig::default()),
+        };
         let node = RaftNode::start(self.node_config(id), storage, KvStore::new(), transport).expect("start node");
-        let server = Server::spawn(listener, raft_routes(id, CLUSTER_ID.to_string(), node.inbox.clone(), FRAME_BYTES_MAX));
+        let routes = raft_routes(id, CLUSTER_ID.to_string(), node.inbox.clone(), FRAME_BYTES_MAX, tls.is_some());
+        let listener_tls = ListenerTls { peer: tls.map(|tls| tls.server_config().expect("server config")), client: None };
+        let server = Server::spawn(listener, routes, listener_tls);
         self.nodes.insert(id, Running { handle: node.handle, driver: node.task, server });
     }
 
@@ -325,7 +348,7 @@ async fn bare_route(frame_bytes_max: usize) -> (String, mpsc::Receiver<Message>,
     let (inbox, inbox_receiver) = mpsc::channel(16);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}{STREAM_PATH}", listener.local_addr().expect("address"));
-    let server = Server::spawn(listener, raft_routes(NodeId(1), CLUSTER_ID.to_string(), inbox, frame_bytes_max));
+    let server = Server::spawn(listener, raft_routes(NodeId(1), CLUSTER_ID.to_string(), inbox, frame_bytes_max, false), ListenerTls::default());
     (url, inbox_receiver, server)
 }
 
@@ -360,35 +383,43 @@ async fn the_route_refuses_other_clusters_other_protocols_and_bad_frames() {
         let (url, mut inbox, server) = bare_route(1024).await;
         let client = reqwest::Client::builder().no_proxy().build().expect("client");
         let empty = |inbox: &mut mpsc::Receiver<Message>| matches!(inbox.try_recv(), Err(mpsc::error::TryRecvError::Empty));
-        let ours = format!("protocol={PROTOCOL_VERSION}&cluster={CLUSTER_ID}");
+        let ours = format!("protocol={PROTOCOL_VERSION}&cluster={CLUSTER_ID}&from=2");
 
         // Opening requests.
         assert_eq!(handshake(&client, &url, &ours, false).await, reqwest::StatusCode::UPGRADE_REQUIRED, "a plain GET");
-        let other_cluster = format!("protocol={PROTOCOL_VERSION}&cluster=some-other-cluster");
+        let other_cluster = format!("protocol={PROTOCOL_VERSION}&cluster=some-other-cluster&from=2");
         assert_eq!(handshake(&client, &url, &other_cluster, true).await, reqwest::StatusCode::FORBIDDEN);
-        let future_protocol = format!("protocol={}&cluster={CLUSTER_ID}", PROTOCOL_VERSION + 1);
+        let future_protocol = format!("protocol={}&cluster={CLUSTER_ID}&from=2", PROTOCOL_VERSION + 1);
         assert_eq!(handshake(&client, &url, &future_protocol, true).await, reqwest::StatusCode::BAD_REQUEST);
+        let anonymous = format!("protocol={PROTOCOL_VERSION}&cluster={CLUSTER_ID}");
+        assert_eq!(handshake(&client, &url, &anonymous, true).await, reqwest::StatusCode::BAD_REQUEST, "a stream names its sender");
         assert_eq!(handshake(&client, &url, "protocol=two", true).await, reqwest::StatusCode::BAD_REQUEST);
 
         // An accepted stream delivers the messages for this node, in order.
-        let mut stream = open_stream(&client, &url, CLUSTER_ID).await.expect("open a stream");
+        let mut stream = open_stream(&client, &url, CLUSTER_ID, NodeId(2)).await.expect("open a stream");
+        let later = Message { term: Term(1001), ..vote_request(2, 1) };
         write_frame(&mut stream, &[vote_request(2, 1), vote_request(2, 3)]).await;
-        write_frame(&mut stream, &[vote_request(3, 1)]).await;
+        write_frame(&mut stream, &[later.clone()]).await;
         assert_eq!(tokio::time::timeout(WAIT_MAX, inbox.recv()).await.expect("delivery"), Some(vote_request(2, 1)));
         let second = tokio::time::timeout(WAIT_MAX, inbox.recv()).await.expect("delivery");
-        assert_eq!(second, Some(vote_request(3, 1)), "the message for node 3 was dropped, the rest kept in order");
+        assert_eq!(second, Some(later), "the message for node 3 was dropped, the rest kept in order");
+
+        // A message claiming another sender than the stream's closes it, unstepped.
+        write_frame(&mut stream, &[vote_request(3, 1)]).await;
+        wait_closed(&mut stream, "a forged sender").await;
+        let mut stream = open_stream(&client, &url, CLUSTER_ID, NodeId(2)).await.expect("open a stream");
 
         // A frame that does not decode closes its stream; nothing of it is stepped.
         stream.write_all(&[4, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]).await.expect("write");
         wait_closed(&mut stream, "an undecodable frame").await;
         // A length over the limit closes the stream before the body is read.
-        let mut stream = open_stream(&client, &url, CLUSTER_ID).await.expect("open a stream");
+        let mut stream = open_stream(&client, &url, CLUSTER_ID, NodeId(2)).await.expect("open a stream");
         stream.write_all(&1025u32.to_le_bytes()).await.expect("write");
         wait_closed(&mut stream, "an oversized frame").await;
         assert!(empty(&mut inbox), "nothing refused reached the inbox");
 
         // The node behind the route stops: its open streams close, new ones are refused.
-        let mut stream = open_stream(&client, &url, CLUSTER_ID).await.expect("open a stream");
+        let mut stream = open_stream(&client, &url, CLUSTER_ID, NodeId(2)).await.expect("open a stream");
         drop(inbox);
         wait_closed(&mut stream, "the node stopped").await;
         assert_eq!(handshake(&client, &url, &ours, true).await, reqwest::StatusCode::SERVICE_UNAVAILABLE);
@@ -426,6 +457,121 @@ async fn the_transport_delivers_many_messages_in_order_across_batches() {
         assert!(inbox.try_recv().is_err(), "nothing addressed to itself or to an unknown node went out");
 
         drop(transport);
+        server.kill().await;
+    })
+    .await;
+}
+
+/// A CA and node certificates on disk, as `keel certs init` lays them out.
+struct Certificates {
+    dir: TempDir,
+    ca: DevCa,
+}
+
+impl Certificates {
+    fn new() -> Certificates {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = DevCa::new().expect("CA");
+        std::fs::write(dir.path().join("ca.pem"), ca.certificate_pem()).expect("write");
+        Certificates { dir, ca }
+    }
+
+    /// Node `id`'s certificate and key files (issued on first use), for 127.0.0.1 too.
+    fn node_files(&self, id: NodeId) -> (std::path::PathBuf, std::path::PathBuf) {
+        let (certificate, key) = (self.dir.path().join(format!("node-{id}.pem")), self.dir.path().join(format!("node-{id}-key.pem")));
+        if !certificate.exists() {
+            let issued = self.ca.issue_node(id, &["127.0.0.1".to_string()]).expect("issue");
+            std::fs::write(&certificate, issued.certificate_pem).expect("write");
+            std::fs::write(&key, issued.key_pem).expect("write");
+        }
+        (certificate, key)
+    }
+
+    fn peer_tls(&self, id: NodeId) -> PeerTls {
+        let (certificate, key) = self.node_files(id);
+        PeerTls::load(id, &certificate, &key, &self.dir.path().join("ca.pem")).expect("peer TLS")
+    }
+
+    fn roots(&self) -> Arc<rustls::RootCertStore> {
+        keel_node::tls::load_roots(&self.dir.path().join("ca.pem")).expect("roots")
+    }
+}
+
+/// A client for the route of a secure node: trusts `roots`, presents `identity` (if any),
+/// offers the peer ALPN.
+fn tls_client(roots: Arc<rustls::RootCertStore>, identity: Option<(&Path, &Path)>) -> reqwest::Client {
+    let builder = rustls::ClientConfig::builder_with_provider(keel_node::tls::crypto_provider()).with_safe_default_protocol_versions().expect("versions").with_root_certificates(roots);
+    let mut config = match identity {
+        Some((certificate, key)) => {
+            let identity = keel_node::tls::Identity::load(certificate, key).expect("identity");
+            builder.with_client_auth_cert(identity.chain, identity.key).expect("client auth")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![PEER_ALPN.to_vec()];
+    reqwest::Client::builder().no_proxy().use_preconfigured_tls(config).build().expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_with_peer_tls_replicate_and_catch_a_restarted_follower_up() {
+    guarded(async {
+        let certificates = Certificates::new();
+        let mut cluster = Cluster::start_secure(3, 100, &certificates).await;
+        let leader = cluster.wait_for_leader().await;
+        let (last_index, mut written) = write_keys(cluster.handle(leader), "before", 100).await;
+        cluster.wait_for_applied(last_index).await;
+        let follower = *cluster.nodes.keys().find(|id| **id != leader).expect("a follower");
+        cluster.kill(follower).await;
+        let (last_index, more) = write_keys(cluster.handle(leader), "while-down", 300).await;
+        written.extend(more);
+        cluster.restart(follower).await;
+        cluster.wait_for_applied(last_index).await;
+        assert_all_equal(&cluster.contents().await, &written);
+        cluster.stop_all().await;
+    })
+    .await;
+}
+
+/// A node with peer TLS on takes a stream only from a peer certificate of its CA that names
+/// the stream's sender; every other caller is refused before a frame is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secure_route_refuses_every_caller_but_the_node_its_certificate_names() {
+    guarded(async {
+        let certificates = Certificates::new();
+        let (inbox, mut inbox_receiver) = mpsc::channel(16);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let tls = ListenerTls { peer: Some(certificates.peer_tls(NodeId(1)).server_config().expect("config")), client: None };
+        let server = Server::spawn(listener, raft_routes(NodeId(1), CLUSTER_ID.to_string(), inbox, FRAME_BYTES_MAX, true), tls);
+        let url = format!("https://{address}{STREAM_PATH}");
+        let (node2_certificate, node2_key) = certificates.node_files(NodeId(2));
+        let (node3_certificate, node3_key) = certificates.node_files(NodeId(3));
+
+        // No client certificate, or one from another CA: the TLS handshake fails.
+        let anonymous = tls_client(certificates.roots(), None);
+        assert!(open_stream(&anonymous, &url, CLUSTER_ID, NodeId(2)).await.is_err(), "no certificate");
+        let stranger = Certificates::new();
+        let (foreign_certificate, foreign_key) = stranger.node_files(NodeId(2));
+        let foreign = tls_client(certificates.roots(), Some((&foreign_certificate, &foreign_key)));
+        assert!(open_stream(&foreign, &url, CLUSTER_ID, NodeId(2)).await.is_err(), "node 2's name from another CA");
+        // Node 3's certificate claiming to be node 2: 403.
+        let node3 = tls_client(certificates.roots(), Some((&node3_certificate, &node3_key)));
+        let error = open_stream(&node3, &url, CLUSTER_ID, NodeId(2)).await.err().expect("refused");
+        assert!(error.contains("403") && error.contains("names another node"), "{error}");
+        // Plain HTTP reaches the route but is no peer: 403.
+        let plain = reqwest::Client::builder().no_proxy().build().expect("client");
+        let error = open_stream(&plain, &format!("http://{address}{STREAM_PATH}"), CLUSTER_ID, NodeId(2)).await.err().expect("refused");
+        assert!(error.contains("403") && error.contains("mutual TLS"), "{error}");
+        assert!(matches!(inbox_receiver.try_recv(), Err(mpsc::error::TryRecvError::Empty)), "nothing refused reached the inbox");
+
+        // Node 2 itself is accepted, and may speak only for itself.
+        let node2 = tls_client(certificates.roots(), Some((&node2_certificate, &node2_key)));
+        let mut stream = open_stream(&node2, &url, CLUSTER_ID, NodeId(2)).await.expect("node 2 is accepted");
+        write_frame(&mut stream, &[vote_request(2, 1)]).await;
+        assert_eq!(tokio::time::timeout(WAIT_MAX, inbox_receiver.recv()).await.expect("delivery"), Some(vote_request(2, 1)));
+        write_frame(&mut stream, &[vote_request(3, 1)]).await;
+        wait_closed(&mut stream, "node 2 speaking for node 3").await;
+        assert!(matches!(inbox_receiver.try_recv(), Err(mpsc::error::TryRecvError::Empty)), "the forged vote was not stepped");
         server.kill().await;
     })
     .await;

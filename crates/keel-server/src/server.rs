@@ -422,7 +422,7 @@ impl Server {
         node_config.members = first.cluster.members.keys().copied().collect();
         node_config.member_addresses = first.cluster.members.clone();
         let node = RaftNode::start(node_config, storage, KvStore::new(), transport).map_err(|error| error.to_string())?;
-        let raft_routes = keel_node::raft_routes(config.id, config.cluster_id.clone(), node.inbox.clone(), transport_config.frame_bytes_max);
+        let raft_routes = keel_node::raft_routes(config.id, config.cluster_id.clone(), node.inbox.clone(), transport_config.frame_bytes_max, false);
         let state = Arc::new(AppState {
             id: config.id,
             address: config.advertised_address().to_string(),
