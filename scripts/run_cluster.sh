@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A local keel cluster on 127.0.0.1: node N listens on 127.0.0.1:700N; 3 nodes by default.
 #
-#   scripts/run_cluster.sh start [--nodes N]  build if needed, start the nodes that are not running, wait for a leader
+#   scripts/run_cluster.sh start [--nodes N] [--secure]  build if needed, start the nodes that are not running, wait for a leader
 #   scripts/run_cluster.sh stop          SIGTERM every node (graceful: a leader hands over first), SIGKILL after 10 s
 #   scripts/run_cluster.sh status        which nodes run, `keel status` and `keel member list`
 #   scripts/run_cluster.sh killnode N    SIGKILL node N (a crash: no goodbye to its peers)
@@ -12,6 +12,10 @@
 #   scripts/run_cluster.sh clean         stop, then delete ./cluster-data
 #
 # `start --nodes N` founds a cluster of nodes 1..N (N from 1 to 9) on a new data directory.
+# `start --secure` (on a new data directory) makes a development CA and node certificates
+# (keel certs init), an admin and a read-only token (keel token add), and runs every node
+# with peer mutual TLS, HTTPS for clients and tokens; later commands see cluster-data/certs
+# and keep it secure. It prints how to call the cluster with keel and curl.
 # From then on the members are what the cluster's replicated configuration says (addnode,
 # removenode), and `start` restarts every node that has a data directory.
 #
@@ -19,6 +23,8 @@
 #   cluster-data/nodeN/        each node's --data-dir
 #   cluster-data/logs/nodeN.log
 #   cluster-data/pids/nodeN.pid
+#   cluster-data/certs/        (--secure) ca.pem, node-N.pem, node-N-key.pem, client.pem...
+#   cluster-data/tokens.toml   (--secure) the tokens' hashes and roles; admin.token, read.token hold the tokens
 # Environment: KEEL_BIN (use this binary instead of building target/release/keel, or
 # $CARGO_TARGET_DIR/release/keel when that is set),
 # KEEL_CLUSTER_DIR (instead of ./cluster-data), KEEL_LOG_LEVEL (passed to the nodes).
@@ -37,6 +43,18 @@ STOP_WAIT_SECONDS=10
 PROMOTE_WAIT_SECONDS=60
 
 die() { echo "run_cluster.sh: $*" >&2; exit 1; }
+
+CERTS="$DATA/certs"
+TOKENS="$DATA/tokens.toml"
+# Secure mode is on for a cluster that has certificates: `keel` and curl then speak HTTPS
+# with the admin token (the script's own calls; what it prints says how to do the same).
+SECURE=0
+secure_env() {
+    SECURE=1
+    export KEEL_CACERT="$CERTS/ca.pem" KEEL_TOKEN_FILE="$DATA/admin.token"
+}
+if [[ -f "$CERTS/ca.pem" ]]; then secure_env; fi
+scheme() { if (( SECURE )); then echo https; else echo http; fi; }
 
 # Whether process $1 still runs. An exited node whose parent (this script, gone by then)
 # has not been reaped yet is a zombie: kill -0 still finds it, so look at its state.
@@ -119,14 +137,38 @@ start_node() {
         echo "node $n already running (pid $pid)"
         return
     fi
-    local membership=()
+    local membership=() security=()
     if [[ ! -f "$DATA/node$n/cluster.json" ]]; then membership=("$@"); fi
+    if (( SECURE )); then
+        [[ -f "$CERTS/node-$n.pem" ]] || "$BIN" certs node "$CERTS" "$n" > /dev/null || die "cannot issue node $n's certificate"
+        security=(--peer-cert "$CERTS/node-$n.pem" --peer-key "$CERTS/node-$n-key.pem" --peer-ca "$CERTS/ca.pem"
+                  --client-cert "$CERTS/node-$n.pem" --client-key "$CERTS/node-$n-key.pem" --token-file "$TOKENS")
+    fi
     mkdir -p "$DATA/node$n" "$LOGS" "$PIDS"
     KEEL_LOG_LEVEL="${KEEL_LOG_LEVEL:-info}" nohup "$BIN" serve \
-        --id "$n" --listen "$(address "$n")" --data-dir "$DATA/node$n" "${membership[@]}" \
+        --id "$n" --listen "$(address "$n")" --data-dir "$DATA/node$n" "${membership[@]}" "${security[@]}" \
         >> "$LOGS/node$n.log" 2>&1 < /dev/null &
     echo $! > "$PIDS/node$n.pid"
     echo "node $n started (pid $!, $(address "$n"), log $LOGS/node$n.log)"
+}
+
+# curl, with the CA and the admin token in secure mode.
+curl_node() {
+    if (( SECURE )); then
+        curl --cacert "$CERTS/ca.pem" -H "Authorization: Bearer $(cat "$DATA/admin.token")" "$@"
+    else
+        curl "$@"
+    fi
+}
+
+# Secure mode for a new cluster: certificates for nodes 1..$1 and two tokens.
+make_secure() {
+    mkdir -p "$DATA"
+    "$BIN" certs init "$CERTS" --nodes "$1" > /dev/null || die "keel certs init failed"
+    (umask 077
+     "$BIN" token add --file "$TOKENS" --role admin --name admin 2> /dev/null > "$DATA/admin.token"
+     "$BIN" token add --file "$TOKENS" --role read --name read-only 2> /dev/null > "$DATA/read.token") || die "keel token add failed"
+    secure_env
 }
 
 # Waits until node N answers, or fails with the end of its log if it exited.
@@ -138,7 +180,7 @@ wait_node_up() {
             tail -n 5 "$LOGS/node$n.log" >&2
             return 1
         fi
-        if curl -sf -o /dev/null --max-time 1 "http://$(address "$n")/v1/status"; then
+        if curl_node -sf -o /dev/null --max-time 1 "$(scheme)://$(address "$n")/v1/status"; then
             return 0
         fi
         sleep 0.1
@@ -164,27 +206,32 @@ stop_pids() {
 }
 
 cmd_start() {
-    local count=""
+    local count="" secure=0
     while (( $# > 0 )); do
         case "$1" in
             --nodes) count="${2:-}"; shift; shift || true ;;
-            *) die "unknown option to start: $1 (start [--nodes N])" ;;
+            --secure) secure=1; shift ;;
+            *) die "unknown option to start: $1 (start [--nodes N] [--secure])" ;;
         esac
     done
+    build
     if compgen -G "$DATA/node[1-9]" > /dev/null; then
         if [[ -n "$count" && "$count" != "${#NODES[@]}" ]]; then
             echo "note: $DATA holds nodes ${NODES[*]}; --nodes only sizes a new cluster (clean first, or use addnode/removenode)" >&2
+        fi
+        if (( secure && ! SECURE )); then
+            die "$DATA holds a plain cluster; --secure founds a new one (scripts/run_cluster.sh clean first)"
         fi
     else
         count="${count:-3}"
         [[ "$count" =~ ^[1-9]$ ]] || die "--nodes must be 1 to 9, not '$count'"
         NODES=($(seq 1 "$count"))
+        if (( secure )); then make_secure "$count"; fi
     fi
     local n list=()
     for n in "${NODES[@]}"; do list+=("$n=$(address "$n")"); done
     local peers
     peers=$(IFS=,; echo "${list[*]}")
-    build
     local failed=0
     for n in "${NODES[@]}"; do start_node "$n" --peers "$peers"; done
     for n in "${NODES[@]}"; do wait_node_up "$n" || failed=1; done
@@ -192,6 +239,7 @@ cmd_start() {
     local leader all
     all=$(endpoints)
     leader=$("$BIN" leader --quiet --endpoints "$all" --timeout-ms 10000) || die "no leader elected within 10 s"
+    if (( SECURE )); then print_secure_usage "$leader" "$all"; return; fi
     cat <<EOF
 
 keel cluster is up: node $leader leads.
@@ -205,6 +253,30 @@ Try:
   keel status
   keel member list
   curl -s 127.0.0.1:7002/v1/kv/greeting; echo
+EOF
+}
+
+print_secure_usage() {
+    local https
+    https=$(echo "$2" | sed -e 's|^|https://|' -e 's|,|,https://|g')
+    cat <<EOF
+
+keel cluster is up with TLS and tokens: node $1 leads.
+  endpoints: $https
+  CA:        $CERTS/ca.pem    (node certificates name node-N.keel, 127.0.0.1 and localhost)
+  tokens:    $DATA/admin.token (role admin), $DATA/read.token (role read); hashes in $TOKENS
+  logs:      $LOGS/node*.log   (scripts/run_cluster.sh watchlogs)
+
+Try:
+  export PATH="$(dirname "$BIN"):\$PATH"
+  export KEEL_CACERT=$CERTS/ca.pem KEEL_TOKEN_FILE=$DATA/admin.token
+  keel put greeting hello && keel get greeting
+  keel status
+  keel member list
+  KEEL_TOKEN_FILE=$DATA/read.token keel put greeting bye     # refused: 403, role read
+  curl -s --cacert $CERTS/ca.pem -H "Authorization: Bearer \$(cat $DATA/admin.token)" https://127.0.0.1:7002/v1/kv/greeting; echo
+  curl -s --cacert $CERTS/ca.pem https://127.0.0.1:7002/v1/kv/greeting; echo     # 401: no token
+  curl -s http://127.0.0.1:7002/v1/kv/greeting; echo                            # 400: HTTPS only
 EOF
 }
 

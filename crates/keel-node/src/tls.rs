@@ -197,6 +197,20 @@ impl PeerTls {
         config.alpn_protocols = vec![PEER_ALPN.to_vec()];
         config
     }
+
+    /// The configuration for asking a member we know only by address (`--join`): offers
+    /// [`PEER_ALPN`] with this node's certificate, and accepts a server certificate from the
+    /// CA that is valid for the host dialed (a node's certificate lists its hosts).
+    pub fn client_config_by_host(&self) -> ClientConfig {
+        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_root_certificates(self.roots.clone())
+            .with_client_auth_cert(self.identity.chain.clone(), self.identity.key.clone_key())
+            .expect("the identity was checked at load");
+        config.alpn_protocols = vec![PEER_ALPN.to_vec()];
+        config
+    }
 }
 
 /// Verifies a server certificate as webpki does, but for the name of the node we meant to

@@ -399,7 +399,7 @@ async fn the_route_refuses_other_clusters_other_protocols_and_bad_frames() {
         let mut stream = open_stream(&client, &url, CLUSTER_ID, NodeId(2)).await.expect("open a stream");
         let later = Message { term: Term(1001), ..vote_request(2, 1) };
         write_frame(&mut stream, &[vote_request(2, 1), vote_request(2, 3)]).await;
-        write_frame(&mut stream, &[later.clone()]).await;
+        write_frame(&mut stream, std::slice::from_ref(&later)).await;
         assert_eq!(tokio::time::timeout(WAIT_MAX, inbox.recv()).await.expect("delivery"), Some(vote_request(2, 1)));
         let second = tokio::time::timeout(WAIT_MAX, inbox.recv()).await.expect("delivery");
         assert_eq!(second, Some(later), "the message for node 3 was dropped, the rest kept in order");

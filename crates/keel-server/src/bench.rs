@@ -1,11 +1,13 @@
 //! `keel bench`: a load generator to trust, in the spirit of `etcdctl check perf` and
 //! redis-benchmark. Closed-loop clients (each waits for its answer before the next request)
 //! against the leader's v1 API; latency per operation in an HDR histogram; a progress bar
-//! while it runs; a table or JSON at the end.
+//! while it runs; a table or JSON at the end. With TLS and a token (`ClientSecurity`) each
+//! client's connection is HTTPS and every request carries the token, as a real client's.
 
 use crate::client::{normalize_endpoint, Client};
+use crate::security::ClientSecurity;
 use crate::forward::LEADER_ADDR_HEADER;
-use axum::http::header::HOST;
+use axum::http::header::{AUTHORIZATION, HOST};
 use axum::http::{HeaderValue, Request, StatusCode};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -114,21 +116,36 @@ impl Dice {
     }
 }
 
-pub async fn run(endpoints: &[String], args: BenchArgs) -> Result<(), String> {
+/// How each client connects: TLS or not, and the `Authorization` header to send.
+#[derive(Clone)]
+struct Dialer {
+    tls: Option<tokio_rustls::TlsConnector>,
+    authorization: Option<HeaderValue>,
+}
+
+impl Dialer {
+    fn new(security: &ClientSecurity) -> Dialer {
+        let authorization = security.token.as_ref().and_then(|token| HeaderValue::from_str(&format!("Bearer {token}")).ok());
+        Dialer { tls: security.tls.clone().map(tokio_rustls::TlsConnector::from), authorization }
+    }
+}
+
+pub async fn run(endpoints: &[String], security: &ClientSecurity, args: BenchArgs) -> Result<(), String> {
     if args.clients == 0 || args.key_space == 0 || !(0.0..=1.0).contains(&args.ratio_reads) {
         return Err("--clients and --key-space must be at least 1, --ratio-reads within 0..1".into());
     }
     if args.fill && args.ratio_reads > 0.0 {
         return Err("--fill writes only: leave --ratio-reads at 0".into());
     }
-    let mut discovery = Client::new(endpoints, Duration::from_secs(10));
+    let mut discovery = Client::with_security(endpoints, Duration::from_secs(10), security);
     let (leader_id, leader_addr, _) = discovery.leader().await.map_err(|error| format!("no leader: {error}"))?;
-    let leader = Leader::follow(endpoints, normalize_endpoint(&leader_addr));
+    let leader = Leader::follow(endpoints, security, normalize_endpoint(&leader_addr));
+    let dialer = Dialer::new(security);
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + args.duration;
     let next_key = Arc::new(AtomicU64::new(0));
-    let workers: Vec<_> = (0..args.clients).map(|n| tokio::spawn(worker(n as u64, leader.clone(), args.clone(), deadline, done.clone(), next_key.clone()))).collect();
+    let workers: Vec<_> = (0..args.clients).map(|n| tokio::spawn(worker(n as u64, leader.clone(), dialer.clone(), args.clone(), deadline, done.clone(), next_key.clone()))).collect();
     let progress = progress_bar(&args, done.clone(), started);
     let (mut writes, mut reads) = (Tally::new(), Tally::new());
     for worker in workers {
@@ -142,6 +159,8 @@ pub async fn run(endpoints: &[String], args: BenchArgs) -> Result<(), String> {
     }
     let report = json!({
         "leader": { "id": leader_id, "address": leader_addr },
+        "tls": security.tls.is_some(),
+        "token": security.token.is_some(),
         // Where the clients were sending at the end (another node if the leader moved).
         "leader_address_at_end": leader.address(),
         "clients": args.clients,
@@ -166,12 +185,12 @@ pub async fn run(endpoints: &[String], args: BenchArgs) -> Result<(), String> {
 /// request and again after a failure: hyper's connection API rather than a pooled client,
 /// because on a small machine the load generator shares the cores with the nodes, and
 /// every microsecond it spends per request (URL parsing, pool checkout) is taken from them.
-async fn worker(n: u64, leader: Leader, args: BenchArgs, deadline: Instant, done: Arc<AtomicU64>, next_key: Arc<AtomicU64>) -> (Tally, Tally) {
+async fn worker(n: u64, leader: Leader, dialer: Dialer, args: BenchArgs, deadline: Instant, done: Arc<AtomicU64>, next_key: Arc<AtomicU64>) -> (Tally, Tally) {
     let (mut writes, mut reads) = (Tally::new(), Tally::new());
     let mut dice = Dice(0x9E37_79B9_7F4A_7C15 ^ (n + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
     let value = Bytes::from(vec![b'v'; args.value_size]);
     let consistency = if args.stale_reads { "stale" } else { "linearizable" };
-    let mut connection = connect(leader.address()).await.ok();
+    let mut connection = connect(&dialer, leader.address()).await.ok();
     while Instant::now() < deadline {
         let key = if args.fill {
             let n = next_key.fetch_add(1, Ordering::Relaxed);
@@ -188,10 +207,13 @@ async fn worker(n: u64, leader: Leader, args: BenchArgs, deadline: Instant, done
         } else {
             Request::put(format!("/v1/kv/{key}")).body(Full::new(value.clone()))
         };
-        let request = request.expect("a valid request");
+        let mut request = request.expect("a valid request");
+        if let Some(authorization) = &dialer.authorization {
+            request.headers_mut().insert(AUTHORIZATION, authorization.clone());
+        }
         let began = Instant::now();
         let mut forwarded_by_follower = None;
-        let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, send(&leader, &mut connection, request)).await {
+        let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, send(&leader, &dialer, &mut connection, request)).await {
             Ok(Ok(answer)) => {
                 forwarded_by_follower = answer.leader_addr;
                 if answer.status.is_success() || (is_read && answer.status == StatusCode::NOT_FOUND) {
@@ -214,7 +236,7 @@ async fn worker(n: u64, leader: Leader, args: BenchArgs, deadline: Instant, done
                 done.fetch_add(1, Ordering::Relaxed);
                 if let Some(address) = forwarded_by_follower {
                     // Go to the leader the follower named directly from now on.
-                    connection = connect(address).await.ok();
+                    connection = connect(&dialer, address).await.ok();
                     leader.lost();
                 }
             }
@@ -252,12 +274,12 @@ struct Leader {
 impl Leader {
     /// Starts the task that looks the leader up again when a client reports it lost; it
     /// ends with the last client.
-    fn follow(endpoints: &[String], address: String) -> Leader {
+    fn follow(endpoints: &[String], security: &ClientSecurity, address: String) -> Leader {
         let (publish, receiver) = watch::channel(address);
         let lost = Arc::new(Notify::new());
         let leader = Leader { address: receiver, lost: lost.clone() };
         // One client for every lookup: it moves on past endpoints that failed.
-        let mut discovery = Client::new(endpoints, LOOKUP_DEADLINE);
+        let mut discovery = Client::with_security(endpoints, LOOKUP_DEADLINE, security);
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -288,14 +310,33 @@ struct Connection {
     host: HeaderValue,
 }
 
-async fn connect(address: String) -> Result<Connection, &'static str> {
+async fn connect(dialer: &Dialer, address: String) -> Result<Connection, &'static str> {
     let host = HeaderValue::from_str(&address).map_err(|_| "connection")?;
-    let stream = tokio::net::TcpStream::connect(address).await.map_err(|_| "connection")?;
+    let stream = tokio::net::TcpStream::connect(&address).await.map_err(|_| "connection")?;
     stream.set_nodelay(true).map_err(|_| "connection")?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|_| "connection")?;
-    // Drives the connection; ends when `sender` is dropped or the server closes it.
-    tokio::spawn(connection);
+    let sender = match &dialer.tls {
+        Some(tls) => {
+            let name = server_name(&address).ok_or("connection")?;
+            let stream = tls.connect(name, stream).await.map_err(|_| "tls")?;
+            handshake(stream).await?
+        }
+        None => handshake(stream).await?,
+    };
     Ok(Connection { sender, host })
+}
+
+/// The HTTP/1.1 handshake; the connection's task ends when `sender` is dropped or the
+/// server closes it.
+async fn handshake(stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, &'static str> {
+    let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|_| "connection")?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// The host of `host:port` (an IP address or a DNS name), as TLS checks it.
+fn server_name(address: &str) -> Option<rustls_pki_types::ServerName<'static>> {
+    let host = address.rsplit_once(':')?.0.trim_start_matches('[').trim_end_matches(']');
+    rustls_pki_types::ServerName::try_from(host.to_string()).ok()
 }
 
 /// What came back for one request.
@@ -308,9 +349,9 @@ struct Answer {
 /// Sends `request` on the client's connection (opening one to the leader if it has none)
 /// and reads the whole answer. On a failure the connection is dropped, to be opened again
 /// next time.
-async fn send(leader: &Leader, connection: &mut Option<Connection>, mut request: Request<Full<Bytes>>) -> Result<Answer, &'static str> {
+async fn send(leader: &Leader, dialer: &Dialer, connection: &mut Option<Connection>, mut request: Request<Full<Bytes>>) -> Result<Answer, &'static str> {
     if connection.as_ref().is_none_or(|open| open.sender.is_closed()) {
-        *connection = Some(connect(leader.address()).await?);
+        *connection = Some(connect(dialer, leader.address()).await?);
     }
     let open = connection.as_mut().expect("connected above");
     request.headers_mut().insert(HOST, open.host.clone());
@@ -409,7 +450,7 @@ mod tests {
     /// One writing client against `leader` for `duration`.
     async fn one_writer(leader: Leader, duration: Duration) -> Tally {
         let args = BenchArgs { clients: 1, duration, ratio_reads: 0.0, key_space: 10, value_size: 16, stale_reads: false, json: true, fill: false };
-        let (writes, reads) = worker(0, leader, args, Instant::now() + duration, Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0))).await;
+        let (writes, reads) = worker(0, leader, Dialer::new(&ClientSecurity::default()), args, Instant::now() + duration, Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0))).await;
         assert!(reads.latency_us.is_empty() && reads.errors.is_empty(), "a writer only writes");
         writes
     }
@@ -437,7 +478,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_pauses_between_failed_connections() {
         let address = dead_address();
-        let leader = Leader::follow(std::slice::from_ref(&address), address.clone());
+        let leader = Leader::follow(std::slice::from_ref(&address), &ClientSecurity::default(), address.clone());
         let writes = one_writer(leader, Duration::from_millis(300)).await;
         let errors = writes.errors.get("connection").copied().unwrap_or_default();
         let tries_max = (300 / ERROR_PAUSE.as_millis() + 1) as u64;
@@ -459,7 +500,7 @@ mod tests {
             .route("/v1/kv/{key}", axum::routing::put(|| async { axum::Json(json!({ "index": 1 })) }));
         tokio::spawn(async move { axum::serve(listener, app).await });
 
-        let leader = Leader::follow(&[dead_address.clone(), live.clone()], dead_address);
+        let leader = Leader::follow(&[dead_address.clone(), live.clone()], &ClientSecurity::default(), dead_address);
         let writes = one_writer(leader.clone(), Duration::from_secs(2)).await;
         assert!(writes.errors.get("connection").copied().unwrap_or_default() >= 1);
         assert!(!writes.latency_us.is_empty(), "no write reached the live node: {:?}", writes.errors);
@@ -494,7 +535,7 @@ mod tests {
         )
         .await;
 
-        let leader = Leader::follow(std::slice::from_ref(&follower), follower.clone());
+        let leader = Leader::follow(std::slice::from_ref(&follower), &ClientSecurity::default(), follower.clone());
         let writes = one_writer(leader.clone(), Duration::from_millis(300)).await;
         assert!(writes.errors.is_empty(), "{:?}", writes.errors);
         assert_eq!(at_follower.load(Ordering::Relaxed), 1, "only the first request goes through the follower");

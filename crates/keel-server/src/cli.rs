@@ -4,8 +4,13 @@
 //! refused, cluster unavailable); 2 bad usage or a node that cannot start; 3 a write whose
 //! outcome is unknown (it may or may not have been applied).
 
+use crate::auth::Role;
 use crate::client::{Client, ClientError, DEFAULT_ENDPOINTS};
 use crate::config::{ServeArgs, ServerConfig};
+use crate::security::ClientSecurity;
+use keel_core::NodeId;
+use keel_node::certificates::DevCa;
+use std::path::{Path, PathBuf};
 use crate::server::Server;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
@@ -95,6 +100,55 @@ pub enum CommandLine {
         #[command(subcommand)]
         action: MemberCommand,
     },
+    /// Make a development CA and node certificates for peer and client TLS.
+    Certs {
+        #[command(subcommand)]
+        action: CertsCommand,
+    },
+    /// Make bearer tokens for `keel serve --token-file`.
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertsCommand {
+    /// Create DIR/ca.pem and ca-key.pem, node-N.pem and node-N-key.pem for N in 1..=--nodes,
+    /// and client.pem and client-key.pem (a client certificate, for --client-ca). Refuses to
+    /// overwrite an existing CA.
+    Init {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Host names or IP addresses every node certificate is also valid for (HTTPS
+        /// clients check the host they dial).
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1,localhost")]
+        hosts: Vec<String>,
+    },
+    /// Issue DIR/node-ID.pem and node-ID-key.pem from the CA in DIR (made by `init`), for a
+    /// node joining later.
+    Node {
+        dir: PathBuf,
+        id: u64,
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1,localhost")]
+        hosts: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Make a random token with ROLE, append its SHA-256 to --file (created if missing, mode
+    /// 0600) and print the token: it is shown this once. Nodes re-read the file on SIGHUP.
+    Add {
+        #[arg(long, value_name = "TOML")]
+        file: PathBuf,
+        #[arg(long, value_enum)]
+        role: Role,
+        /// A name for the token, shown in logs instead of it.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -146,6 +200,25 @@ pub struct ClientArgs {
     /// Give up after this long, retries included.
     #[arg(long, env = "KEEL_TIMEOUT_MS", default_value_t = 10_000, value_name = "MS")]
     pub timeout_ms: u64,
+    /// CA certificate to verify the nodes' HTTPS certificates with; implies https://.
+    #[arg(long, env = "KEEL_CACERT", value_name = "PEM")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate, for nodes that require one (--client-ca); implies https://.
+    #[arg(long = "cert", id = "tls_cert", env = "KEEL_CERT", value_name = "PEM", requires = "tls_key")]
+    pub cert: Option<PathBuf>,
+    /// The private key of --cert.
+    #[arg(long = "key", id = "tls_key", env = "KEEL_KEY", value_name = "PEM", requires = "tls_cert")]
+    pub key: Option<PathBuf>,
+    /// File holding the bearer token to send (else the KEEL_TOKEN variable, if set).
+    #[arg(long, env = "KEEL_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    pub fn security(&self) -> Result<ClientSecurity, ClientError> {
+        let https = crate::client::wants_https(&self.endpoints);
+        ClientSecurity::load(https, self.cacert.as_deref(), self.cert.as_deref(), self.key.as_deref(), self.token_file.as_ref()).map_err(ClientError::Setup)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -181,8 +254,9 @@ pub async fn serve(args: ServeArgs) -> u8 {
         Ok(server) => server,
         Err(problem) => return start_failure(&problem),
     };
+    let access = server.access();
     let result = tokio::select! {
-        signal = shutdown_signal() => {
+        signal = shutdown_signal(id, access) => {
             info!("[NODE {id}] received {signal}");
             // A rolling restart should cost no election: a leader hands over first.
             server.hand_over_leadership(hand_over_wait).await;
@@ -204,11 +278,21 @@ fn start_failure(problem: &str) -> u8 {
     EXIT_USAGE
 }
 
-async fn shutdown_signal() -> &'static str {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = terminate.recv() => "SIGTERM",
-        _ = tokio::signal::ctrl_c() => "SIGINT",
+/// Waits for SIGTERM or SIGINT; on the way, SIGHUP re-reads the token file.
+async fn shutdown_signal(id: NodeId, access: Option<std::sync::Arc<crate::auth::Access>>) -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut hangup = signal(SignalKind::hangup()).expect("installing the SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => return "SIGTERM",
+            _ = tokio::signal::ctrl_c() => return "SIGINT",
+            _ = hangup.recv() => match access.as_ref().map(|access| access.reload()) {
+                Some(Ok(_)) => {}
+                None => info!("[NODE {id}] SIGHUP: no token file to reload"),
+                Some(Err(problem)) => tracing::error!("[NODE {id}] SIGHUP: kept the old tokens: {problem}"),
+            },
+        }
     }
 }
 
@@ -221,8 +305,29 @@ pub async fn run_client(command: CommandLine) -> u8 {
         CommandLine::Del { client, key } => del(&client, &key).await,
         CommandLine::Cas { client, key, expected, value, .. } => cas(&client, &key, expected.as_deref(), value.as_deref()).await,
         CommandLine::Status { client } => return status(&client).await,
+        CommandLine::Certs { action } => return certs(action),
+        CommandLine::Token { action: TokenCommand::Add { file, role, name } } => {
+            return match crate::auth::add_token(&file, &name, role) {
+                Ok(token) => {
+                    println!("{token}");
+                    eprintln!("keel: added token {name:?} (role {}) to {}; this is the only time it is shown", role.name(), file.display());
+                    0
+                }
+                Err(problem) => {
+                    eprintln!("keel token add: {problem}");
+                    EXIT_FAILED
+                }
+            };
+        }
         CommandLine::Bench { client, bench } => {
-            return match crate::bench::run(&client.endpoints, bench).await {
+            let security = match client.security() {
+                Ok(security) => security,
+                Err(error) => {
+                    eprintln!("keel bench: {error}");
+                    return EXIT_USAGE;
+                }
+            };
+            return match crate::bench::run(&client.endpoints, &security, bench).await {
                 Ok(()) => 0,
                 Err(problem) => {
                     eprintln!("keel bench: {problem}");
@@ -240,37 +345,92 @@ pub async fn run_client(command: CommandLine) -> u8 {
             eprintln!("keel: {error}");
             match error {
                 ClientError::OutcomeUnknown(_) => EXIT_OUTCOME_UNKNOWN,
+                ClientError::Setup(_) => EXIT_USAGE,
                 _ => EXIT_FAILED,
             }
         }
     }
 }
 
-fn client(args: &ClientArgs) -> Client {
-    Client::new(&args.endpoints, Duration::from_millis(args.timeout_ms))
+fn client(args: &ClientArgs) -> Result<Client, ClientError> {
+    Ok(Client::with_security(&args.endpoints, Duration::from_millis(args.timeout_ms), &args.security()?))
+}
+
+/// `keel certs init|node`.
+fn certs(action: CertsCommand) -> u8 {
+    let result = match action {
+        CertsCommand::Init { dir, nodes, hosts } => certs_init(&dir, nodes, &hosts),
+        CertsCommand::Node { dir, id, hosts } => certs_node(&dir, id, &hosts),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(problem) => {
+            eprintln!("keel certs: {problem}");
+            EXIT_FAILED
+        }
+    }
+}
+
+fn certs_init(dir: &Path, nodes: u64, hosts: &[String]) -> Result<(), String> {
+    if dir.join("ca.pem").exists() || dir.join("ca-key.pem").exists() {
+        return Err(format!("{} already holds a CA; use `keel certs node` to issue more", dir.display()));
+    }
+    std::fs::create_dir_all(dir).map_err(|error| format!("cannot create {}: {error}", dir.display()))?;
+    let ca = DevCa::new()?;
+    write_pem(dir, "ca", ca.certificate_pem(), &ca.key_pem())?;
+    for id in 1..=nodes {
+        certs_node_with(&ca, dir, id, hosts)?;
+    }
+    let client = ca.issue_client("keel client")?;
+    write_pem(dir, "client", &client.certificate_pem, &client.key_pem)?;
+    println!("wrote a CA, {nodes} node certificates and a client certificate to {}", dir.display());
+    Ok(())
+}
+
+fn certs_node(dir: &Path, id: u64, hosts: &[String]) -> Result<(), String> {
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).map_err(|error| format!("cannot read {}: {error}", dir.join(name).display()));
+    let ca = DevCa::from_pem(&read("ca.pem")?, &read("ca-key.pem")?)?;
+    certs_node_with(&ca, dir, id, hosts)?;
+    println!("wrote {}", dir.join(format!("node-{id}.pem")).display());
+    Ok(())
+}
+
+fn certs_node_with(ca: &DevCa, dir: &Path, id: u64, hosts: &[String]) -> Result<(), String> {
+    if id == 0 {
+        return Err("node ids start at 1".into());
+    }
+    let issued = ca.issue_node(NodeId(id), hosts)?;
+    write_pem(dir, &format!("node-{id}"), &issued.certificate_pem, &issued.key_pem)
+}
+
+/// `DIR/NAME.pem` (readable by all) and `DIR/NAME-key.pem` (by its owner only).
+fn write_pem(dir: &Path, name: &str, certificate: &str, key: &str) -> Result<(), String> {
+    let path = dir.join(format!("{name}.pem"));
+    std::fs::write(&path, certificate).map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+    crate::auth::write_private(&dir.join(format!("{name}-key.pem")), key)
 }
 
 async fn put(args: &ClientArgs, key: &str, value: &str) -> Result<(), ClientError> {
-    client(args).put(key, value.as_bytes()).await?;
+    client(args)?.put(key, value.as_bytes()).await?;
     println!("OK");
     Ok(())
 }
 
 async fn get(args: &ClientArgs, key: &str, consistency: ReadConsistency) -> Result<(), ClientError> {
-    let value = client(args).get(key, consistency == ReadConsistency::Stale).await?.ok_or(ClientError::NotFound)?;
+    let value = client(args)?.get(key, consistency == ReadConsistency::Stale).await?.ok_or(ClientError::NotFound)?;
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(&value).and_then(|()| stdout.write_all(b"\n"));
     Ok(())
 }
 
 async fn del(args: &ClientArgs, key: &str) -> Result<(), ClientError> {
-    let existed = client(args).delete(key).await?;
+    let existed = client(args)?.delete(key).await?;
     println!("{}", u8::from(existed));
     Ok(())
 }
 
 async fn cas(args: &ClientArgs, key: &str, expected: Option<&str>, value: Option<&str>) -> Result<(), ClientError> {
-    let outcome = client(args).cas(key, expected, value).await?;
+    let outcome = client(args)?.cas(key, expected, value).await?;
     if outcome.succeeded {
         println!("OK");
         return Ok(());
@@ -283,7 +443,7 @@ async fn cas(args: &ClientArgs, key: &str, expected: Option<&str>, value: Option
 }
 
 async fn leader(args: &ClientArgs, quiet: bool) -> Result<(), ClientError> {
-    let (id, address, term) = client(args).leader().await?;
+    let (id, address, term) = client(args)?.leader().await?;
     if quiet {
         println!("{id}");
     } else {
@@ -294,7 +454,7 @@ async fn leader(args: &ClientArgs, quiet: bool) -> Result<(), ClientError> {
 
 async fn transfer(args: &ClientArgs, to: Option<u64>) -> Result<(), ClientError> {
     let body = to.map(|to| serde_json::json!({ "to": to }));
-    let answer = client(args).change(reqwest::Method::POST, "/v1/leader/transfer", body).await?;
+    let answer = client(args)?.change(reqwest::Method::POST, "/v1/leader/transfer", body).await?;
     println!("node {} leads (term {})", answer["leader_id"], answer["term"]);
     Ok(())
 }
@@ -302,7 +462,7 @@ async fn transfer(args: &ClientArgs, to: Option<u64>) -> Result<(), ClientError>
 async fn member(action: MemberCommand) -> Result<(), ClientError> {
     let (args, method, path, body) = match action {
         MemberCommand::List { client: args } => {
-            let members = client(&args).members().await?;
+            let members = client(&args)?.members().await?;
             print!("{}", members_table(&members));
             return Ok(());
         }
@@ -310,7 +470,7 @@ async fn member(action: MemberCommand) -> Result<(), ClientError> {
         MemberCommand::Promote { client, id } => (client, reqwest::Method::POST, format!("/v1/members/{id}/promote"), None),
         MemberCommand::Remove { client, id } => (client, reqwest::Method::DELETE, format!("/v1/members/{id}"), None),
     };
-    let members = client(&args).change(method, &path, body).await?;
+    let members = client(&args)?.change(method, &path, body).await?;
     print!("{}", members_table(&members));
     Ok(())
 }
@@ -337,7 +497,13 @@ fn members_table(members: &Value) -> String {
 }
 
 async fn status(args: &ClientArgs) -> u8 {
-    let client = client(args);
+    let client = match client(args) {
+        Ok(client) => client,
+        Err(error) => {
+            eprintln!("keel: {error}");
+            return EXIT_USAGE;
+        }
+    };
     let answers = probe_all(&client).await;
     let header = ["ENDPOINT", "ID", "MEMBER", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST LOG", "SNAPSHOT", "ERRORS"];
     let rows: Vec<Vec<String>> = client.endpoints().iter().zip(&answers).map(|(endpoint, answer)| status_row(endpoint, answer)).collect();

@@ -10,8 +10,12 @@
 //!   retried: the error says it may or may not have been applied.
 //!
 //! Everything stops at the overall deadline (`--timeout-ms`).
+//!
+//! With [`ClientSecurity`] it speaks HTTPS to every endpoint (and to the leaders they name)
+//! and sends its token as `Authorization: Bearer`; a 401 or 403 is final.
 
 use crate::forward::{error_chain, INDEX_HEADER};
+use crate::security::ClientSecurity;
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -32,6 +36,8 @@ pub enum ClientError {
     OutcomeUnknown(String),
     /// No endpoint gave an answer before the deadline; nothing was applied.
     Unavailable(String),
+    /// The client could not be set up (an unreadable CA, certificate or token file).
+    Setup(String),
 }
 
 impl std::fmt::Display for ClientError {
@@ -41,6 +47,7 @@ impl std::fmt::Display for ClientError {
             ClientError::Refused { status, code, message } => write!(f, "refused ({status} {code}): {message}"),
             ClientError::OutcomeUnknown(problem) => write!(f, "outcome unknown, the write may or may not have been applied: {problem}"),
             ClientError::Unavailable(problem) => write!(f, "cluster unavailable (nothing was applied): {problem}"),
+            ClientError::Setup(problem) => write!(f, "{problem}"),
         }
     }
 }
@@ -89,17 +96,25 @@ pub struct CasOutcome {
 pub struct Client {
     endpoints: Vec<String>,
     http: reqwest::Client,
+    scheme: &'static str,
+    /// `Bearer <token>`, if there is a token.
+    authorization: Option<reqwest::header::HeaderValue>,
     deadline: Duration,
     /// Tried first: the endpoint that answered last, or the leader one named.
     preferred: Option<String>,
     next_endpoint: usize,
 }
 
-/// `http://host:port/` → `host:port`.
+/// `http://host:port/` or `https://host:port/` → `host:port`.
 pub fn normalize_endpoint(endpoint: &str) -> String {
     let endpoint = endpoint.trim();
-    let endpoint = endpoint.strip_prefix("http://").unwrap_or(endpoint);
+    let endpoint = endpoint.strip_prefix("http://").or_else(|| endpoint.strip_prefix("https://")).unwrap_or(endpoint);
     endpoint.trim_end_matches('/').to_string()
+}
+
+/// Whether any endpoint asks for HTTPS.
+pub fn wants_https(endpoints: &[String]) -> bool {
+    endpoints.iter().any(|endpoint| endpoint.trim().starts_with("https://"))
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters, so any key fits in
@@ -118,10 +133,22 @@ pub fn encode_key(key: &str) -> String {
 
 impl Client {
     pub fn new(endpoints: &[String], deadline: Duration) -> Client {
+        Client::with_security(endpoints, deadline, &ClientSecurity::default())
+    }
+
+    pub fn with_security(endpoints: &[String], deadline: Duration, security: &ClientSecurity) -> Client {
         let endpoints: Vec<String> = endpoints.iter().map(|endpoint| normalize_endpoint(endpoint)).filter(|endpoint| !endpoint.is_empty()).collect();
         assert!(!endpoints.is_empty(), "at least one endpoint");
-        let http = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).no_proxy().build().expect("building the HTTP client");
-        Client { endpoints, http, deadline, preferred: None, next_endpoint: 0 }
+        let mut builder = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).no_proxy();
+        if let Some(tls) = &security.tls {
+            builder = builder.use_preconfigured_tls((**tls).clone());
+        }
+        let http = builder.build().expect("building the HTTP client");
+        let authorization = security.token.as_ref().and_then(|token| reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).ok()).map(|mut value| {
+            value.set_sensitive(true);
+            value
+        });
+        Client { endpoints, http, scheme: security.scheme(), authorization, deadline, preferred: None, next_endpoint: 0 }
     }
 
     pub fn endpoints(&self) -> &[String] {
@@ -199,7 +226,10 @@ impl Client {
     }
 
     pub fn status_of(&self, endpoint: &str) -> impl std::future::Future<Output = Result<Value, String>> + Send + 'static {
-        let request = self.http.get(format!("http://{endpoint}/v1/status")).timeout(self.deadline.min(Duration::from_secs(3)));
+        let mut request = self.http.get(format!("{}://{endpoint}/v1/status", self.scheme)).timeout(self.deadline.min(Duration::from_secs(3)));
+        if let Some(authorization) = &self.authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, authorization.clone());
+        }
         async move {
             let response = request.send().await.map_err(|error| short_error(&error))?;
             if !response.status().is_success() {
@@ -254,7 +284,10 @@ impl Client {
     }
 
     async fn attempt(&self, target: &str, method: Method, path: &str, body: Option<Vec<u8>>, is_write: bool, timeout: Duration) -> Step {
-        let mut request = self.http.request(method, format!("http://{target}{path}")).timeout(timeout);
+        let mut request = self.http.request(method, format!("{}://{target}{path}", self.scheme)).timeout(timeout);
+        if let Some(authorization) = &self.authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, authorization.clone());
+        }
         if let Some(body) = body {
             request = request.body(body);
         }
@@ -322,6 +355,9 @@ mod tests {
     #[test]
     fn endpoints_are_normalized() {
         assert_eq!(normalize_endpoint(" http://127.0.0.1:7001/ "), "127.0.0.1:7001");
+        assert_eq!(normalize_endpoint("https://127.0.0.1:7001"), "127.0.0.1:7001");
+        assert!(wants_https(&["127.0.0.1:1".into(), " https://h:2".into()]));
+        assert!(!wants_https(&["http://h:1".into()]));
         assert_eq!(normalize_endpoint("localhost:7002"), "localhost:7002");
     }
 

@@ -2,6 +2,7 @@
 //! TOML file, merged with precedence flag > environment > file > default, then validated
 //! before anything starts (a bad setting is a one-line error and exit code 2).
 
+use crate::security::SecuritySettings;
 use clap::{Args, ValueEnum};
 use keel_core::NodeId;
 use keel_node::NodeConfig;
@@ -84,6 +85,30 @@ pub struct ServeArgs {
     /// Log filter, in `tracing` env-filter syntax (e.g. `info`, `debug`, `info,keel_node=debug`) [default: info].
     #[arg(long, env = "KEEL_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// This node's certificate for peer mutual TLS: signed by --peer-ca, with the DNS name
+    /// `node-<id>.keel` (`keel certs init` makes one). Needs --peer-key and --peer-ca.
+    #[arg(long, env = "KEEL_PEER_CERT", value_name = "PEM", help_heading = "Security")]
+    pub peer_cert: Option<PathBuf>,
+    /// The private key of --peer-cert.
+    #[arg(long, env = "KEEL_PEER_KEY", value_name = "PEM", help_heading = "Security")]
+    pub peer_key: Option<PathBuf>,
+    /// The cluster CA: peers must present a certificate it signed.
+    #[arg(long, env = "KEEL_PEER_CA", value_name = "PEM", help_heading = "Security")]
+    pub peer_ca: Option<PathBuf>,
+    /// Serve the client API over HTTPS with this certificate (plain HTTP is then refused).
+    /// Needs --client-key and peer TLS.
+    #[arg(long, env = "KEEL_CLIENT_CERT", value_name = "PEM", help_heading = "Security")]
+    pub client_cert: Option<PathBuf>,
+    /// The private key of --client-cert.
+    #[arg(long, env = "KEEL_CLIENT_KEY", value_name = "PEM", help_heading = "Security")]
+    pub client_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (client-certificate auth).
+    #[arg(long, env = "KEEL_CLIENT_CA", value_name = "PEM", help_heading = "Security")]
+    pub client_ca: Option<PathBuf>,
+    /// Require bearer tokens from this file (hashed, with roles; `keel token add` makes
+    /// them). Needs client TLS unless listening on loopback. Re-read on SIGHUP.
+    #[arg(long, env = "KEEL_TOKEN_FILE", value_name = "TOML", help_heading = "Security")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// The `--config` file: the same settings as the flags.
@@ -104,6 +129,13 @@ struct FileConfig {
     value_bytes_max: Option<usize>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
+    peer_cert: Option<PathBuf>,
+    peer_key: Option<PathBuf>,
+    peer_ca: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    token_file: Option<PathBuf>,
 }
 
 /// `peers = "1=a:1,2=b:2"` or a table `[peers]` with `1 = "a:1"`.
@@ -133,6 +165,7 @@ pub struct ServerConfig {
     pub value_bytes_max: usize,
     pub log_format: LogFormat,
     pub log_level: String,
+    pub security: SecuritySettings,
 }
 
 impl ServerConfig {
@@ -154,6 +187,7 @@ impl ServerConfig {
             value_bytes_max: DEFAULT_VALUE_BYTES_MAX,
             log_format: LogFormat::Text,
             log_level: "info".to_string(),
+            security: SecuritySettings::default(),
         }
     }
 
@@ -192,6 +226,15 @@ impl ServerConfig {
         config.value_bytes_max = args.value_bytes_max.or(file.value_bytes_max).unwrap_or(config.value_bytes_max);
         config.log_format = args.log_format.or(file.log_format).unwrap_or(config.log_format);
         config.log_level = args.log_level.or(file.log_level).unwrap_or(config.log_level);
+        config.security = SecuritySettings {
+            peer_cert: args.peer_cert.or(file.peer_cert),
+            peer_key: args.peer_key.or(file.peer_key),
+            peer_ca: args.peer_ca.or(file.peer_ca),
+            client_cert: args.client_cert.or(file.client_cert),
+            client_key: args.client_key.or(file.client_key),
+            client_ca: args.client_ca.or(file.client_ca),
+            token_file: args.token_file.or(file.token_file),
+        };
         config.validate()?;
         Ok(config)
     }
@@ -219,6 +262,7 @@ impl ServerConfig {
         if self.value_bytes_max == 0 || self.value_bytes_max > VALUE_BYTES_LIMIT {
             return Err(format!("--value-bytes-max must be between 1 and {VALUE_BYTES_LIMIT}, not {}", self.value_bytes_max));
         }
+        self.security.validate(&self.listen)?;
         self.node_config().validate()
     }
 

@@ -6,6 +6,10 @@
 //! client that sends many requests can go to the leader directly and save the hop
 //! (`keel bench` does).
 //!
+//! With peer TLS on, the hop goes over the peers' mutual TLS (`security.rs`), checking the
+//! leader's certificate names the leader. The client's `Authorization` goes along, so the
+//! leader checks the token itself.
+//!
 //! The proxied request carries `X-Keel-Forwarded-By: <this node's id>`. A node receiving a
 //! forwarded request never forwards it again: if it is not the leader (any more) it answers
 //! 421 `not_leader` with its own hint, which the first node passes back. So a request
@@ -20,7 +24,9 @@ use crate::server::{AppState, Incoming};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keel_core::NodeId;
-use keel_node::Outcome;
+use keel_node::{Outcome, PeerTls};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::debug;
 
@@ -34,15 +40,34 @@ pub const LEADER_ADDR_HEADER: &str = "x-keel-leader-addr";
 const FORWARD_MARGIN: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The client followers use to reach the leader: kept-alive connections, never a proxy.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .pool_idle_timeout(Some(Duration::from_secs(30)))
-        .no_proxy()
-        .build()
-        .expect("building the forwarding HTTP client")
+/// The clients followers use to reach the leader: kept-alive connections, never a proxy;
+/// with peer TLS, one per leader, each checking it reaches that node.
+pub struct Forwarder {
+    plain: reqwest::Client,
+    tls: Option<Arc<PeerTls>>,
+    secure: Mutex<BTreeMap<NodeId, reqwest::Client>>,
+}
+
+impl Forwarder {
+    pub fn new(tls: Option<Arc<PeerTls>>) -> Forwarder {
+        Forwarder { plain: client(None), tls, secure: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// The scheme and client for a request to `leader`.
+    fn client_for(&self, leader: NodeId) -> (&'static str, reqwest::Client) {
+        let Some(tls) = &self.tls else { return ("http", self.plain.clone()) };
+        let mut secure = self.secure.lock().expect("forwarding clients lock");
+        let client = secure.entry(leader).or_insert_with(|| client(Some(tls.client_config(leader))));
+        ("https", client.clone())
+    }
+}
+
+fn client(tls: Option<rustls::ClientConfig>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true).pool_idle_timeout(Some(Duration::from_secs(30))).no_proxy();
+    if let Some(tls) = tls {
+        builder = builder.use_preconfigured_tls(tls);
+    }
+    builder.build().expect("building the forwarding HTTP client")
 }
 
 pub(crate) async fn proxy<L>(state: &AppState, leader: NodeId, incoming: &Incoming<L>, is_write: bool) -> Response {
@@ -51,14 +76,16 @@ pub(crate) async fn proxy<L>(state: &AppState, leader: NodeId, incoming: &Incomi
     };
     let path = incoming.uri.path_and_query().map(|path| path.as_str()).unwrap_or("/");
     debug!("[NODE {}] forwarding {} {path} to the leader, node {leader} at {address}", state.id, incoming.method);
-    let mut request = state
-        .forward_client
-        .request(incoming.method.clone(), format!("http://{address}{path}"))
+    let (scheme, client) = state.forwarder.client_for(leader);
+    let mut request = client
+        .request(incoming.method.clone(), format!("{scheme}://{address}{path}"))
         .timeout(state.request_timeout + FORWARD_MARGIN)
         .header(FORWARDED_HEADER, state.id.to_string())
         .body(incoming.body.clone());
-    if let Some(content_type) = incoming.headers.get(header::CONTENT_TYPE) {
-        request = request.header(header::CONTENT_TYPE, content_type.clone());
+    for name in [header::CONTENT_TYPE, header::AUTHORIZATION] {
+        if let Some(value) = incoming.headers.get(&name) {
+            request = request.header(name, value.clone());
+        }
     }
     let response = match request.send().await {
         Ok(response) => response,

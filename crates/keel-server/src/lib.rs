@@ -10,6 +10,7 @@
 //! - [`client::Client`] is the CLI's client: follows leader hints, retries only what is safe.
 
 pub mod api_error;
+pub mod auth;
 mod api_members;
 pub mod bootstrap;
 pub mod bench;
@@ -20,6 +21,7 @@ pub mod client;
 pub mod config;
 pub mod forward;
 pub mod logging;
+pub mod security;
 pub mod server;
 
 pub use config::ServerConfig;

@@ -2,6 +2,8 @@
 //!
 //! The listener serves three things: the v1 client API (`api_v1.rs`), the seed's client API
 //! (`api_seed.rs`) and the peers' streams on `/raft/stream` (`keel_node::raft_routes`).
+//! With TLS on (`security.rs`), keel-node's `Listener` tells peers from clients at the
+//! handshake; with tokens on, `auth.rs` checks every client request before its handler.
 //!
 //! # Shutdown
 //!
@@ -15,20 +17,23 @@
 //! 4. Stop the node's driver and wait for it.
 
 use crate::api_error::ApiError;
+use crate::auth::Access;
 use crate::bootstrap::{self, FirstConfiguration, JoinInfo, Start};
 use crate::config::ServerConfig;
+use crate::forward::Forwarder;
+use crate::security::NodeSecurity;
 use crate::{api_members, api_seed, api_v1};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::serve::ListenerExt;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get, post, put};
 use axum::Router;
 use keel_core::{LogIndex, NodeId, Role};
 use keel_kv::{Command, CommandResult, KvStore, KEY_BYTES_MAX};
-use keel_node::{Consistency, FileStorage, FileStorageConfig, HttpTransport, HttpTransportConfig, NodeError, RaftHandle, RaftNode};
+use keel_node::listener::Listener;
+use keel_node::{Consistency, ConnectionInfo, FileStorage, FileStorageConfig, HttpTransport, HttpTransportConfig, NodeError, RaftHandle, RaftNode};
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
@@ -84,7 +89,7 @@ pub(crate) struct AppState {
     pub handle: RaftHandle<KvStore>,
     pub request_timeout: Duration,
     pub value_bytes_max: usize,
-    pub forward_client: reqwest::Client,
+    pub forwarder: Forwarder,
     draining: AtomicBool,
     inflight: InFlight,
 }
@@ -379,7 +384,7 @@ fn accepted_keepalive() -> socket2::TcpKeepalive {
     socket2::TcpKeepalive::new().with_time(Duration::from_secs(10)).with_interval(Duration::from_secs(5)).with_retries(3)
 }
 
-fn router(state: Arc<AppState>, raft_routes: Router) -> Router {
+fn router(state: Arc<AppState>, raft_routes: Router, access: Option<Arc<Access>>) -> Router {
     let kv = Router::new()
         .route("/v1/kv/{key}", put(api_v1::put_value).get(api_v1::get_value).delete(api_v1::delete_value))
         .route("/v1/kv/{key}/cas", post(api_v1::compare_and_set))
@@ -395,7 +400,11 @@ fn router(state: Arc<AppState>, raft_routes: Router) -> Router {
         .route("/v1/cluster", get(api_v1::cluster))
         .route("/client/leader", get(api_seed::leader))
         .route("/client/status", get(api_seed::status));
-    kv.merge(info).with_state(state).merge(raft_routes).fallback(unknown_route).method_not_allowed_fallback(method_not_allowed)
+    let mut client = kv.merge(info).with_state(state);
+    if let Some(access) = access {
+        client = client.layer(axum::middleware::from_fn_with_state(access, crate::auth::check_access));
+    }
+    client.merge(raft_routes).fallback(unknown_route).method_not_allowed_fallback(method_not_allowed)
 }
 
 /// A running node and its HTTP server.
@@ -405,6 +414,7 @@ pub struct Server {
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
     supervisor: JoinHandle<Result<(), String>>,
+    access: Option<Arc<Access>>,
 }
 
 impl Server {
@@ -412,17 +422,21 @@ impl Server {
     /// so tests can bind port 0 first and then tell every node the real addresses).
     pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Server, String> {
         let local_addr = listener.local_addr().map_err(|error| format!("cannot read the listener's address: {error}"))?;
-        let first = first_configuration(&config).await?;
+        let security = NodeSecurity::load(&config)?;
+        let first = first_configuration(&config, &security).await?;
         let storage = FileStorage::open(&config.data_dir, FileStorageConfig::default()).map_err(|error| format!("cannot open data dir {}: {error}", config.data_dir.display()))?;
         let transport_config = HttpTransportConfig::default();
         // The transport falls back on these for members the configuration gives no address
         // (a joining node knows them only from the member it asked).
-        let transport = HttpTransport::new(config.id, config.cluster_id.clone(), first.known_addresses.clone(), transport_config.clone());
+        let transport = match &security.peer {
+            Some(tls) => HttpTransport::with_peer_tls(config.id, config.cluster_id.clone(), first.known_addresses.clone(), transport_config.clone(), tls.clone()),
+            None => HttpTransport::new(config.id, config.cluster_id.clone(), first.known_addresses.clone(), transport_config.clone()),
+        };
         let mut node_config = config.node_config();
         node_config.members = first.cluster.members.keys().copied().collect();
         node_config.member_addresses = first.cluster.members.clone();
         let node = RaftNode::start(node_config, storage, KvStore::new(), transport).map_err(|error| error.to_string())?;
-        let raft_routes = keel_node::raft_routes(config.id, config.cluster_id.clone(), node.inbox.clone(), transport_config.frame_bytes_max, false);
+        let raft_routes = keel_node::raft_routes(config.id, config.cluster_id.clone(), node.inbox.clone(), transport_config.frame_bytes_max, security.peer.is_some());
         let state = Arc::new(AppState {
             id: config.id,
             address: config.advertised_address().to_string(),
@@ -431,24 +445,25 @@ impl Server {
             handle: node.handle.clone(),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             value_bytes_max: config.value_bytes_max,
-            forward_client: crate::forward::client(),
+            forwarder: Forwarder::new(security.peer.clone()),
             draining: AtomicBool::new(false),
             inflight: InFlight::default(),
         });
         let (http_stop, http_stopped) = oneshot::channel::<()>();
-        let app = router(state.clone(), raft_routes);
+        let app = router(state.clone(), raft_routes, security.access.clone());
         let http_state = state.clone();
+        // Small requests and answers, one at a time per connection: Nagle's algorithm would
+        // only hold them back (axum leaves it on by default). Keepalive: a peer's stream only
+        // ever carries data towards this node, so if the peer's host vanishes (a partition,
+        // a power cut) nothing here would notice, and the stream's task and socket would wait
+        // forever; probes close it after ~25 s of silence.
+        let tap = |stream: &tokio::net::TcpStream| {
+            let _ = stream.set_nodelay(true);
+            let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&accepted_keepalive());
+        };
+        let listener = Listener::new(listener, security.listener_tls()?, tap).map_err(|error| format!("cannot serve on {local_addr}: {error}"))?;
         let http = tokio::spawn(async move {
-            // Small requests and answers, one at a time per connection: Nagle's algorithm
-            // would only hold them back (axum leaves it on by default). Keepalive: a peer's
-            // stream only ever carries data towards this node, so if the peer's host vanishes
-            // (a partition, a power cut) nothing here would notice, and the stream's task and
-            // socket would wait forever; probes close it after ~25 s of silence.
-            let listener = listener.tap_io(|stream| {
-                let _ = stream.set_nodelay(true);
-                let _ = socket2::SockRef::from(&*stream).set_tcp_keepalive(&accepted_keepalive());
-            });
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let serve = axum::serve(listener, app.into_make_service_with_connect_info::<ConnectionInfo>()).with_graceful_shutdown(async move {
                 let _ = http_stopped.await;
             });
             if let Err(error) = serve.await {
@@ -456,7 +471,7 @@ impl Server {
             }
         });
         let membership = node.handle.status().membership;
-        info!("[NODE {}] serving clients and peers on {local_addr} (cluster {:?}, configuration {membership})", config.id, config.cluster_id);
+        info!("[NODE {}] serving clients and peers on {local_addr} (cluster {:?}, configuration {membership}; {})", config.id, config.cluster_id, security.describe());
         match first.start {
             Start::Joining => info!("[NODE {}] waiting to be added to the cluster: on any member, `keel member add {} {}`", config.id, config.id, config.advertised_address()),
             Start::Bootstrapped => info!("[NODE {}] founded cluster {:?} with members {}", config.id, config.cluster_id, bootstrap::describe(&first.cluster.members)),
@@ -466,7 +481,12 @@ impl Server {
         let (stop, stop_requested) = watch::channel(false);
         let handle = node.handle.clone();
         let supervisor = tokio::spawn(supervise(state, node, http, http_stop, stop_requested));
-        Ok(Server { id: config.id, handle, local_addr, stop, supervisor })
+        Ok(Server { id: config.id, handle, local_addr, stop, supervisor, access: security.access.clone() })
+    }
+
+    /// The token check, when tokens are on (`keel serve` reloads it on SIGHUP).
+    pub fn access(&self) -> Option<Arc<Access>> {
+        self.access.clone()
     }
 
     pub fn id(&self) -> NodeId {
@@ -522,10 +542,10 @@ impl Server {
 
 /// The data directory's first configuration (bootstrap.rs), asking the `--join` member
 /// about the cluster when there is none yet.
-async fn first_configuration(config: &ServerConfig) -> Result<FirstConfiguration, String> {
+async fn first_configuration(config: &ServerConfig, security: &NodeSecurity) -> Result<FirstConfiguration, String> {
     let fresh = bootstrap::read_cluster_file(&config.data_dir)?.is_none() && bootstrap::is_empty_data_dir(&config.data_dir)?;
     let join = match &config.join {
-        Some(member) if fresh => Some(ask_to_join(member).await?),
+        Some(member) if fresh => Some(ask_to_join(member, security).await?),
         _ => None,
     };
     let peers = (!config.peers.is_empty()).then_some(&config.peers);
@@ -537,9 +557,19 @@ async fn first_configuration(config: &ServerConfig) -> Result<FirstConfiguration
 }
 
 /// `GET /v1/cluster` of the member to join: the cluster id and where its members listen.
-async fn ask_to_join(member: &str) -> Result<JoinInfo, String> {
-    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().map_err(|error| format!("cannot build an HTTP client: {error}"))?;
-    let url = format!("http://{member}/v1/cluster");
+/// With peer TLS, asked over mutual TLS: the member's certificate must be valid for the
+/// host in `--join`, and ours lets it answer without a token.
+async fn ask_to_join(member: &str, security: &NodeSecurity) -> Result<JoinInfo, String> {
+    let mut builder = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5));
+    let scheme = match &security.peer {
+        Some(tls) => {
+            builder = builder.use_preconfigured_tls(tls.client_config_by_host());
+            "https"
+        }
+        None => "http",
+    };
+    let client = builder.build().map_err(|error| format!("cannot build an HTTP client: {error}"))?;
+    let url = format!("{scheme}://{member}/v1/cluster");
     let answer = client.get(&url).send().await.map_err(|error| format!("cannot reach --join member {member}: {}", keel_node::transport_http::error_chain(&error)))?;
     if !answer.status().is_success() {
         return Err(format!("--join member {member} answered {} to GET /v1/cluster", answer.status()));

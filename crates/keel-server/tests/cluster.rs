@@ -1,5 +1,6 @@
 //! The seed's Day 13 cluster tests, against real `keel serve` processes, through both the
-//! v1 API and the seed's API; plus whole-cluster restart and bad input.
+//! v1 API and the seed's API; plus whole-cluster restart and bad input. Forwarding and
+//! failover run twice: in plain HTTP, and with peer mTLS, client TLS and tokens on.
 
 mod common;
 
@@ -17,8 +18,10 @@ use tokio::task::JoinSet;
 /// does not start elections in the middle of them.
 const STABLE: &[&str] = &["--election-timeout-ms", "1000"];
 
+/// `address` is `host:port` (plain HTTP) or a URL's `scheme://host:port`.
 async fn send(http: &reqwest::Client, address: &str, method: Method, path: &str, body: Option<Vec<u8>>) -> Reply {
-    let mut request = http.request(method, format!("http://{address}{path}"));
+    let base = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
+    let mut request = http.request(method, format!("{base}{path}"));
     if let Some(body) = body {
         request = request.body(body);
     }
@@ -184,9 +187,19 @@ async fn concurrent_reads_and_writes_never_go_backwards() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_redirect_the_seed_api_and_forward_the_v1_api() {
-    let cluster = Cluster::start(3, STABLE).await;
+    followers_redirect_and_forward(Cluster::start(3, STABLE).await).await;
+}
+
+/// The same over HTTPS with a token: forwarding goes over the peers' mutual TLS and the
+/// leader checks the token the follower passed on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_redirect_and_forward_with_tls_and_tokens() {
+    followers_redirect_and_forward(Cluster::start_secure(3, STABLE).await).await;
+}
+
+async fn followers_redirect_and_forward(cluster: Cluster) {
     let (leader, followers) = cluster.followers().await;
-    let follower = cluster.addr(followers[0]);
+    let follower = cluster.url(followers[0]);
 
     // Seed API: leader-only, 421 with the hint.
     let refused = submit(&cluster.http, &follower, "SET k v").await;
@@ -198,7 +211,7 @@ async fn followers_redirect_the_seed_api_and_forward_the_v1_api() {
     let refused_read = seed_read(&cluster.http, &follower, "k").await;
     assert_eq!((refused_read.status, refused_read.error_code()), (StatusCode::MISDIRECTED_REQUEST, "not_leader".to_string()));
     assert_eq!(refused_read.json()["leader_hint"], leader);
-    assert!(seed_read(&cluster.http, &cluster.addr(leader), "k").await.json()["value"].is_null(), "the refused write was not applied");
+    assert!(seed_read(&cluster.http, &cluster.url(leader), "k").await.json()["value"].is_null(), "the refused write was not applied");
 
     // v1 API: the follower forwards, and says where the leader is.
     let forwarded = put(&cluster.http, &follower, "k", "forwarded").await;
@@ -231,7 +244,15 @@ async fn followers_redirect_the_seed_api_and_forward_the_v1_api() {
 /// writes continue, and once the old leader is back every node holds the same log and state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_failover_with_writes_in_flight_keeps_every_acknowledged_write() {
-    let mut cluster = Cluster::start(3, &[]).await;
+    failover_with_writes_in_flight(Cluster::start(3, &[]).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_failover_with_tls_and_tokens_keeps_every_acknowledged_write() {
+    failover_with_writes_in_flight(Cluster::start_secure(3, &[]).await).await;
+}
+
+async fn failover_with_writes_in_flight(mut cluster: Cluster) {
     let old_leader = cluster.wait_for_leader().await;
     let old_term = cluster.status(old_leader).await["term"].as_u64().unwrap();
     let stop = Arc::new(AtomicBool::new(false));

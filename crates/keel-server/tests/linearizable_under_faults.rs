@@ -13,6 +13,9 @@
 //! case a read served without a quorum's confirmation gets wrong: it keeps answering clients
 //! while the others elect a leader and take writes (§8: ReadIndex must not answer there).
 //!
+//! It runs twice: in plain HTTP, and with peer mutual TLS, client TLS and tokens on (every
+//! client holds a `readwrite` token; membership changes use the admin's).
+//!
 //! The nemesis is paced by progress, not by the clock: each fault comes after the clients
 //! completed a number of operations, and a paused or cut-off node comes back once the others
 //! have elected a leader and the clients made progress. The clients' choices come from a
@@ -23,6 +26,7 @@ mod common;
 use common::fabric::is_root;
 use common::{eventually, Cluster};
 use keel_server::client::{Client, ClientError};
+use keel_server::security::ClientSecurity;
 use keel_sim::linearizability::{HistoryLog, Operation, Outcome, RegisterOp};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -91,8 +95,8 @@ fn parse(value: &[u8]) -> u32 {
 /// (`client * 1_000_000 + n`), so a read names the write it saw. `endpoints` is every node
 /// (the client follows the leader) or one (the node forwards to its leader, or answers
 /// itself if it believes it leads: the way to meet a deposed leader that does not know yet).
-async fn run_client(client_id: usize, endpoints: Vec<String>, shared: Arc<Shared>, start: Instant) {
-    let mut client = Client::new(&endpoints, CLIENT_DEADLINE);
+async fn run_client(client_id: usize, endpoints: Vec<String>, security: ClientSecurity, shared: Arc<Shared>, start: Instant) {
+    let mut client = Client::with_security(&endpoints, CLIENT_DEADLINE, &security);
     let mut rng = ChaCha8Rng::seed_from_u64(SEED + client_id as u64);
     let mut last_seen: [Option<u32>; KEYS.len()] = [None; KEYS.len()];
     for n in 0u32.. {
@@ -233,9 +237,20 @@ async fn replace_node(cluster: &mut Cluster, shared: &Shared) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn histories_stay_linearizable_through_crashes_pauses_and_partitions() {
+    histories_stay_linearizable(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_stay_linearizable_with_tls_and_tokens() {
+    histories_stay_linearizable(true).await;
+}
+
+async fn histories_stay_linearizable(secure: bool) {
     let on_fabric = is_root();
-    let mut cluster = if on_fabric { Cluster::spawn_on_fabric(3, &[]) } else { Cluster::spawn(3, &[]) };
+    let fabric = on_fabric.then(|| common::fabric::Fabric::new(3));
+    let mut cluster = Cluster::spawn_with(3, &[], fabric, secure);
     cluster.wait_for_leader().await;
+    let security = cluster.security.as_ref().map(|security| security.client(keel_server::auth::Role::Readwrite)).unwrap_or_default();
     if !on_fabric {
         eprintln!("not root: no network namespaces, so crashes and pauses only (CI runs as root)");
     }
@@ -244,7 +259,7 @@ async fn histories_stay_linearizable_through_crashes_pauses_and_partitions() {
     let start = Instant::now();
     // Even clients roam; odd ones each stay with one node.
     let endpoints_of = |client: usize| if client.is_multiple_of(2) { endpoints.clone() } else { vec![endpoints[client / 2 % endpoints.len()].clone()] };
-    let clients: Vec<_> = (0..CLIENTS).map(|id| tokio::spawn(run_client(id, endpoints_of(id), shared.clone(), start))).collect();
+    let clients: Vec<_> = (0..CLIENTS).map(|id| tokio::spawn(run_client(id, endpoints_of(id), security.clone(), shared.clone(), start))).collect();
 
     shared.wait_for_progress("progress before any fault").await;
     let mut rng = ChaCha8Rng::seed_from_u64(SEED);

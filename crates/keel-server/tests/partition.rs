@@ -26,7 +26,7 @@ const KEEPALIVE_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The leader that the nodes `ids` agree on (and that says it leads), with its term.
 async fn agreed_leader(http: &reqwest::Client, cluster: &Cluster, ids: &[u64]) -> Option<(u64, u64)> {
-    let nodes: Vec<(u64, String)> = ids.iter().map(|id| (*id, cluster.addr(*id))).collect();
+    let nodes: Vec<(u64, String)> = ids.iter().map(|id| (*id, cluster.url(*id))).collect();
     agreed_leader_at(http, &nodes).await
 }
 
@@ -81,7 +81,7 @@ async fn a_partitioned_leader_is_replaced_notices_and_rejoins() {
 
     fabric.heal(old_leader);
     eventually("the old leader to follow the new one and hold the write made without it", DEADLINE, || async {
-        let following = try_status_at(&http, &cluster.addr(old_leader)).await?["leader_id"].as_u64() == Some(new_leader);
+        let following = try_status_at(&http, &cluster.url(old_leader)).await?["leader_id"].as_u64() == Some(new_leader);
         let caught_up = stale_get(&http, &cluster, old_leader, "during").await.as_deref() == Some("2");
         (following && caught_up).then_some(())
     })

@@ -3,20 +3,9 @@
 
 mod common;
 
-use common::{eventually, free_port, BINARY, WAIT};
+use common::{assert_start_failure, eventually, free_port, serve, BINARY, WAIT};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn serve(args: &[&str]) -> std::process::Output {
-    Command::new(BINARY).arg("serve").args(args).env_remove("KEEL_LOG_FORMAT").output().unwrap()
-}
-
-fn assert_start_failure(output: &std::process::Output, expected: &str) {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "exit code 2: {stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "a one-line error: {stderr:?}");
-    assert!(stderr.contains(expected), "{stderr:?} should mention {expected:?}");
-}
 
 #[test]
 fn bad_starts_fail_with_one_line_and_exit_code_2() {

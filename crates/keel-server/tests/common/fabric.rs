@@ -3,9 +3,11 @@
 //! every node through the bridge's address, as a client would.
 //!
 //! Needs root, `ip` (iproute2) and `iptables`; `.ci/run` runs as root and installs them.
-//! Everything is named after the test process, so runs cannot collide, and deleted on drop.
+//! Everything is named after the test process and a count of fabrics made in it, so runs (and
+//! tests of one run) cannot collide, and deleted on drop.
 
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Every node listens on this port, in its own namespace.
 pub const PORT: u16 = 7001;
@@ -22,8 +24,11 @@ pub struct Fabric {
 
 impl Fabric {
     pub fn new(nodes: u64) -> Fabric {
+        static MADE: AtomicU32 = AtomicU32::new(0);
+        let made = MADE.fetch_add(1, Ordering::SeqCst);
+        assert!(made < 10, "at most 10 fabrics per test process");
         let pid = std::process::id();
-        let fabric = Fabric { tag: pid % 10_000, subnet: format!("10.213.{}", pid % 250), nodes };
+        let fabric = Fabric { tag: pid % 1_000 * 10 + made, subnet: format!("10.{}.{}", 213 + made, pid % 250), nodes };
         fabric.run(&["ip", "link", "add", &fabric.bridge(), "type", "bridge"]);
         fabric.run(&["ip", "addr", "add", &format!("{}.254/24", fabric.subnet), "dev", &fabric.bridge()]);
         fabric.run(&["ip", "link", "set", &fabric.bridge(), "up"]);

@@ -1,4 +1,7 @@
 //! A cluster of real `keel serve` processes for the integration tests, and HTTP helpers.
+//! A secure cluster (`Cluster::start_secure`) runs every node with peer mutual TLS, HTTPS for
+//! clients and tokens (a CA and certificates from keel-node's `certificates.rs`, tokens from
+//! `keel_server::auth`), and every helper here then speaks HTTPS with the admin token.
 //!
 //! Every wait polls a condition and has a deadline that only guards against hangs; no test
 //! sleeps in the hope that something happened meanwhile.
@@ -10,6 +13,8 @@ pub mod fabric;
 use keel_core::{Entry, EntryKind};
 use keel_kv::{Command, KvStore};
 use keel_node::{FileStorage, FileStorageConfig, Storage};
+use keel_server::auth::Role;
+use keel_server::security::ClientSecurity;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -52,13 +57,13 @@ where
     }
 }
 
-/// `GET /v1/status` of the node at `address`, if it answers within 2 s.
-pub async fn try_status_at(http: &reqwest::Client, address: &str) -> Option<Value> {
-    let response = http.get(format!("http://{address}/v1/status")).timeout(Duration::from_secs(2)).send().await.ok()?;
+/// `GET /v1/status` of the node at `url` (`scheme://host:port`), if it answers within 2 s.
+pub async fn try_status_at(http: &reqwest::Client, url: &str) -> Option<Value> {
+    let response = http.get(format!("{url}/v1/status")).timeout(Duration::from_secs(2)).send().await.ok()?;
     response.json().await.ok()
 }
 
-/// The leader, and its term, that every node in `nodes` (id, address) names, provided it is
+/// The leader, and its term, that every node in `nodes` (id, URL) names, provided it is
 /// one of them and says itself that it leads in that term.
 pub async fn agreed_leader_at(http: &reqwest::Client, nodes: &[(u64, String)]) -> Option<(u64, u64)> {
     let mut leaders = Vec::new();
@@ -73,6 +78,19 @@ pub async fn agreed_leader_at(http: &reqwest::Client, nodes: &[(u64, String)]) -
     }
     let leader_status = try_status_at(http, leader_address).await?;
     (leader_status["role"] == "leader" && leader_status["term"].as_u64() == Some(term)).then_some((leader, term))
+}
+
+/// `keel serve ARGS` run to its end.
+pub fn serve(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BINARY).arg("serve").args(args).env_remove("KEEL_LOG_FORMAT").output().unwrap()
+}
+
+/// A start refused as documented: exit code 2 and one line on stderr that names `expected`.
+pub fn assert_start_failure(output: &std::process::Output, expected: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "exit code 2: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "a one-line error: {stderr:?}");
+    assert!(stderr.contains(expected), "{stderr:?} should mention {expected:?}");
 }
 
 /// Ports below Linux's ephemeral range (32768+), so they do not collide with the source
@@ -99,11 +117,56 @@ pub struct Node {
     pub join_via: Option<String>,
 }
 
+/// A secure cluster's CA, certificates and tokens.
+pub struct Security {
+    pub dir: PathBuf,
+    pub ca: keel_node::certificates::DevCa,
+    pub token_file: PathBuf,
+    /// A token of each role.
+    pub tokens: BTreeMap<Role, String>,
+}
+
+impl Security {
+    fn new(dir: PathBuf) -> Security {
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = keel_node::certificates::DevCa::new().unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.certificate_pem()).unwrap();
+        let token_file = dir.join("tokens.toml");
+        let tokens = [Role::Read, Role::Readwrite, Role::Admin].into_iter().map(|role| (role, keel_server::auth::add_token(&token_file, role.name(), role).unwrap())).collect();
+        Security { dir, ca, token_file, tokens }
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Node `id`'s certificate and key, issued for `host` on first use.
+    pub fn node_files(&self, id: u64, host: &str) -> (PathBuf, PathBuf) {
+        let (certificate, key) = (self.dir.join(format!("node-{id}.pem")), self.dir.join(format!("node-{id}-key.pem")));
+        if !certificate.exists() {
+            let issued = self.ca.issue_node(keel_core::NodeId(id), &[host.to_string()]).unwrap();
+            std::fs::write(&certificate, issued.certificate_pem).unwrap();
+            std::fs::write(&key, issued.key_pem).unwrap();
+        }
+        (certificate, key)
+    }
+
+    /// How a client with a token of `role` calls the cluster.
+    pub fn client(&self, role: Role) -> ClientSecurity {
+        let ca = self.ca_path();
+        let mut security = ClientSecurity::load(true, Some(&ca), None, None, None).unwrap();
+        security.token = Some(self.tokens[&role].clone());
+        security
+    }
+}
+
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: BTreeMap<u64, Node>,
     pub extra_args: Vec<String>,
+    /// HTTP(S) for the helpers; with security, it sends the admin token.
     pub http: reqwest::Client,
+    pub security: Option<Security>,
     /// With a fabric, each node runs in a network namespace of its own (see fabric.rs);
     /// without, all on 127.0.0.1. Last, so it is dropped after the processes.
     pub fabric: Option<fabric::Fabric>,
@@ -142,22 +205,39 @@ impl Cluster {
         cluster
     }
 
+    /// Starts `size` nodes with TLS and tokens on, and waits for a leader.
+    pub async fn start_secure(size: u64, extra_args: &[&str]) -> Cluster {
+        let cluster = Cluster::spawn_with(size, extra_args, None, true);
+        cluster.wait_for_leader().await;
+        cluster
+    }
+
     /// Starts the processes without waiting for anything.
     pub fn spawn(size: u64, extra_args: &[&str]) -> Cluster {
-        Cluster::spawn_with(size, extra_args, None)
+        Cluster::spawn_with(size, extra_args, None, false)
     }
 
     /// Like `spawn`, each node in a network namespace of its own (needs root; see fabric.rs).
     pub fn spawn_on_fabric(size: u64, extra_args: &[&str]) -> Cluster {
-        Cluster::spawn_with(size, extra_args, Some(fabric::Fabric::new(size)))
+        Cluster::spawn_with(size, extra_args, Some(fabric::Fabric::new(size)), false)
     }
 
-    fn spawn_with(size: u64, extra_args: &[&str], fabric: Option<fabric::Fabric>) -> Cluster {
+    pub fn spawn_with(size: u64, extra_args: &[&str], fabric: Option<fabric::Fabric>, secure: bool) -> Cluster {
         let port = |_| if fabric.is_some() { fabric::PORT } else { free_port() };
         let nodes = (1..=size).map(|id| (id, Node { id, port: port(id), child: None, join_via: None })).collect();
-        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(15)).build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let security = secure.then(|| Security::new(dir.path().join("security")));
+        let mut http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(15));
+        if let Some(security) = &security {
+            let admin = security.client(Role::Admin);
+            http = http.use_preconfigured_tls((*admin.tls.unwrap()).clone());
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {}", admin.token.unwrap()).parse().unwrap());
+            http = http.default_headers(headers);
+        }
+        let http = http.build().unwrap();
         let extra_args = extra_args.iter().map(|arg| arg.to_string()).collect();
-        let mut cluster = Cluster { dir: tempfile::tempdir().unwrap(), nodes, extra_args, http, fabric };
+        let mut cluster = Cluster { dir, nodes, extra_args, http, security, fabric };
         for id in 1..=size {
             cluster.start_node(id);
         }
@@ -177,6 +257,24 @@ impl Cluster {
             Some(fabric) => fabric.address(id),
             None => format!("127.0.0.1:{}", self.nodes[&id].port),
         }
+    }
+
+    pub fn scheme(&self) -> &'static str {
+        if self.security.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// `scheme://host:port` of node `id`.
+    pub fn url(&self, id: u64) -> String {
+        format!("{}://{}", self.scheme(), self.addr(id))
+    }
+
+    /// How a client of this cluster calls it (the admin token, in a secure cluster).
+    pub fn client_security(&self) -> ClientSecurity {
+        self.security.as_ref().map(|security| security.client(Role::Admin)).unwrap_or_default()
     }
 
     pub fn endpoints(&self) -> String {
@@ -211,10 +309,12 @@ impl Cluster {
             Some(via) => vec!["--join".to_string(), via.clone(), "--listen".to_string(), self.addr(id)],
             None => vec!["--peers".to_string(), self.peers()],
         };
+        let security = self.security_args(id);
         let child = command
             .arg("serve")
             .args(["--id", &id.to_string(), "--data-dir", self.data_dir(id).to_str().unwrap()])
             .args(&membership)
+            .args(&security)
             .args(&self.extra_args)
             .env("KEEL_LOG_LEVEL", "info")
             .stdin(Stdio::null())
@@ -223,6 +323,17 @@ impl Cluster {
             .spawn()
             .expect("spawning keel serve");
         self.nodes.get_mut(&id).unwrap().child = Some(child);
+    }
+
+    /// The TLS and token flags of node `id` in a secure cluster.
+    fn security_args(&self, id: u64) -> Vec<String> {
+        let Some(security) = &self.security else { return Vec::new() };
+        let address = self.addr(id);
+        let host = address.rsplit_once(':').unwrap().0;
+        let (certificate, key) = security.node_files(id, host);
+        let path = |path: &PathBuf| path.to_str().unwrap().to_string();
+        let (certificate, key, ca, tokens) = (path(&certificate), path(&key), path(&security.ca_path()), path(&security.token_file));
+        [["--peer-cert", &certificate], ["--peer-key", &key], ["--peer-ca", &ca], ["--client-cert", &certificate], ["--client-key", &key], ["--token-file", &tokens]].iter().flatten().map(|arg| arg.to_string()).collect()
     }
 
     /// SIGKILL: a crash.
@@ -262,7 +373,7 @@ impl Cluster {
     }
 
     pub async fn call_at(&self, address: &str, method: Method, path: &str, body: Option<Vec<u8>>) -> Reply {
-        let mut request = self.http.request(method.clone(), format!("http://{address}{path}"));
+        let mut request = self.http.request(method.clone(), format!("{}://{address}{path}", self.scheme()));
         if let Some(body) = body {
             request = request.body(body);
         }
@@ -274,7 +385,7 @@ impl Cluster {
     }
 
     pub async fn try_status(&self, id: u64) -> Option<Value> {
-        try_status_at(&self.http, &self.addr(id)).await
+        try_status_at(&self.http, &self.url(id)).await
     }
 
     pub async fn status(&self, id: u64) -> Value {
@@ -287,7 +398,7 @@ impl Cluster {
     }
 
     pub async fn wait_for_leader_among(&self, ids: &[u64]) -> u64 {
-        let nodes: Vec<(u64, String)> = ids.iter().map(|id| (*id, self.addr(*id))).collect();
+        let nodes: Vec<(u64, String)> = ids.iter().map(|id| (*id, self.url(*id))).collect();
         eventually("one leader that every running node knows", WAIT, || async { agreed_leader_at(&self.http, &nodes).await.map(|(leader, _)| leader) }).await
     }
 
@@ -320,7 +431,7 @@ impl Cluster {
     pub async fn change_membership(&self, method: Method, path: &str, body: Option<Value>) -> Value {
         use keel_server::client::{Client, ClientError};
         let endpoints: Vec<String> = self.running().iter().map(|id| self.addr(*id)).collect();
-        let mut client = Client::new(&endpoints, Duration::from_secs(3));
+        let mut client = Client::with_security(&endpoints, Duration::from_secs(3), &self.client_security());
         let started = Instant::now();
         let mut uncertain = false;
         loop {
@@ -366,7 +477,7 @@ impl Cluster {
 
     pub fn client(&self) -> keel_server::client::Client {
         let endpoints: Vec<String> = self.ids().iter().map(|id| self.addr(*id)).collect();
-        keel_server::client::Client::new(&endpoints, Duration::from_secs(15))
+        keel_server::client::Client::with_security(&endpoints, Duration::from_secs(15), &self.client_security())
     }
 
     /// Stops every node with SIGTERM (asserting a clean exit) and reads each one's log from
@@ -382,7 +493,12 @@ impl Cluster {
 
     /// `keel` as a client, with this cluster's endpoints.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new(BINARY).args(args).env("KEEL_ENDPOINTS", self.endpoints()).env("KEEL_TIMEOUT_MS", "15000").output().expect("running keel")
+        let mut command = std::process::Command::new(BINARY);
+        command.args(args).env("KEEL_ENDPOINTS", self.endpoints()).env("KEEL_TIMEOUT_MS", "15000");
+        if let Some(security) = &self.security {
+            command.env("KEEL_CACERT", security.ca_path()).env("KEEL_TOKEN", &security.tokens[&Role::Admin]);
+        }
+        command.output().expect("running keel")
     }
 }
 
