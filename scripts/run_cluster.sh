@@ -142,7 +142,7 @@ start_node() {
     if (( SECURE )); then
         [[ -f "$CERTS/node-$n.pem" ]] || "$BIN" certs node "$CERTS" "$n" > /dev/null || die "cannot issue node $n's certificate"
         security=(--peer-cert "$CERTS/node-$n.pem" --peer-key "$CERTS/node-$n-key.pem" --peer-ca "$CERTS/ca.pem"
-                  --client-cert "$CERTS/node-$n.pem" --client-key "$CERTS/node-$n-key.pem" --token-file "$TOKENS")
+                  --client-cert "$CERTS/node-$n.pem" --client-key "$CERTS/node-$n-key.pem" --auth-tokens "$TOKENS")
     fi
     mkdir -p "$DATA/node$n" "$LOGS" "$PIDS"
     KEEL_LOG_LEVEL="${KEEL_LOG_LEVEL:-info}" nohup "$BIN" serve \

@@ -1,4 +1,4 @@
-//! Bearer tokens with roles (`--token-file`).
+//! Bearer tokens with roles (`keel serve --auth-tokens FILE`).
 //!
 //! The token file holds no token, only the SHA-256 of each and its role, so a copy of the
 //! file (or of a backup of it) opens nothing:

@@ -105,7 +105,7 @@ pub enum CommandLine {
         #[command(subcommand)]
         action: CertsCommand,
     },
-    /// Make bearer tokens for `keel serve --token-file`.
+    /// Make bearer tokens for `keel serve --auth-tokens`.
     Token {
         #[command(subcommand)]
         action: TokenCommand,

@@ -105,10 +105,11 @@ pub struct ServeArgs {
     /// Require client certificates signed by this CA (client-certificate auth).
     #[arg(long, env = "KEEL_CLIENT_CA", value_name = "PEM", help_heading = "Security")]
     pub client_ca: Option<PathBuf>,
-    /// Require bearer tokens from this file (hashed, with roles; `keel token add` makes
-    /// them). Needs client TLS unless listening on loopback. Re-read on SIGHUP.
-    #[arg(long, env = "KEEL_TOKEN_FILE", value_name = "TOML", help_heading = "Security")]
-    pub token_file: Option<PathBuf>,
+    /// Require bearer tokens listed in this file (hashed, with roles; `keel token add`
+    /// makes them). Needs client TLS unless listening on loopback. Re-read on SIGHUP. (Not
+    /// KEEL_TOKEN_FILE: that is a client's own token, which `keel` commands read.)
+    #[arg(long, env = "KEEL_AUTH_TOKENS", value_name = "TOML", help_heading = "Security")]
+    pub auth_tokens: Option<PathBuf>,
 }
 
 /// The `--config` file: the same settings as the flags.
@@ -135,7 +136,7 @@ struct FileConfig {
     client_cert: Option<PathBuf>,
     client_key: Option<PathBuf>,
     client_ca: Option<PathBuf>,
-    token_file: Option<PathBuf>,
+    auth_tokens: Option<PathBuf>,
 }
 
 /// `peers = "1=a:1,2=b:2"` or a table `[peers]` with `1 = "a:1"`.
@@ -233,7 +234,7 @@ impl ServerConfig {
             client_cert: args.client_cert.or(file.client_cert),
             client_key: args.client_key.or(file.client_key),
             client_ca: args.client_ca.or(file.client_ca),
-            token_file: args.token_file.or(file.token_file),
+            auth_tokens: args.auth_tokens.or(file.auth_tokens),
         };
         config.validate()?;
         Ok(config)

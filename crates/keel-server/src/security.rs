@@ -9,7 +9,7 @@
 //!   replicated to the peers, and must not travel in clear there.
 //! - `--client-ca`: clients must present a certificate from this CA (etcd's
 //!   `--client-cert-auth`). With tokens on as well, the token decides the role.
-//! - `--token-file`: bearer tokens with roles (`auth.rs`). Refused without client TLS unless
+//! - `--auth-tokens`: bearer tokens with roles (`auth.rs`). Refused without client TLS unless
 //!   the node listens on a loopback address only: a token sent in clear is a token given away.
 //!
 //! Every file is read and checked when the node starts; a problem stops it with one line
@@ -32,7 +32,7 @@ pub struct SecuritySettings {
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
     pub client_ca: Option<PathBuf>,
-    pub token_file: Option<PathBuf>,
+    pub auth_tokens: Option<PathBuf>,
 }
 
 impl SecuritySettings {
@@ -60,8 +60,8 @@ impl SecuritySettings {
         if self.client_ca.is_some() && !self.client_tls() {
             return Err("--client-ca needs --client-cert and --client-key: client certificates are asked for in the TLS handshake".into());
         }
-        if self.token_file.is_some() && !self.client_tls() && !is_loopback(listen) {
-            return Err(format!("--token-file without client TLS on {listen}: tokens would cross the network in clear; add --client-cert/--client-key, or listen on a loopback address"));
+        if self.auth_tokens.is_some() && !self.client_tls() && !is_loopback(listen) {
+            return Err(format!("--auth-tokens without client TLS on {listen}: tokens would cross the network in clear; add --client-cert/--client-key, or listen on a loopback address"));
         }
         Ok(())
     }
@@ -98,7 +98,7 @@ impl NodeSecurity {
             }
             _ => None,
         };
-        let access = match &settings.token_file {
+        let access = match &settings.auth_tokens {
             Some(path) => Some(Arc::new(Access::new(config.id, path.clone(), Tokens::load(path)?))),
             None => None,
         };
@@ -194,13 +194,13 @@ mod tests {
         let ca_alone = SecuritySettings { client_ca: path("ca.pem"), ..peer() };
         assert!(ca_alone.validate("h:1").is_err());
 
-        let tokens_in_clear = SecuritySettings { token_file: path("tokens.toml"), ..peer() };
+        let tokens_in_clear = SecuritySettings { auth_tokens: path("tokens.toml"), ..peer() };
         assert!(tokens_in_clear.validate("10.0.0.1:7001").unwrap_err().contains("in clear"));
         assert!(tokens_in_clear.validate("0.0.0.0:7001").is_err());
         for loopback in ["127.0.0.1:7001", "localhost:7001", "[::1]:7001", "127.0.0.2:1"] {
             assert_eq!(tokens_in_clear.validate(loopback), Ok(()), "{loopback}");
         }
-        let tokens_over_tls = SecuritySettings { token_file: path("tokens.toml"), ..client };
+        let tokens_over_tls = SecuritySettings { auth_tokens: path("tokens.toml"), ..client };
         assert_eq!(tokens_over_tls.validate("10.0.0.1:7001"), Ok(()));
     }
 }

@@ -283,11 +283,49 @@ fn secure_settings_that_cannot_work_stop_the_node_with_one_line() {
     assert_start_failure(&run(peer(1, &cert, &key, &other_ca)), "peer certificate");
     assert_start_failure(&run(with(1, &["--peer-cert", &cert])), "go together");
     assert_start_failure(&run(with(1, &["--client-cert", &cert, "--client-key", &key])), "in clear");
-    let mut tokens_in_clear = with(1, &["--token-file", &path("tokens.toml"), "--listen", "0.0.0.0:0"]);
+    let mut tokens_in_clear = with(1, &["--auth-tokens", &path("tokens.toml"), "--listen", "0.0.0.0:0"]);
     tokens_in_clear.extend(["--peer-cert", &cert, "--peer-key", &key, "--peer-ca", &ca_path].map(String::from));
     assert_start_failure(&run(tokens_in_clear), "in clear");
     let mut empty_tokens = peer(1, &cert, &key, &ca_path);
-    empty_tokens.extend(["--client-cert", &cert, "--client-key", &key, "--token-file", &path("tokens.toml")].map(String::from));
+    empty_tokens.extend(["--client-cert", &cert, "--client-key", &key, "--auth-tokens", &path("tokens.toml")].map(String::from));
     assert_start_failure(&run(empty_tokens), "tokens.toml");
     assert!(!Path::new(&data).join("cluster.json").exists(), "a node that refused to start founded nothing");
+}
+
+/// Regression: `keel serve` once read KEEL_TOKEN_FILE, the variable that holds a *client's*
+/// token for `keel` commands, as its token list: a shell set up to call a secure cluster
+/// (as `run_cluster.sh start --secure` tells you to) could then not start a plain node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_token_variables_do_not_configure_a_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut node = std::process::Command::new(BINARY)
+        .args(["serve", "--id", "1", "--peers", &format!("1={address}"), "--data-dir", dir.path().join("data").to_str().unwrap()])
+        .env("KEEL_TOKEN_FILE", dir.path().join("missing.token"))
+        .env("KEEL_TOKEN", "keel_some-client-token")
+        .env("KEEL_CACERT", dir.path().join("missing-ca.pem"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let exited = std::sync::Mutex::new(None);
+    let answered = eventually("the node answers in plain HTTP, without tokens", WAIT, || async {
+        let answer = http.get(format!("http://{address}/v1/status")).send().await.ok().map(|answer| answer.status());
+        answer.or_else(|| exited.lock().unwrap().take().map(|_| StatusCode::GONE))
+    });
+    let watching = async {
+        loop {
+            if let Ok(Some(status)) = node.try_wait() {
+                *exited.lock().unwrap() = Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let answered = tokio::select! {
+        answered = answered => answered,
+        _ = watching => unreachable!(),
+    };
+    let _ = node.kill();
+    let _ = node.wait();
+    assert_eq!(answered, StatusCode::OK, "410 here means the node exited at start");
 }

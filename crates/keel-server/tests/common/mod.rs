@@ -333,7 +333,7 @@ impl Cluster {
         let (certificate, key) = security.node_files(id, host);
         let path = |path: &PathBuf| path.to_str().unwrap().to_string();
         let (certificate, key, ca, tokens) = (path(&certificate), path(&key), path(&security.ca_path()), path(&security.token_file));
-        [["--peer-cert", &certificate], ["--peer-key", &key], ["--peer-ca", &ca], ["--client-cert", &certificate], ["--client-key", &key], ["--token-file", &tokens]].iter().flatten().map(|arg| arg.to_string()).collect()
+        [["--peer-cert", &certificate], ["--peer-key", &key], ["--peer-ca", &ca], ["--client-cert", &certificate], ["--client-key", &key], ["--auth-tokens", &tokens]].iter().flatten().map(|arg| arg.to_string()).collect()
     }
 
     /// SIGKILL: a crash.
