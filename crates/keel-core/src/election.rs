@@ -2,6 +2,7 @@
 //! under a changing membership (thesis ch. 4): only voters campaign and count, and in a
 //! joint configuration a candidate needs a majority of C_old and of C_new (§4.3).
 
+use crate::event::{Event, StepDownReason, VoteReason};
 use crate::message::MessageBody;
 use crate::raft::RaftCore;
 use crate::types::{EntryKind, LogIndex, NodeId, Role, Term};
@@ -35,6 +36,7 @@ impl RaftCore {
         self.role = Role::PreCandidate;
         self.leader_id = None;
         self.leave_role();
+        self.events.push(Event::ElectionStarted { term: self.current_term.next(), pre_vote: true, leadership_transfer: false });
         self.request_votes(true, false);
     }
 
@@ -46,6 +48,7 @@ impl RaftCore {
         self.role = Role::Candidate;
         self.leader_id = None;
         self.leave_role();
+        self.events.push(Event::ElectionStarted { term: self.current_term, pre_vote: false, leadership_transfer });
         self.request_votes(false, leadership_transfer);
     }
 
@@ -67,13 +70,9 @@ impl RaftCore {
     /// this term and the candidate's log is at least as up-to-date as ours (§5.4.1).
     /// A pre-vote is granted on the log check alone, for a term above ours, and changes nothing.
     pub(crate) fn handle_request_vote(&mut self, from: NodeId, term: Term, pre_vote: bool, last_log_index: LogIndex, last_log_term: Term) {
-        let log_ok = self.log.is_up_to_date(last_log_term, last_log_index);
-        let granted = if pre_vote {
-            term > self.current_term && log_ok
-        } else {
-            let free_to_vote = self.voted_for.is_none() || self.voted_for == Some(from) || self.fault_grant_two_votes();
-            term == self.current_term && free_to_vote && log_ok
-        };
+        let reason = self.vote_decision(from, term, pre_vote, last_log_index, last_log_term);
+        let granted = reason == VoteReason::Granted;
+        self.events.push(Event::Vote { candidate: from, term, pre_vote, granted, reason });
         if granted && !pre_vote {
             self.voted_for = Some(from);
             self.election_elapsed_ticks = 0;
@@ -82,6 +81,25 @@ impl RaftCore {
         let reply_term = if granted && pre_vote { term } else { self.current_term };
         let body = MessageBody::RequestVoteResponse { pre_vote, vote_granted: granted };
         self.messages.push(crate::message::Message { from: self.id, to: from, term: reply_term, body });
+    }
+
+    /// The RequestVote rules, in the order the paper gives them; the first that refuses is
+    /// the reason. (A request of a lower term was answered before it got here, §5.1.)
+    fn vote_decision(&self, from: NodeId, term: Term, pre_vote: bool, last_log_index: LogIndex, last_log_term: Term) -> VoteReason {
+        if pre_vote && term <= self.current_term {
+            return VoteReason::PreVoteTermNotAhead;
+        }
+        if !pre_vote {
+            debug_assert_eq!(term, self.current_term, "check_term raised our term to the request's");
+            let free_to_vote = self.voted_for.is_none() || self.voted_for == Some(from) || self.fault_grant_two_votes();
+            if !free_to_vote {
+                return VoteReason::AlreadyVoted { voted_for: self.voted_for.expect("not free means voted") };
+            }
+        }
+        if !self.log.is_up_to_date(last_log_term, last_log_index) {
+            return VoteReason::LogBehind;
+        }
+        VoteReason::Granted
     }
 
     pub(crate) fn handle_vote_response(&mut self, from: NodeId, pre_vote: bool, vote_granted: bool) {
@@ -128,6 +146,7 @@ impl RaftCore {
         }
         self.log.append_new(self.current_term, EntryKind::Noop);
         self.broadcast_needed = true;
+        self.events.push(Event::BecameLeader { term: self.current_term });
     }
 
     /// Leader: heartbeats (§5.2) and CheckQuorum (thesis §6.2).
@@ -137,6 +156,7 @@ impl RaftCore {
         if self.config.check_quorum && self.election_elapsed_ticks >= self.config.election_timeout_ticks_min {
             self.election_elapsed_ticks = 0;
             if !self.quorum_recently_active() {
+                self.record_step_down(StepDownReason::NoQuorum);
                 return self.become_follower(self.current_term, None);
             }
         }

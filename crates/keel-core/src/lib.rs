@@ -8,6 +8,7 @@
 
 pub mod config;
 mod election;
+pub mod event;
 mod invariants;
 pub mod log;
 pub mod membership;
@@ -26,6 +27,7 @@ pub mod types;
 mod validate;
 
 pub use config::Config;
+pub use event::{Event, StepDownReason, VoteReason};
 pub use membership::{Membership, MembershipChange, MembershipError};
 pub use message::{AppendResult, Message, MessageBody};
 pub use raft::{RaftCore, RestoredState, Status};

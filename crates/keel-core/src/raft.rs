@@ -7,6 +7,7 @@
 //! `transfer.rs` (thesis §3.10); this file holds the state, the term checks every message
 //! passes first, and the role transitions.
 
+use crate::event::{Event, StepDownReason, VoteReason};
 use crate::config::Config;
 use crate::log::RaftLog;
 use crate::message::{AppendResult, Message, MessageBody};
@@ -106,6 +107,8 @@ pub struct RaftCore {
     pub(crate) persisted_at_tick: LogIndex,
     // Bookkeeping towards the driver.
     pub(crate) messages: Vec<Message>,
+    /// Decisions for observers (`Ready::events`).
+    pub(crate) events: Vec<crate::event::Event>,
     pub(crate) snapshot_to_install: Option<Snapshot>,
     /// Highest index handed out in `committed_entries`.
     pub(crate) applied_handed: LogIndex,
@@ -159,6 +162,7 @@ impl RaftCore {
             sync_requested: false,
             persisted_at_tick: LogIndex::ZERO,
             messages: Vec::new(),
+            events: Vec::new(),
             snapshot_to_install: None,
             applied_handed: snapshot_meta.last_included_index,
             applied_index: snapshot_meta.last_included_index,
@@ -355,6 +359,7 @@ impl RaftCore {
             if is_vote_request && self.in_leader_lease() {
                 // Thesis §4.2.3: a follower that hears from a live leader ignores candidates,
                 // so a node that was partitioned away cannot disrupt the cluster on return.
+                self.events.push(Event::VoteIgnored { candidate: message.from, term: message.term, reason: VoteReason::LeaderActive });
                 return false;
             }
             match message.body {
@@ -362,6 +367,7 @@ impl RaftCore {
                 MessageBody::RequestVoteResponse { pre_vote: true, vote_granted: true } => {}
                 ref body => {
                     let leader = body.is_from_leader().then_some(message.from);
+                    self.record_step_down(StepDownReason::HigherTerm);
                     self.become_follower(message.term, leader);
                 }
             }
@@ -377,6 +383,10 @@ impl RaftCore {
     /// A message from an older term is ignored, but a stale leader or pre-candidate is told
     /// our term so it steps down (with CheckQuorum and PreVote it would not learn otherwise).
     fn answer_stale_message(&mut self, message: &Message) {
+        if let MessageBody::RequestVote { pre_vote, .. } = message.body {
+            let (candidate, term, reason) = (message.from, message.term, VoteReason::TermBehind);
+            self.events.push(if pre_vote { Event::Vote { candidate, term, pre_vote, granted: false, reason } } else { Event::VoteIgnored { candidate, term, reason } });
+        }
         let body = match message.body {
             MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. } => MessageBody::AppendEntriesResponse {
                 result: AppendResult::Conflict { rejected_index: LogIndex::ZERO, conflict_term: None, conflict_index: LogIndex::ZERO },
@@ -449,6 +459,13 @@ impl RaftCore {
         self.role = Role::Follower;
         self.leader_id = leader_id;
         self.leave_role();
+    }
+
+    /// A leader about to become a follower says why (`Event::SteppedDown`).
+    pub(crate) fn record_step_down(&mut self, reason: StepDownReason) {
+        if self.role == Role::Leader {
+            self.events.push(Event::SteppedDown { term: self.current_term, reason });
+        }
     }
 
     pub(crate) fn leave_role(&mut self) {
@@ -535,6 +552,7 @@ impl RaftCore {
         ready.entries = self.log.take_unstable();
         ready.committed_entries = self.take_committed();
         ready.read_states = self.reads.take_ready();
+        ready.events = std::mem::take(&mut self.events);
         (ready.messages, ready.persisted_messages) = self.partition_messages(vote_handed);
         ready.outgoing_chunks = self.take_chunks(vote_handed);
         ready.received_chunks = std::mem::take(&mut self.received_chunks);

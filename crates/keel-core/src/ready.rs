@@ -60,6 +60,9 @@ pub struct Ready {
     pub may_defer_sync: bool,
     pub committed_entries: Vec<Entry>,
     pub read_states: Vec<ReadState>,
+    /// Decisions taken since the last Ready, for observers (`event.rs`); nothing depends on
+    /// them, and they do not make `has_ready` true by themselves.
+    pub events: Vec<crate::event::Event>,
 }
 
 /// §7, leader: an InstallSnapshot whose `data` the driver fills with bytes `offset ..

@@ -101,6 +101,7 @@ impl RaftCore {
         if membership.is_joint() {
             self.append_configuration(membership.leave_joint());
         } else if !membership.is_voter(self.id) {
+            self.record_step_down(crate::event::StepDownReason::Removed);
             self.become_follower(self.current_term, None);
         }
     }

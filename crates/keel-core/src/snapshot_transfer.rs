@@ -105,6 +105,7 @@ impl RaftCore {
         if done {
             progress.record_match(meta.last_included_index);
             progress.become_replicate();
+            self.events.push(crate::event::Event::SnapshotSent { to: from, index: meta.last_included_index });
             self.maybe_commit();
             if self.role != Role::Leader {
                 return; // A leader the new configuration leaves out stepped down (§4.2.2).

@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use keel_core::{LogIndex, MessageBody, NodeId, OutgoingChunk, ReadError, ReadState, ReceivedChunk, Role, Snapshot, SnapshotMeta, Term};
+use keel_core::{Event, LogIndex, MessageBody, NodeId, OutgoingChunk, ReadError, ReadState, ReceivedChunk, Role, Snapshot, SnapshotMeta, StepDownReason, Term, VoteReason};
 
 // ----- §5.2 leader election ----------------------------------------------------------------------
 
@@ -32,14 +32,14 @@ fn election_goes_pre_candidate_then_candidate_then_leader() {
             soft_state: Some(soft(Role::PreCandidate, 0, None)),
             // Thesis §9.6: the term is not bumped, so nothing needs to reach the disk.
             persisted_messages: vec![message(1, 2, 1, pre_vote(0, 0)), message(1, 3, 1, pre_vote(0, 0))],
-            ..Default::default()
+            events: vec![Event::ElectionStarted { term: Term(1), pre_vote: true, leadership_transfer: false }], ..Default::default()
         }
     );
     assert_eq!(cluster.core(1).current_term(), Term(0), "a pre-candidate keeps its term");
 
     // A pre-vote changes neither the voter's term nor its vote; the yes comes in term 1.
     let ready = cluster.deliver(1, 2).expect("node 2 answers");
-    assert_eq!(ready, ReadyRecord { persisted_messages: vec![message(2, 1, 1, vote_response(true, true))], ..Default::default() });
+    assert_eq!(ready, ReadyRecord { persisted_messages: vec![message(2, 1, 1, vote_response(true, true))], events: vec![Event::Vote { candidate: NodeId(1), term: Term(1), pre_vote: true, granted: true, reason: VoteReason::Granted }], ..Default::default() });
     assert_eq!(cluster.core(2).status().voted_for, None);
 
     // Self plus node 2 is a majority of 3: campaign for real.
@@ -51,7 +51,7 @@ fn election_goes_pre_candidate_then_candidate_then_leader() {
             hard_state: Some(hard(1, Some(1), 0)),
             // Figure 2: the vote for self is durable before anyone is asked.
             persisted_messages: vec![message(1, 2, 1, request_vote(0, 0)), message(1, 3, 1, request_vote(0, 0))],
-            ..Default::default()
+            events: vec![Event::ElectionStarted { term: Term(1), pre_vote: false, leadership_transfer: false }], ..Default::default()
         }
     );
 
@@ -63,7 +63,7 @@ fn election_goes_pre_candidate_then_candidate_then_leader() {
             soft_state: Some(soft(Role::Follower, 1, None)),
             hard_state: Some(hard(1, Some(1), 0)),
             persisted_messages: vec![message(2, 1, 1, vote_response(false, true))],
-            ..Default::default()
+            events: vec![Event::Vote { candidate: NodeId(1), term: Term(1), pre_vote: false, granted: true, reason: VoteReason::Granted }], ..Default::default()
         }
     );
 
@@ -77,7 +77,7 @@ fn election_goes_pre_candidate_then_candidate_then_leader() {
             soft_state: Some(soft(Role::Leader, 1, Some(1))),
             entries: vec![noop(1, 1)],
             messages: vec![message(1, 2, 1, first_append.clone()), message(1, 3, 1, first_append)],
-            ..Default::default()
+            events: vec![Event::BecameLeader { term: Term(1) }], ..Default::default()
         }
     );
 
@@ -111,17 +111,17 @@ fn vote_is_granted_at_most_once_per_term() {
             soft_state: Some(soft(Role::Follower, 3, None)),
             hard_state: Some(hard(3, Some(3), 0)),
             persisted_messages: vec![message(1, 3, 3, vote_response(false, true))],
-            ..Default::default()
+            events: vec![Event::Vote { candidate: NodeId(3), term: Term(3), pre_vote: false, granted: true, reason: VoteReason::Granted }], ..Default::default()
         }
     );
 
     // Node 2 is even more up to date, but the vote of term 3 is spent.
     let ready = cluster.deliver_message(message(2, 1, 3, request_vote(4, 2))).expect("answer");
-    assert_eq!(ready, ReadyRecord { persisted_messages: vec![message(1, 2, 3, vote_response(false, false))], ..Default::default() });
+    assert_eq!(ready, ReadyRecord { persisted_messages: vec![message(1, 2, 3, vote_response(false, false))], events: vec![Event::Vote { candidate: NodeId(2), term: Term(3), pre_vote: false, granted: false, reason: VoteReason::AlreadyVoted { voted_for: NodeId(3) } }], ..Default::default() });
 
     // The same candidate asking again gets the same yes; nothing new reaches the disk.
     let ready = cluster.deliver_message(message(3, 1, 3, request_vote(3, 2))).expect("answer");
-    assert_eq!(ready, ReadyRecord { persisted_messages: vec![message(1, 3, 3, vote_response(false, true))], ..Default::default() });
+    assert_eq!(ready, ReadyRecord { persisted_messages: vec![message(1, 3, 3, vote_response(false, true))], events: vec![Event::Vote { candidate: NodeId(3), term: Term(3), pre_vote: false, granted: true, reason: VoteReason::Granted }], ..Default::default() });
 
     // Term 4 is a new election: node 2 gets the vote.
     let ready = cluster.deliver_message(message(2, 1, 4, request_vote(4, 2))).expect("answer");
@@ -131,7 +131,7 @@ fn vote_is_granted_at_most_once_per_term() {
             soft_state: Some(soft(Role::Follower, 4, None)),
             hard_state: Some(hard(4, Some(2), 0)),
             persisted_messages: vec![message(1, 2, 4, vote_response(false, true))],
-            ..Default::default()
+            events: vec![Event::Vote { candidate: NodeId(2), term: Term(4), pre_vote: false, granted: true, reason: VoteReason::Granted }], ..Default::default()
         }
     );
 }
@@ -148,7 +148,7 @@ fn vote_survives_a_crash() {
 
     cluster.restart(1);
     let ready = cluster.deliver_message(message(3, 1, 1, request_vote(0, 0))).expect("answer");
-    assert_eq!(ready, ReadyRecord { persisted_messages: vec![message(1, 3, 1, vote_response(false, false))], ..Default::default() });
+    assert_eq!(ready, ReadyRecord { persisted_messages: vec![message(1, 3, 1, vote_response(false, false))], events: vec![Event::Vote { candidate: NodeId(3), term: Term(1), pre_vote: false, granted: false, reason: VoteReason::AlreadyVoted { voted_for: NodeId(2) } }], ..Default::default() });
 }
 
 /// §5.4.1: "the voter denies its vote if its own log is more up-to-date than that of the
@@ -167,13 +167,13 @@ fn vote_requires_a_log_at_least_as_up_to_date() {
             soft_state: Some(soft(Role::Follower, 3, None)),
             hard_state: Some(hard(3, None, 0)),
             persisted_messages: vec![message(1, 2, 3, vote_response(false, false))],
-            ..Default::default()
+            events: vec![Event::Vote { candidate: NodeId(2), term: Term(3), pre_vote: false, granted: false, reason: VoteReason::LogBehind }], ..Default::default()
         }
     );
 
     // Same last term, shorter: denied.
     let ready = cluster.deliver_message(message(3, 1, 3, request_vote(2, 2))).expect("answer");
-    assert_eq!(ready, ReadyRecord { persisted_messages: vec![message(1, 3, 3, vote_response(false, false))], ..Default::default() });
+    assert_eq!(ready, ReadyRecord { persisted_messages: vec![message(1, 3, 3, vote_response(false, false))], events: vec![Event::Vote { candidate: NodeId(3), term: Term(3), pre_vote: false, granted: false, reason: VoteReason::LogBehind }], ..Default::default() });
 
     // Same last term, same length: granted.
     let ready = cluster.deliver_message(message(3, 1, 3, request_vote(3, 2))).expect("answer");
@@ -182,7 +182,7 @@ fn vote_requires_a_log_at_least_as_up_to_date() {
         ReadyRecord {
             hard_state: Some(hard(3, Some(3), 0)),
             persisted_messages: vec![message(1, 3, 3, vote_response(false, true))],
-            ..Default::default()
+            events: vec![Event::Vote { candidate: NodeId(3), term: Term(3), pre_vote: false, granted: true, reason: VoteReason::Granted }], ..Default::default()
         }
     );
 
@@ -193,7 +193,7 @@ fn vote_requires_a_log_at_least_as_up_to_date() {
 
     // Thesis §9.6: a pre-vote is judged on the same log rule, and changes nothing.
     let ready = cluster.deliver_message(message(3, 1, 5, pre_vote(3, 1))).expect("answer");
-    assert_eq!(ready, ReadyRecord { persisted_messages: vec![message(1, 3, 4, vote_response(true, false))], ..Default::default() });
+    assert_eq!(ready, ReadyRecord { persisted_messages: vec![message(1, 3, 4, vote_response(true, false))], events: vec![Event::Vote { candidate: NodeId(3), term: Term(5), pre_vote: true, granted: false, reason: VoteReason::LogBehind }], ..Default::default() });
     assert_eq!(cluster.core(1).status().voted_for, Some(NodeId(2)));
 }
 
@@ -275,7 +275,7 @@ fn leader_cut_off_from_the_majority_steps_down() {
     // The first check, one timeout in, still counts the acknowledgements from before the
     // partition; the next one finds none.
     assert!(tick > election_timeout, "stepped down at tick {tick}, while a majority had answered recently");
-    assert_eq!(ready, ReadyRecord { soft_state: Some(soft(Role::Follower, 1, None)), ..Default::default() });
+    assert_eq!(ready, ReadyRecord { soft_state: Some(soft(Role::Follower, 1, None)), events: vec![Event::SteppedDown { term: Term(1), reason: StepDownReason::NoQuorum }], ..Default::default() });
 
     for _ in 0..100 {
         cluster.tick(1);
@@ -368,7 +368,7 @@ fn stale_leader_is_answered_with_the_newer_term_and_its_entry_is_overwritten() {
     let ready = cluster.deliver(new_leader, 1).expect("node 1 learns the term");
     assert_eq!(
         ready,
-        ReadyRecord { soft_state: Some(soft(Role::Follower, term, None)), hard_state: Some(hard(term, None, 1)), ..Default::default() }
+        ReadyRecord { soft_state: Some(soft(Role::Follower, term, None)), hard_state: Some(hard(term, None, 1)), events: vec![Event::SteppedDown { term: Term(1), reason: StepDownReason::HigherTerm }], ..Default::default() }
     );
     cluster.take_in_flight(1, follower); // Its twin heartbeat to the other node changes nothing new.
 
@@ -732,7 +732,7 @@ fn figure_8_entry_of_an_earlier_term_commits_only_with_one_of_the_current_term()
             soft_state: Some(soft(Role::Leader, 4, Some(1))),
             entries: vec![noop(3, 4)],
             messages: (2..=5).map(|to| message(1, to, 4, probe.clone())).collect(),
-            ..Default::default()
+            events: vec![Event::BecameLeader { term: Term(4) }], ..Default::default()
         }
     );
     let commit_index = |cluster: &Cluster| cluster.core(1).status().commit_index;
@@ -844,7 +844,7 @@ fn follower_behind_the_compacted_prefix_catches_up_by_snapshot_in_chunks() {
 
     // The leader resumes with the entries after the snapshot.
     let after = append(10, 1, vec![command(11, 1, "j"), command(12, 1, "k")], 12, 0);
-    assert_eq!(cluster.deliver(3, 1).expect("entries"), ReadyRecord { messages: vec![message(1, 3, 1, after)], ..Default::default() });
+    assert_eq!(cluster.deliver(3, 1).expect("entries"), ReadyRecord { messages: vec![message(1, 3, 1, after)], events: vec![Event::SnapshotSent { to: NodeId(3), index: LogIndex(10) }], ..Default::default() });
     let ready = cluster.deliver(1, 3).expect("append");
     assert_eq!(
         ready,

@@ -28,6 +28,7 @@
 
 use crate::config::NodeConfig;
 use crate::error::{NodeError, StartError};
+use crate::events::{role_name, DriverEvent, NodeCounters, NodeEvent};
 use crate::io::{BuiltSnapshot, Io, JobResult, Observation, SnapshotBuild, SnapshotJob, StorageDone, StorageJob};
 use crate::storage::{StorageError, StoredImage};
 use keel_core::{Entry, HardState, LogIndex, Membership, MembershipChange, MembershipError, Message, NodeId, OutgoingChunk, RaftCore, ReadError, Ready, RestoredState, Role, SnapshotMeta, StateMachine, StepError, Term, TransferError};
@@ -92,6 +93,8 @@ pub struct Executor<SM: StateMachine, I: Io<SM>> {
     /// This node has been a member since it started; leaving the configuration then means
     /// it was removed (a node that starts empty to join is not, until it is added).
     was_member: bool,
+    /// Events since start, by kind (`events.rs`).
+    counters: NodeCounters,
     #[cfg(feature = "fault-injection")]
     pub faults: DriverFaults,
 }
@@ -136,6 +139,7 @@ impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
             refused_messages: 0,
             membership,
             was_member,
+            counters: NodeCounters::default(),
             #[cfg(feature = "fault-injection")]
             faults: DriverFaults::default(),
         })
@@ -310,6 +314,7 @@ impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
     fn on_membership_changed(&mut self) {
         self.membership = Arc::new(self.core.membership().clone());
         info!("[NODE {}] configuration now {} (appended at index {})", self.id, self.membership, self.core.membership_index());
+        self.emit(NodeEvent::Node(DriverEvent::ConfigurationChanged { configuration: self.membership.to_string(), index: self.core.membership_index() }));
         self.io.membership_changed(&self.membership);
         let is_member = self.membership.is_member(self.id);
         if self.was_member && !is_member {
@@ -360,8 +365,12 @@ impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
     /// Contract steps 2–4: take the Ready, send what may leave now, start the write.
     fn start_ready(&mut self) {
         let mut ready = self.core.ready();
+        for event in std::mem::take(&mut ready.events) {
+            self.emit(NodeEvent::Raft(event));
+        }
         if let Some(soft_state) = ready.soft_state {
             self.io.observe(Observation::SoftState { soft_state, core: &self.core });
+            self.emit(NodeEvent::Node(DriverEvent::RoleChanged { role: role_name(soft_state.role), term: soft_state.term, leader: soft_state.leader_id }));
             self.log_soft_state(soft_state.role, soft_state.term, soft_state.leader_id);
             if soft_state.role != Role::Leader {
                 self.fail_proposals_on_step_down();
@@ -454,6 +463,7 @@ impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
             self.image = Some(image);
         }
         self.snapshot_in_progress = false;
+        self.emit(NodeEvent::Node(DriverEvent::SnapshotTaken { index: meta.last_included_index, bytes: meta.data_bytes }));
         info!(
             "[NODE {}] snapshot taken at index {} (term {}); log compacted (image {} bytes: written in {build_ms} ms, compacted in {compact_ms} ms)",
             self.id, meta.last_included_index, meta.last_included_term, meta.data_bytes,
@@ -480,6 +490,7 @@ impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
         restore_from(&mut self.state_machine, image.as_ref()).map_err(|problem| format!("cannot restore the snapshot at {} from the leader: {problem}", meta.last_included_index))?;
         self.image = Some(image);
         info!("[NODE {}] installed snapshot from the leader at index {} (term {})", self.id, meta.last_included_index, meta.last_included_term);
+        self.emit(NodeEvent::Node(DriverEvent::SnapshotInstalled { index: meta.last_included_index }));
         self.snapshot_index = meta.last_included_index;
         self.applied_bytes_since_snapshot = 0;
         // Proposals inside the snapshot: we cannot tell whether ours was the entry applied.
@@ -568,6 +579,17 @@ impl<SM: StateMachine, I: Io<SM>> Executor<SM, I> {
         } else {
             warn!("[NODE {}] refused a peer message ({count} so far): {error}", self.id);
         }
+    }
+
+    /// Counts `event` and shows it to the observer.
+    fn emit(&mut self, event: NodeEvent) {
+        self.counters.count(&event);
+        self.io.observe(Observation::Event(&event));
+    }
+
+    /// Events since start, by kind.
+    pub fn counters(&self) -> NodeCounters {
+        self.counters
     }
 
     fn log_soft_state(&self, role: Role, term: Term, leader_id: Option<NodeId>) {

@@ -68,6 +68,8 @@ pub enum Observation<'a> {
     SoftState { soft_state: SoftState, core: &'a RaftCore },
     /// About to apply this committed entry (contract step 6).
     Applying(&'a Entry),
+    /// A decision or moment worth showing (`events.rs`).
+    Event(&'a crate::events::NodeEvent),
     /// About to restore the state machine, applied up to `applied_index`, from the leader's
     /// snapshot (contract step 4).
     InstallingSnapshot { meta: SnapshotMeta, applied_index: LogIndex },

@@ -12,6 +12,7 @@ pub mod certificates;
 pub mod config;
 pub mod conformance;
 pub mod error;
+pub mod events;
 pub mod executor;
 pub mod io;
 pub mod listener;
@@ -27,11 +28,12 @@ pub mod transport_memory;
 
 pub use config::NodeConfig;
 pub use error::{NodeError, Outcome, StartError};
+pub use events::{DriverEvent, NodeCounters, NodeEvent};
 #[cfg(feature = "fault-injection")]
 pub use executor::DriverFaults;
 pub use executor::{Consistency, Executor};
 pub use io::{build_image, run_storage_job, BuiltSnapshot, Io, JobResult, Observation, ProposeResult, SnapshotBuild, SnapshotJob, StorageDone, StorageJob};
-pub use node::{ChangeError, Members, NodeStatus, RaftHandle, RaftNode, ReadFn};
+pub use node::{ChangeError, LogEntrySummary, Members, NodeStatus, RaftHandle, RaftNode, ReadFn, EVENTS_BUFFERED, LOG_TAIL_MAX};
 pub use storage::{SnapshotWriter, Storage, StorageError, StoredImage};
 pub use storage_file::{FileStorage, FileStorageConfig, Recovery, TornTail};
 pub use storage_memory::{DurablePoint, MemoryStorage};

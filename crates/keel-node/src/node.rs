@@ -8,6 +8,7 @@
 //! time, channels, and the threads behind `NodeIo`.
 use crate::config::NodeConfig;
 use crate::error::{NodeError, StartError};
+use crate::events::{NodeCounters, NodeEvent};
 use crate::executor::{Consistency, Executor};
 use crate::io::{build_image, BuiltSnapshot, Io, JobResult, ProposeResult, SnapshotBuild, SnapshotJob, StorageJob};
 use crate::storage::{SnapshotWriter, Storage, StorageError};
@@ -17,7 +18,7 @@ use keel_core::{LogIndex, Membership, MembershipChange, MembershipError, Message
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{error, info};
 
 /// Messages and requests handled per wake-up before the driver writes and sends (a bound on
@@ -34,6 +35,19 @@ enum Request<SM: StateMachine> {
     TransferLeadership { target: Option<NodeId>, reply: oneshot::Sender<Result<NodeId, TransferError>> },
     Members { reply: oneshot::Sender<Members> },
     TermAt { index: LogIndex, reply: oneshot::Sender<Option<Term>> },
+    LogTail { count: usize, reply: oneshot::Sender<Vec<LogEntrySummary>> },
+}
+
+/// At most this many entries in one `RaftHandle::log_tail`.
+pub const LOG_TAIL_MAX: usize = 64;
+
+/// One log entry as the live view shows it: where, in which term, and what kind.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LogEntrySummary {
+    pub index: LogIndex,
+    pub term: Term,
+    /// `command`, `noop` or `config`.
+    pub kind: &'static str,
 }
 
 /// The configuration in force and, on the leader, how far each member's log has come.
@@ -86,6 +100,8 @@ pub struct NodeStatus {
     pub membership_index: LogIndex,
     /// This node was removed from the cluster (`Executor::is_removed`).
     pub removed: bool,
+    /// Elections, votes, snapshots... since start (`events.rs`).
+    pub counters: NodeCounters,
 }
 
 /// The client side of a running node; cheap to clone.
@@ -94,11 +110,15 @@ pub struct RaftHandle<SM: StateMachine> {
     requests: mpsc::Sender<Request<SM>>,
     status: watch::Receiver<NodeStatus>,
     shutdown: Arc<watch::Sender<bool>>,
+    events: broadcast::Sender<NodeEvent>,
 }
+
+/// Events a listener may fall behind by before it loses the oldest.
+pub const EVENTS_BUFFERED: usize = 1024;
 
 impl<SM: StateMachine> Clone for RaftHandle<SM> {
     fn clone(&self) -> Self {
-        RaftHandle { id: self.id, requests: self.requests.clone(), status: self.status.clone(), shutdown: self.shutdown.clone() }
+        RaftHandle { id: self.id, requests: self.requests.clone(), status: self.status.clone(), shutdown: self.shutdown.clone(), events: self.events.clone() }
     }
 }
 
@@ -169,6 +189,20 @@ impl<SM: StateMachine> RaftHandle<SM> {
         response.await.map_err(|_| NodeError::Stopped)
     }
 
+    /// The last `count` (at most `LOG_TAIL_MAX`) entries of the log, oldest first; fewer
+    /// when the log, since the snapshot, is shorter.
+    pub async fn log_tail(&self, count: usize) -> Result<Vec<LogEntrySummary>, NodeError> {
+        let (reply, response) = oneshot::channel();
+        self.submit(Request::LogTail { count: count.min(LOG_TAIL_MAX), reply })?;
+        response.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Every event from now on (`events.rs`); a receiver that falls more than
+    /// `EVENTS_BUFFERED` behind loses the oldest (and is told how many).
+    pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
+        self.events.subscribe()
+    }
+
     fn submit(&self, request: Request<SM>) -> Result<(), NodeError> {
         self.requests.try_send(request).map_err(|error| match error {
             mpsc::error::TrySendError::Full(_) => NodeError::Overloaded,
@@ -219,7 +253,8 @@ impl<SM: StateMachine> RaftNode<SM> {
             (StorageRunner::inline(config.id, storage), mpsc::unbounded_channel().1)
         };
         let (snapshot_images, images) = mpsc::unbounded_channel();
-        let io = NodeIo { id: config.id, transport, storage, snapshot_images, writer };
+        let (events, _) = broadcast::channel(EVENTS_BUFFERED);
+        let io = NodeIo { id: config.id, transport, storage, snapshot_images, writer, events: events.clone() };
         let executor = Executor::new(&config, restored, image, state_machine, io)?;
         let (inbox, inbox_receiver) = mpsc::channel(config.inbox_messages_max);
         let (requests, request_receiver) = mpsc::channel(config.requests_queued_max);
@@ -229,7 +264,7 @@ impl<SM: StateMachine> RaftNode<SM> {
         let shell = Shell { executor, status: status_sender, tick_ms: config.tick_ms };
         let inputs = Inputs { inbox: inbox_receiver, requests: request_receiver, storage_done, images, shutdown: shutdown_receiver };
         let task = tokio::spawn(shell.run(inputs));
-        let handle = RaftHandle { id: config.id, requests, status, shutdown: Arc::new(shutdown) };
+        let handle = RaftHandle { id: config.id, requests, status, shutdown: Arc::new(shutdown), events };
         Ok(RaftNode { handle, inbox, task })
     }
 }
@@ -243,6 +278,8 @@ struct NodeIo<T: Transport> {
     /// Where a snapshot thread says it wrote its image.
     snapshot_images: mpsc::UnboundedSender<Result<BuiltSnapshot, StorageError>>,
     writer: Arc<SnapshotWriter>,
+    /// `RaftHandle::events` listens here.
+    events: broadcast::Sender<NodeEvent>,
 }
 
 impl<SM: StateMachine, T: Transport> Io<SM> for NodeIo<T> {
@@ -263,6 +300,12 @@ impl<SM: StateMachine, T: Transport> Io<SM> for NodeIo<T> {
 
     fn membership_changed(&mut self, membership: &Membership) {
         self.transport.set_peer_addresses(&membership.addresses);
+    }
+
+    fn observe(&mut self, observation: crate::io::Observation<'_>) {
+        if let crate::io::Observation::Event(event) = observation {
+            let _ = self.events.send(event.clone()); // No listener: nobody to tell.
+        }
     }
 
     fn run_inline(&mut self, job: StorageJob) -> Option<JobResult> {
@@ -293,9 +336,26 @@ impl<SM: StateMachine, T: Transport> Io<SM> for NodeIo<T> {
     }
 }
 
+fn log_tail(core: &keel_core::RaftCore, count: usize) -> Vec<LogEntrySummary> {
+    let status = core.status();
+    let first = status.last_log_index.0.saturating_sub(count as u64 - 1).max(status.snapshot_index.0 + 1).max(1);
+    (first..=status.last_log_index.0)
+        .filter_map(|index| core.entry(LogIndex(index)))
+        .map(|entry| {
+            let kind = match entry.kind {
+                keel_core::EntryKind::Command(_) => "command",
+                keel_core::EntryKind::Noop => "noop",
+                keel_core::EntryKind::Config(_) => "config",
+            };
+            LogEntrySummary { index: entry.index, term: entry.term, kind }
+        })
+        .collect()
+}
+
 fn status_of<SM: StateMachine, I: Io<SM>>(executor: &Executor<SM, I>, stopped: Option<String>) -> NodeStatus {
     let core = executor.core();
     NodeStatus {
+        counters: executor.counters(),
         raft: core.status(),
         peer_messages_refused: executor.refused_messages(),
         stopped,
@@ -411,6 +471,9 @@ impl<SM: StateMachine, T: Transport> Shell<SM, T> {
             }
             Request::TermAt { index, reply } => {
                 let _ = reply.send(self.executor.core().entry(index).map(|entry| entry.term));
+            }
+            Request::LogTail { count, reply } => {
+                let _ = reply.send(log_tail(self.executor.core(), count));
             }
         }
     }

@@ -610,3 +610,37 @@ async fn futures_lite<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output>
     }
     outputs
 }
+
+/// The events a follower reports when its leader crashes: an election with the rule behind
+/// each vote, and the new leader; and the counters `/metrics` reads follow them.
+#[tokio::test(start_paused = true)]
+async fn a_leader_change_is_told_as_events_and_counted() {
+    use keel_node::{DriverEvent, NodeEvent};
+    let mut cluster = Cluster::new(0);
+    let old_leader = cluster.wait_for_leader(&MEMBERS).await;
+    let survivors: Vec<NodeId> = MEMBERS.into_iter().filter(|id| *id != old_leader).collect();
+    let mut events: Vec<_> = survivors.iter().map(|id| cluster.handle(*id).events()).collect();
+    let before: Vec<_> = survivors.iter().map(|id| cluster.handle(*id).status().counters).collect();
+    cluster.stop(old_leader);
+    let new_leader = cluster.wait_for_leader(&survivors).await;
+    let mut seen = Vec::new();
+    for receiver in &mut events {
+        while let Ok(event) = receiver.try_recv() {
+            seen.push(event);
+        }
+    }
+    let became_leader = |event: &NodeEvent| matches!(event, NodeEvent::Node(DriverEvent::RoleChanged { role: "leader", .. }));
+    assert_eq!(seen.iter().filter(|event| became_leader(event)).count(), 1, "one new leader: {seen:?}");
+    assert!(seen.iter().any(|event| matches!(event, NodeEvent::Raft(keel_core::Event::ElectionStarted { pre_vote: false, .. }))), "{seen:?}");
+    let vote = seen.iter().find_map(|event| match event {
+        NodeEvent::Raft(keel_core::Event::Vote { candidate, granted: true, pre_vote: false, reason, .. }) => Some((*candidate, *reason)),
+        _ => None,
+    });
+    assert_eq!(vote, Some((new_leader, keel_core::VoteReason::Granted)), "the other survivor voted for the new leader: {seen:?}");
+    let winner = survivors.iter().position(|id| *id == new_leader).unwrap();
+    let after = cluster.handle(new_leader).status().counters;
+    assert_eq!(after.elections_won, before[winner].elections_won + 1);
+    assert!(after.elections_started > before[winner].elections_started && after.pre_votes_started > before[winner].pre_votes_started);
+    let voter = survivors.iter().find(|id| **id != new_leader).unwrap();
+    assert!(cluster.handle(*voter).status().counters.votes_granted >= 2, "a pre-vote and a vote");
+}

@@ -199,6 +199,7 @@ impl Io<KvStore> for SimIo {
                 shared.checker.on_leader(core, soft_state.term)
             }
             Observation::SoftState { .. } => Ok(()),
+            Observation::Event(_) => Ok(()),
             Observation::Applying(entry) => shared.checker.on_apply(self.node, entry),
             Observation::InstallingSnapshot { meta, applied_index } => {
                 shared.snapshots_installed += 1;
