@@ -66,6 +66,7 @@ mod record;
 mod segment;
 mod snapshot_file;
 
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use crate::storage::{check_append, check_chunk, check_compact, check_received, check_restored, check_snapshot_advances, SnapshotWriter, Storage, StorageError, StoredImage};
 use keel_core::{Entry, HardState, LogIndex, ReceivedChunk, RestoredState, Snapshot, SnapshotMeta, Term};
 use snapshot_file::{FileImage, IncomingFile};
@@ -175,7 +176,12 @@ pub struct FileStorage {
     spare_ready: Option<PathBuf>,
     /// …or being written on a thread of its own (see `prepare_spare_later`).
     spare_preparing: Option<std::thread::JoinHandle<Result<PathBuf, StorageError>>>,
+    /// How long each fdatasync of the log took (`/metrics`: `keel_wal_fsync_seconds`).
+    fsync_seconds: Histogram,
 }
+
+/// Buckets of `FileStorage::fsync_seconds`: 50 µs to ~1.6 s, doubling.
+pub const FSYNC_BUCKETS_SECONDS: (f64, f64, u16) = (0.000_05, 2.0, 16);
 
 impl Drop for FileStorage {
     fn drop(&mut self) {
@@ -219,6 +225,7 @@ impl FileStorage {
             reaper: None,
             spare_ready: None,
             spare_preparing: None,
+            fsync_seconds: Histogram::new(exponential_buckets(FSYNC_BUCKETS_SECONDS.0, FSYNC_BUCKETS_SECONDS.1, FSYNC_BUCKETS_SECONDS.2)),
         };
         storage.load_segments()?;
         storage.reconcile_with_snapshot()?;
@@ -227,6 +234,12 @@ impl FileStorage {
         storage.check_invariants();
         storage.prepare_first_spare()?;
         Ok(storage)
+    }
+
+    /// The latency of the log's fsyncs, shared: register it in a metrics registry before
+    /// the storage moves to its thread.
+    pub fn fsync_seconds(&self) -> Histogram {
+        self.fsync_seconds.clone()
     }
 
     /// What `open` repaired.
@@ -534,7 +547,9 @@ impl FileStorage {
             return Ok(());
         }
         let (Some(file), Some(last)) = (&self.active, self.segments.last()) else { unreachable!("dirty implies an open segment") };
+        let started = std::time::Instant::now();
         file.sync_data().map_err(|error| StorageError::io("fsync", &last.path, error))?;
+        self.fsync_seconds.observe(started.elapsed().as_secs_f64());
         self.active_dirty = false;
         Ok(())
     }

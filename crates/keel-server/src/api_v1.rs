@@ -180,9 +180,14 @@ pub(crate) fn member_role(membership: &keel_core::Membership, id: keel_core::Nod
 
 /// `GET /v1/status`: this node's view.
 pub(crate) async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(status_json(&state))
+}
+
+/// The body of `GET /v1/status` (also the first event of `/v1/events`).
+pub(crate) fn status_json(state: &AppState) -> Value {
     let status = state.handle.status();
     let raft = status.raft;
-    Json(json!({
+    json!({
         "id": state.id.0,
         "address": state.address,
         "cluster_id": state.cluster_id,
@@ -201,7 +206,7 @@ pub(crate) async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
         "configuration_index": status.membership_index.0,
         "removed": status.removed,
         "stopped": status.stopped,
-    }))
+    })
 }
 
 /// `GET /v1/cluster`: the members and who leads, as this node knows it (no progress: that

@@ -273,11 +273,18 @@ fn is_peer(request: &Request) -> bool {
     matches!(connection, Some(ConnectInfo(ConnectionInfo { security: ConnectionSecurity::Peer { .. }, .. })))
 }
 
+/// The token of `Authorization: Bearer`, or, for `GET /v1/events` only, of the query's
+/// `access_token` (a browser's EventSource cannot set headers).
 fn bearer_token(request: &Request) -> Option<&str> {
-    let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.len() <= TOKEN_BYTES_MAX).then_some(token)
+    let token = match request.headers().get(header::AUTHORIZATION) {
+        Some(value) => {
+            let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())?
+        }
+        None if request.uri().path() == "/v1/events" => request.uri().query()?.split('&').find_map(|pair| pair.strip_prefix("access_token="))?,
+        None => return None,
+    };
+    (!token.is_empty() && token.len() <= TOKEN_BYTES_MAX).then_some(token)
 }
 
 fn unauthorized(message: &str) -> ApiError {

@@ -15,12 +15,14 @@ mod api_members;
 pub mod bootstrap;
 pub mod bench;
 mod api_seed;
+mod api_watch;
 mod api_v1;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod forward;
 pub mod logging;
+pub mod metrics;
 pub mod security;
 pub mod server;
 

@@ -22,7 +22,7 @@ use crate::bootstrap::{self, FirstConfiguration, JoinInfo, Start};
 use crate::config::ServerConfig;
 use crate::forward::Forwarder;
 use crate::security::NodeSecurity;
-use crate::{api_members, api_seed, api_v1};
+use crate::{api_members, api_seed, api_v1, api_watch};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
@@ -90,6 +90,9 @@ pub(crate) struct AppState {
     pub request_timeout: Duration,
     pub value_bytes_max: usize,
     pub forwarder: Forwarder,
+    pub metrics: crate::metrics::Metrics,
+    /// Set when the node starts shutting down: long-lived answers (`/v1/events`) end.
+    pub closing: watch::Sender<bool>,
     draining: AtomicBool,
     inflight: InFlight,
 }
@@ -98,6 +101,23 @@ pub(crate) struct AppState {
 pub(crate) enum Failure {
     Node(NodeError),
     Timeout,
+}
+
+/// A request's outcome as `/metrics` labels it.
+fn outcome_name<T>(result: &Result<T, Failure>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(Failure::Timeout) => "timeout",
+        Err(Failure::Node(error)) => match error {
+            NodeError::NotLeader { .. } => "not_leader",
+            NodeError::Overloaded => "overloaded",
+            NodeError::TransferInProgress => "transfer_in_progress",
+            NodeError::Dropped => "dropped",
+            NodeError::LeadershipLost => "leadership_lost",
+            NodeError::Stopped => "stopped",
+            NodeError::OutcomeUnknown => "outcome_unknown",
+        },
+    }
 }
 
 /// Where a v1 request that needs the leader is served.
@@ -122,17 +142,25 @@ impl AppState {
     /// Proposes `command` and waits (at most the request timeout) until it is applied.
     pub async fn propose(&self, command: &Command) -> Result<(LogIndex, CommandResult), Failure> {
         let bytes = command.encode().expect("commands are validated before they are proposed");
-        match tokio::time::timeout(self.request_timeout, self.handle.propose(bytes)).await {
+        let result = match tokio::time::timeout(self.request_timeout, self.handle.propose(bytes)).await {
             Ok(result) => result.map_err(Failure::Node),
             Err(_) => Err(Failure::Timeout),
-        }
+        };
+        self.metrics.count_proposal(outcome_name(&result));
+        result
     }
 
     pub async fn read<R: Send + 'static>(&self, consistency: Consistency, read: impl FnOnce(&KvStore) -> R + Send + 'static) -> Result<(LogIndex, R), Failure> {
-        match tokio::time::timeout(self.request_timeout, self.handle.read(consistency, read)).await {
+        let result = match tokio::time::timeout(self.request_timeout, self.handle.read(consistency, read)).await {
             Ok(result) => result.map_err(Failure::Node),
             Err(_) => Err(Failure::Timeout),
-        }
+        };
+        let consistency = match consistency {
+            Consistency::Linearizable => "linearizable",
+            Consistency::Stale => "stale",
+        };
+        self.metrics.count_read(consistency, outcome_name(&result));
+        result
     }
 
     pub fn failure(&self, failure: Failure, is_write: bool) -> ApiError {
@@ -399,12 +427,29 @@ fn router(state: Arc<AppState>, raft_routes: Router, access: Option<Arc<Access>>
         .route("/v1/status", get(api_v1::status))
         .route("/v1/cluster", get(api_v1::cluster))
         .route("/client/leader", get(api_seed::leader))
-        .route("/client/status", get(api_seed::status));
-    let mut client = kv.merge(info).with_state(state);
+        .route("/client/status", get(api_seed::status))
+        .route("/v1/log", get(api_watch::log))
+        .route("/v1/events", get(api_watch::events));
+    let mut client = kv.merge(info).with_state(state.clone());
     if let Some(access) = access {
         client = client.layer(axum::middleware::from_fn_with_state(access, crate::auth::check_access));
     }
-    client.merge(raft_routes).fallback(unknown_route).method_not_allowed_fallback(method_not_allowed)
+    // For operators and load balancers: open, as etcd's /metrics and /health are.
+    let operations = Router::new()
+        .route("/metrics", get(crate::metrics::serve))
+        .route("/health", get(crate::metrics::health))
+        .route("/ready", get(crate::metrics::ready))
+        .route("/ui", get(api_watch::ui_page))
+        .route("/ui/keel-ui.js", get(api_watch::ui_script))
+        .route("/ui/keel-ui.css", get(api_watch::ui_style))
+        .route("/ui/replay", get(api_watch::replay_page))
+        .route("/ui/keel-replay.js", get(api_watch::replay_script))
+        .with_state(state.clone());
+    let timed = client.merge(operations).route_layer(axum::middleware::from_fn_with_state(state, crate::metrics::time_requests));
+    let app = timed.merge(raft_routes).fallback(unknown_route).method_not_allowed_fallback(method_not_allowed);
+    // Outermost, so a CORS preflight is answered before the token check (which it cannot
+    // pass) and before method routing (which knows no OPTIONS).
+    app.layer(axum::middleware::from_fn(api_watch::allow_cross_origin_reads))
 }
 
 /// A running node and its HTTP server.
@@ -425,6 +470,7 @@ impl Server {
         let security = NodeSecurity::load(&config)?;
         let first = first_configuration(&config, &security).await?;
         let storage = FileStorage::open(&config.data_dir, FileStorageConfig::default()).map_err(|error| format!("cannot open data dir {}: {error}", config.data_dir.display()))?;
+        let fsync_seconds = storage.fsync_seconds();
         let transport_config = HttpTransportConfig::default();
         // The transport falls back on these for members the configuration gives no address
         // (a joining node knows them only from the member it asked).
@@ -446,6 +492,8 @@ impl Server {
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             value_bytes_max: config.value_bytes_max,
             forwarder: Forwarder::new(security.peer.clone()),
+            metrics: crate::metrics::Metrics::new(node.handle.clone(), Some(fsync_seconds)),
+            closing: watch::channel(false).0,
             draining: AtomicBool::new(false),
             inflight: InFlight::default(),
         });
@@ -597,6 +645,7 @@ async fn supervise(state: Arc<AppState>, node: RaftNode<KvStore>, http: JoinHand
         Some(reason) => error!("[NODE {id}] the node stopped ({reason}); closing the server"),
     }
     state.draining.store(true, Ordering::SeqCst);
+    state.closing.send_replace(true);
     if tokio::time::timeout(state.request_timeout + DRAIN_MARGIN, state.inflight.wait_idle()).await.is_err() {
         warn!("[NODE {id}] {} requests still in flight after the request timeout; closing anyway", state.inflight.count.load(Ordering::SeqCst));
     }

@@ -67,6 +67,8 @@ pub struct Shared {
     /// completed when its target leads a later term.
     pub transfer_targets: Vec<(NodeId, keel_core::Term)>,
     pub transfers_completed: u64,
+    /// When tracing (`trace.rs`): the events the nodes reported in the current step.
+    pub trace_events: Option<Vec<(usize, keel_node::NodeEvent)>>,
 }
 
 pub struct SimIo {
@@ -199,7 +201,12 @@ impl Io<KvStore> for SimIo {
                 shared.checker.on_leader(core, soft_state.term)
             }
             Observation::SoftState { .. } => Ok(()),
-            Observation::Event(_) => Ok(()),
+            Observation::Event(event) => {
+                if let Some(events) = &mut shared.trace_events {
+                    events.push((self.node, event.clone()));
+                }
+                Ok(())
+            }
             Observation::Applying(entry) => shared.checker.on_apply(self.node, entry),
             Observation::InstallingSnapshot { meta, applied_index } => {
                 shared.snapshots_installed += 1;

@@ -10,6 +10,7 @@ pub mod io;
 pub mod linearizability;
 pub mod network;
 pub mod runner;
+pub mod trace;
 pub mod workload;
 
 pub use runner::{Failure, RunStats, SimConfig, SimExecutor, Simulation};
@@ -17,20 +18,42 @@ pub use runner::{Failure, RunStats, SimConfig, SimExecutor, Simulation};
 use std::panic::{self, AssertUnwindSafe};
 
 /// Runs one seed; a panic inside the cluster (a failed assertion) is a failure too.
+/// Runs one seed recording its trace (`trace.rs`, `SimConfig::trace_until_ms`, which this
+/// sets if unset); the trace is kept when the run fails, and when it panics.
+pub fn run_seed_traced(mut config: SimConfig) -> (Result<RunStats, Failure>, serde_json::Value) {
+    let until_ms = *config.trace_until_ms.get_or_insert(5_000);
+    let (seed, nodes) = (config.seed, config.nodes);
+    let tracer = std::cell::RefCell::new(None);
+    IN_RUN.with(|in_run| in_run.set(true));
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        let simulation = Simulation::new(config)?;
+        *tracer.borrow_mut() = simulation.tracer();
+        simulation.run()
+    }));
+    IN_RUN.with(|in_run| in_run.set(false));
+    let result = outcome.unwrap_or_else(|payload| Err(Failure::Panic(panic_message(payload))));
+    let verdict = match &result {
+        Ok(_) => "passed".to_string(),
+        Err(failure) => format!("FAILED: {failure}"),
+    };
+    let trace = match tracer.into_inner() {
+        Some(tracer) => std::rc::Rc::try_unwrap(tracer).map_or_else(|_| serde_json::Value::Null, |tracer| tracer.into_inner().finish(seed, nodes, &verdict)),
+        None => runner::empty_trace(seed, nodes, until_ms, &verdict),
+    };
+    (result, trace)
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|text| text.to_string())).unwrap_or_else(|| "unknown panic".into())
+}
+
 pub fn run_seed(config: SimConfig) -> Result<RunStats, Failure> {
     IN_RUN.with(|in_run| in_run.set(true));
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| Simulation::new(config)?.run()));
     IN_RUN.with(|in_run| in_run.set(false));
     match outcome {
         Ok(result) => result,
-        Err(payload) => {
-            let message = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|text| text.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(Failure::Panic(message))
-        }
+        Err(payload) => Err(Failure::Panic(panic_message(payload))),
     }
 }
 

@@ -2,6 +2,7 @@
 //!
 //!     cargo run --release -p keel-sim -- --seeds 1000 --nodes 5
 //!     cargo run --release -p keel-sim -- --seed 42 --nodes 3     # replay one run
+//!     cargo run --release -p keel-sim -- --seed 42 --nodes 3 --trace trace.json   # for /ui/replay
 
 use clap::Parser;
 use keel_sim::{run_seed, Failure, RunStats, SimConfig};
@@ -34,6 +35,13 @@ struct Args {
     /// Leave membership changes and leadership transfers out of the faults.
     #[arg(long)]
     no_membership: bool,
+    /// Write the run, step by step, to this JSON file for the replay page (`/ui/replay` of
+    /// any node, docs/WATCH.md). Needs --seed.
+    #[arg(long, value_name = "FILE.json", requires = "seed")]
+    trace: Option<std::path::PathBuf>,
+    /// The trace covers the run up to this simulated time.
+    #[arg(long, default_value_t = 5_000, value_name = "MS")]
+    trace_until_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -64,7 +72,21 @@ fn main() -> ExitCode {
                 Some(other) => panic!("unknown fault {other:?}"),
             };
         }
-        match run_seed(config) {
+        let result = match &args.trace {
+            Some(path) => {
+                config.trace_until_ms = Some(args.trace_until_ms);
+                let (result, trace) = keel_sim::run_seed_traced(config);
+                let text = serde_json::to_string(&trace).expect("a trace serializes");
+                if let Err(error) = std::fs::write(path, text) {
+                    eprintln!("cannot write the trace to {}: {error}", path.display());
+                    return ExitCode::from(2);
+                }
+                println!("trace of seed {seed} ({} steps) written to {}", trace["steps"].as_array().map_or(0, Vec::len), path.display());
+                result
+            }
+            None => run_seed(config),
+        };
+        match result {
             Ok(stats) => {
                 passed += 1;
                 add(&mut totals, &stats);

@@ -43,6 +43,11 @@ impl Network {
         }
     }
 
+    /// The one-way links that drop everything.
+    pub fn blocked(&self) -> &BTreeSet<(usize, usize)> {
+        &self.blocked
+    }
+
     pub fn heal(&mut self) {
         self.blocked.clear();
     }

@@ -15,6 +15,7 @@ mod membership;
 use crate::io::{Reply, Request, Shared, SimIo};
 use crate::linearizability::{CheckFailure, HistoryLog, Outcome};
 use crate::network::Network;
+use crate::trace::{self, StepKind, Tracer};
 use crate::workload::{self, Client, OpKind};
 use keel_core::{LogIndex, Message, NodeId, RaftCore, Role, StateMachine};
 use keel_kv::{CommandResult, KvStore};
@@ -53,6 +54,8 @@ pub struct SimConfig {
     /// faults of the core (`core_mut().faults`) or of the driver (`faults`), which exist when
     /// keel-node's `fault-injection` feature is on.
     pub inject: Option<fn(&mut SimExecutor)>,
+    /// Record every step up to this simulated time for the replay page (`trace.rs`).
+    pub trace_until_ms: Option<u64>,
 }
 
 impl SimConfig {
@@ -69,6 +72,7 @@ impl SimConfig {
             nemesis_interval_ms: (200, 1_500),
             membership_nemesis: true,
             inject: None,
+            trace_until_ms: None,
         }
     }
 }
@@ -214,6 +218,34 @@ pub struct Simulation {
     append_entries_max: usize,
     disk_latency_ms_max: u64,
     snapshot_threshold_bytes: u64,
+    /// `SimConfig::trace_until_ms`: shared with `run_seed_traced`, which keeps it if the run
+    /// panics.
+    tracer: Option<Rc<RefCell<Tracer>>>,
+}
+
+/// The trace of a run that failed before its first step.
+pub fn empty_trace(seed: u64, nodes: usize, until_ms: u64, outcome: &str) -> serde_json::Value {
+    Tracer::new(until_ms).finish(seed, nodes, outcome)
+}
+
+/// How a step of the trace names the event it handles.
+fn describe(event: &Event) -> StepKind {
+    let (kind, node, text) = match event {
+        Event::Tick { node, .. } => ("tick", Some(*node), format!("node {} ticks", node + 1)),
+        Event::Deliver(message) => ("deliver", Some(node_index(message.to)), trace::describe_message(message)),
+        Event::Send { node, .. } => ("internal", Some(*node), format!("node {}: a message leaves after its sync", node + 1)),
+        Event::SyncDone { node, .. } => ("internal", Some(*node), format!("node {}: disk sync done", node + 1)),
+        Event::ThreadJobDone { node, .. } => ("internal", Some(*node), format!("node {}: storage thread job done", node + 1)),
+        Event::SnapshotBuilt { node, .. } => ("internal", Some(*node), format!("node {}: snapshot image written", node + 1)),
+        Event::ClientArrive { node, request } => ("client", Some(*node), format!("client request at node {}: {request:?}", node + 1)),
+        Event::ClientReply { client, reply, .. } => ("client", None, format!("client {client} answered: {reply:?}")),
+        Event::ClientTimeout { client, .. } => ("client", None, format!("client {client} gave up waiting")),
+        Event::ClientStart { .. } | Event::CheckLogs => ("internal", None, String::new()),
+        Event::Nemesis => ("nemesis", None, "nemesis".to_string()),
+        Event::Restart { node } => ("restart", Some(*node), format!("node {} restarts", node + 1)),
+        Event::EndChaos => ("nemesis", None, "end of chaos: network healed, every node up".to_string()),
+    };
+    StepKind { kind, node, text }
 }
 
 fn node_id(index: usize) -> NodeId {
@@ -250,8 +282,12 @@ impl Simulation {
             append_entries_max,
             disk_latency_ms_max,
             snapshot_threshold_bytes,
+            tracer: config.trace_until_ms.map(|until_ms| Rc::new(RefCell::new(Tracer::new(until_ms)))),
             config,
         };
+        if simulation.tracer.is_some() {
+            simulation.shared.borrow_mut().trace_events = Some(Vec::new());
+        }
         for index in 0..simulation.config.nodes {
             simulation.nodes.push(SimNode::new(None));
             simulation.start_node(index)?;
@@ -297,9 +333,29 @@ impl Simulation {
             }
             at.hash(&mut self.trace);
             event.hash(&mut self.trace);
-            self.handle(event)?;
+            let step = self.tracer.as_ref().filter(|tracer| tracer.borrow().is_recording(at)).map(|_| describe(&event));
+            let result = self.handle(event);
+            if let Some(mut step) = step {
+                if let Err(problem) = &result {
+                    step.text = format!("{} — FAILED: {problem}", step.text);
+                }
+                self.record_step(step);
+            }
+            result?;
         }
         self.finish()
+    }
+
+    /// The tracer, to take the trace from after the run (`run_seed_traced`).
+    pub fn tracer(&self) -> Option<Rc<RefCell<Tracer>>> {
+        self.tracer.clone()
+    }
+
+    fn record_step(&mut self, step: StepKind) {
+        let Some(tracer) = &self.tracer else { return };
+        let events = self.shared.borrow_mut().trace_events.as_mut().map(std::mem::take).unwrap_or_default();
+        let views = self.nodes.iter().map(|node| trace::view(node.executor.as_ref().map(Executor::core))).collect();
+        tracer.borrow_mut().record(self.now_ms, step, events, views, self.network.blocked());
     }
 
     /// A node's driver is blocked in an inline sync. (A node that is down has no driver:
