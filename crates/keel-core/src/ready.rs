@@ -35,6 +35,9 @@
 //! 7. For each `ready.read_states` entry, answer the read once the state machine has applied
 //!    up to its index.
 //! 8. Call `advance(ready)`, handing the bundle back by value.
+//!
+//! `ready.events` (the decisions taken since the last Ready, `event.rs`) are for observers
+//! and belong to no step: show, count or drop them; nothing in the core waits on them.
 
 use crate::message::Message;
 use crate::types::{Entry, HardState, LogIndex, NodeId, Role, Snapshot, Term};
