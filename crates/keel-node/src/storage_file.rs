@@ -66,9 +66,9 @@ mod record;
 mod segment;
 mod snapshot_file;
 
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use crate::storage::{check_append, check_chunk, check_compact, check_received, check_restored, check_snapshot_advances, SnapshotWriter, Storage, StorageError, StoredImage};
 use keel_core::{Entry, HardState, LogIndex, ReceivedChunk, RestoredState, Snapshot, SnapshotMeta, Term};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use snapshot_file::{FileImage, IncomingFile};
 use std::sync::Arc;
 use segment::{Segment, Tail};

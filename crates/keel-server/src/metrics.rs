@@ -7,6 +7,7 @@
 //!   match index and lag. A scrape asks the driver for the followers' progress once.
 //! - counted here as requests go by: proposals and reads by outcome, and the latency of
 //!   every HTTP request by route, method and status.
+//!
 //! Plus the log's fsync latency, which `FileStorage` measures itself.
 //!
 //! Names follow Prometheus conventions: `keel_` first, `_total` on counters, base units
