@@ -527,6 +527,7 @@ impl RaftCore {
             || self.sync_requested
             || self.reads.has_work()
             || self.applied_handed < self.log.commit_index()
+            || !self.events.is_empty()
     }
 
     /// Collects everything the driver must do now. Call only when `has_ready()`.

@@ -64,7 +64,8 @@ pub struct Ready {
     pub committed_entries: Vec<Entry>,
     pub read_states: Vec<ReadState>,
     /// Decisions taken since the last Ready, for observers (`event.rs`); nothing depends on
-    /// them, and they do not make `has_ready` true by themselves.
+    /// them. A decision alone (a vote ignored, say) still makes a Ready, so it is told when
+    /// it is taken.
     pub events: Vec<crate::event::Event>,
 }
 
