@@ -2,15 +2,16 @@
 // which runs the cluster and reads what this prints. One line per finding on stdout:
 //
 //   LIVE leader=<id> term=<t> nodes=<n> leaders=<k>     the page shows the cluster
-//   (then waits for a line on stdin: the test killed the leader)
+//   (then waits for a line on stdin: the test killed the leader; the line is the replay
+//   page's URL on a node still up)
 //   FAILOVER leader=<id> term=<t> leaders=<k> ms=<m>    the page shows the new leader
 //   REPLAY nodes=<n> decisions=<d> rule=<first vote's rule>
 //
-// Usage: node browser_test.mjs LIVE_URL REPLAY_URL TRACE_FILE SCREENSHOT_DIR
+// Usage: node browser_test.mjs LIVE_URL TRACE_FILE SCREENSHOT_DIR
 import { chromium } from "playwright-core";
 import { createInterface } from "node:readline";
 
-const [liveUrl, replayUrl, traceFile, screenshots] = process.argv.slice(2);
+const [liveUrl, traceFile, screenshots] = process.argv.slice(2);
 const WAIT_MS = 20000;
 
 const browser = await chromium.launch({
@@ -42,7 +43,7 @@ try {
   await page.screenshot({ path: `${screenshots}/live-before.png` });
   console.log(`LIVE leader=${before.leader} term=${before.term} nodes=${before.nodes} leaders=${before.leaders}`);
 
-  await new Promise((resolve) => createInterface({ input: process.stdin }).once("line", resolve));
+  const replayUrl = await new Promise((resolve) => createInterface({ input: process.stdin }).once("line", resolve));
   const killedAt = Date.now();
   await page.waitForFunction((old) => {
     const leaders = [...document.querySelectorAll('#cluster .node[data-role="leader"]')];
