@@ -521,7 +521,12 @@ async fn proposals_woken_together_share_one_append() {
             }
         })
     };
-    wait_until(LogIndex(before.1 .0 + 1)).await.expect("the in-flight proposal reaches the leader's log");
+    if wait_until(LogIndex(before.1 .0 + 1)).await.is_err() {
+        // Real time on a loaded machine: say what the leader was doing, not just "timed out".
+        let raft = handle.status().raft;
+        let proposal = if in_flight.is_finished() { format!("{:?}", in_flight.await) } else { "still waiting".to_string() };
+        panic!("the in-flight proposal did not reach node {leader}'s log within {deadline:?}: it is {:?} in term {} (leader {:?}, last index {}); the proposal: {proposal}", raft.role, raft.term, raft.leader_id, raft.last_log_index);
+    }
 
     // The clients wait for one signal; a `Notified` receives `notify_waiters` from the
     // moment it is created, so none misses it.
