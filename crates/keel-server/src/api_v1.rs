@@ -9,7 +9,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use keel_core::{LogIndex, Role};
+use keel_core::LogIndex;
 use keel_kv::{Command, CommandResult};
 use keel_node::{Consistency, NodeError};
 use serde::Deserialize;
@@ -155,15 +155,6 @@ fn take_string_or_null(fields: &mut Map<String, Value>, name: &str, value_bytes_
     }
 }
 
-pub(crate) fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Follower => "follower",
-        Role::PreCandidate => "pre_candidate",
-        Role::Candidate => "candidate",
-        Role::Leader => "leader",
-    }
-}
-
 /// What `id` is in `membership`: `voter`, `learner`, `leaving` (C_old only, in a joint
 /// configuration) or `none` (a node waiting to be added, or removed).
 pub(crate) fn member_role(membership: &keel_core::Membership, id: keel_core::NodeId) -> &'static str {
@@ -191,7 +182,7 @@ pub(crate) fn status_json(state: &AppState) -> Value {
         "id": state.id.0,
         "address": state.address,
         "cluster_id": state.cluster_id,
-        "role": role_name(raft.role),
+        "role": keel_node::events::role_name(raft.role),
         "term": raft.term.0,
         "leader_id": raft.leader_id.map(|id| id.0),
         "leader_addr": raft.leader_id.and_then(|id| state.address_of(id)),
