@@ -29,6 +29,19 @@ pub enum DriverEvent {
     ConfigurationChanged { configuration: String, index: LogIndex },
 }
 
+impl NodeEvent {
+    /// As a listener gets it (`/v1/events`, the simulator's trace): `kind` and the event's
+    /// fields, the `node` that reported it, and for a vote the `rule` that decided it, in words.
+    pub fn to_json(&self, node: NodeId) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).expect("events serialize");
+        value["node"] = node.0.into();
+        if let NodeEvent::Raft(Event::Vote { reason, .. } | Event::VoteIgnored { reason, .. }) = self {
+            value["rule"] = reason.rule().into();
+        }
+        value
+    }
+}
+
 /// The name of a role as the API and the events spell it.
 pub fn role_name(role: Role) -> &'static str {
     match role {
@@ -81,6 +94,8 @@ mod tests {
     fn events_serialize_flat_with_their_kind() {
         let vote = NodeEvent::Raft(Event::Vote { candidate: NodeId(2), term: Term(3), pre_vote: false, granted: false, reason: VoteReason::LogBehind });
         assert_eq!(serde_json::to_value(&vote).unwrap(), serde_json::json!({"kind": "vote", "candidate": 2, "term": 3, "pre_vote": false, "granted": false, "reason": "log_behind"}));
+        let told = vote.to_json(NodeId(5));
+        assert_eq!((told["node"].as_u64(), told["rule"].as_str()), (Some(5), Some(VoteReason::LogBehind.rule())), "a listener gets the node and the rule");
         let role = NodeEvent::Node(DriverEvent::RoleChanged { role: "leader", term: Term(4), leader: Some(NodeId(1)) });
         assert_eq!(serde_json::to_value(&role).unwrap(), serde_json::json!({"kind": "role_changed", "role": "leader", "term": 4, "leader": 1}));
     }

@@ -110,14 +110,9 @@ pub(crate) async fn events(State(state): State<Arc<AppState>>) -> Sse<impl Strea
 }
 
 fn event_json(node: u64, seq: u64, event: &NodeEvent) -> Value {
-    let mut value = serde_json::to_value(event).expect("events serialize");
-    let object = value.as_object_mut().expect("events are objects");
-    object.insert("node".into(), node.into());
-    object.insert("seq".into(), seq.into());
-    object.insert("at_ms".into(), now_ms().into());
-    if let NodeEvent::Raft(keel_core::Event::Vote { reason, .. } | keel_core::Event::VoteIgnored { reason, .. }) = event {
-        object.insert("rule".into(), reason.rule().into());
-    }
+    let mut value = event.to_json(keel_core::NodeId(node));
+    value["seq"] = seq.into();
+    value["at_ms"] = now_ms().into();
     value
 }
 

@@ -67,7 +67,7 @@ impl Tracer {
         if quiet {
             return; // A disk or thread completion that changed nothing anyone could see.
         }
-        let events: Vec<Value> = events.into_iter().map(|(index, event)| event_json(index + 1, &event)).collect();
+        let events: Vec<Value> = events.into_iter().map(|(index, event)| event.to_json(keel_core::NodeId(index as u64 + 1))).collect();
         let mut value = json!({ "at_ms": at_ms, "kind": step.kind, "text": texts.join("; "), "events": events, "views": changed });
         if let Some(node) = step.node {
             value["node"] = json!(node + 1);
@@ -98,15 +98,6 @@ pub fn view(core: Option<&RaftCore>) -> Value {
         "snapshot_index": status.snapshot_index.0,
         "log": log,
     })
-}
-
-fn event_json(node: usize, event: &NodeEvent) -> Value {
-    let mut value = serde_json::to_value(event).expect("events serialize");
-    value["node"] = json!(node);
-    if let NodeEvent::Raft(keel_core::Event::Vote { reason, .. } | keel_core::Event::VoteIgnored { reason, .. }) = event {
-        value["rule"] = json!(reason.rule());
-    }
-    value
 }
 
 /// "node 1 → node 2: AppendEntries term 3 (prev 7/2, entries 8..9, commit 7)".
