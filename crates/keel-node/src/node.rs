@@ -336,7 +336,18 @@ impl<SM: StateMachine, T: Transport> Io<SM> for NodeIo<T> {
     }
 }
 
+impl LogEntrySummary {
+    /// The last `count` entries of `core`'s log, oldest first (fewer when the log, since the
+    /// snapshot, is shorter): the live view's rows and the simulator's trace both draw these.
+    pub fn tail(core: &keel_core::RaftCore, count: usize) -> Vec<LogEntrySummary> {
+        log_tail(core, count)
+    }
+}
+
 fn log_tail(core: &keel_core::RaftCore, count: usize) -> Vec<LogEntrySummary> {
+    if count == 0 {
+        return Vec::new();
+    }
     let status = core.status();
     let first = status.last_log_index.0.saturating_sub(count as u64 - 1).max(status.snapshot_index.0 + 1).max(1);
     (first..=status.last_log_index.0)

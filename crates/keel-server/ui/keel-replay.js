@@ -48,7 +48,7 @@ class Replay {
     this.views = trace.steps.map((step) => {
       current = current.slice();
       for (const [id, view] of Object.entries(step.views || {})) {
-        current[Number(id) - 1] = Object.assign({ id: Number(id) }, view, { log: (view.log || []).map(([index, term]) => ({ index, term })) });
+        current[Number(id) - 1] = Object.assign({ id: Number(id) }, view);
       }
       return current;
     });

@@ -84,8 +84,6 @@ impl Tracer {
 pub fn view(core: Option<&RaftCore>) -> Value {
     let Some(core) = core else { return json!({ "up": false }) };
     let status = core.status();
-    let first = status.last_log_index.0.saturating_sub(LOG_TAIL_ENTRIES as u64 - 1).max(status.snapshot_index.0 + 1).max(1);
-    let log: Vec<Value> = (first..=status.last_log_index.0).filter_map(|index| core.entry(keel_core::LogIndex(index))).map(|entry| json!([entry.index.0, entry.term.0])).collect();
     json!({
         "up": true,
         "role": keel_node::events::role_name(status.role),
@@ -96,7 +94,7 @@ pub fn view(core: Option<&RaftCore>) -> Value {
         "applied": status.applied_index.0,
         "last_index": status.last_log_index.0,
         "snapshot_index": status.snapshot_index.0,
-        "log": log,
+        "log": keel_node::LogEntrySummary::tail(core, LOG_TAIL_ENTRIES),
     })
 }
 
