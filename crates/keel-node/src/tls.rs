@@ -184,9 +184,19 @@ impl PeerTls {
     /// The configuration for dialing node `peer`: offers [`PEER_ALPN`], presents this node's
     /// certificate, and accepts only a server certificate from the CA that names `peer`.
     pub fn client_config(&self, peer: NodeId) -> ClientConfig {
-        let inner = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), self.provider.clone()).build().expect("the roots were checked at load");
         let expected = ServerName::try_from(node_name(peer)).expect("node names are valid DNS names");
-        let verifier = Arc::new(NodeVerifier { inner, expected });
+        self.dialing_config(Arc::new(NodeVerifier { inner: self.server_verifier(), expected }))
+    }
+
+    /// The configuration for asking a member we know only by address (`--join`): offers
+    /// [`PEER_ALPN`] with this node's certificate, and accepts a server certificate from the
+    /// CA that is valid for the host dialed (a node's certificate lists its hosts).
+    pub fn client_config_by_host(&self) -> ClientConfig {
+        self.dialing_config(self.server_verifier())
+    }
+
+    /// Dialing a peer: this node's certificate, the peer ALPN, and `verifier` for theirs.
+    fn dialing_config(&self, verifier: Arc<dyn ServerCertVerifier>) -> ClientConfig {
         let mut config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .expect("ring supports the default protocol versions")
@@ -198,18 +208,9 @@ impl PeerTls {
         config
     }
 
-    /// The configuration for asking a member we know only by address (`--join`): offers
-    /// [`PEER_ALPN`] with this node's certificate, and accepts a server certificate from the
-    /// CA that is valid for the host dialed (a node's certificate lists its hosts).
-    pub fn client_config_by_host(&self) -> ClientConfig {
-        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
-            .with_root_certificates(self.roots.clone())
-            .with_client_auth_cert(self.identity.chain.clone(), self.identity.key.clone_key())
-            .expect("the identity was checked at load");
-        config.alpn_protocols = vec![PEER_ALPN.to_vec()];
-        config
+    /// webpki's check of a server certificate against the cluster CA, for the name dialed.
+    fn server_verifier(&self) -> Arc<WebPkiServerVerifier> {
+        WebPkiServerVerifier::builder_with_provider(self.roots.clone(), self.provider.clone()).build().expect("the roots were checked at load")
     }
 }
 
