@@ -114,7 +114,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(handle: RaftHandle<KvStore>, fsync_seconds: Option<Histogram>) -> Metrics {
+    pub fn new(handle: RaftHandle<KvStore>, fsync_seconds: Histogram) -> Metrics {
         let mut registry = Registry::default();
         let proposals = Family::<OutcomeLabels, Counter>::default();
         registry.register("keel_proposals", "Client writes proposed on this node, by outcome", proposals.clone());
@@ -122,9 +122,7 @@ impl Metrics {
         registry.register("keel_reads", "Client reads served on this node, by consistency and outcome", reads.clone());
         let http = Family::<HttpLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_1, 2.0, 17)));
         registry.register("keel_http_request_duration_seconds", "HTTP requests, by route, method and status", http.clone());
-        if let Some(fsync_seconds) = fsync_seconds {
-            registry.register("keel_wal_fsync_seconds", "fdatasync of the write-ahead log", fsync_seconds);
-        }
+        registry.register("keel_wal_fsync_seconds", "fdatasync of the write-ahead log", fsync_seconds);
         let progress = Arc::new(Mutex::new(None));
         registry.register_collector(Box::new(NodeCollector { handle, progress: progress.clone() }));
         Metrics { registry, proposals, reads, http, progress }

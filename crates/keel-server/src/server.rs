@@ -492,7 +492,7 @@ impl Server {
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             value_bytes_max: config.value_bytes_max,
             forwarder: Forwarder::new(security.peer.clone()),
-            metrics: crate::metrics::Metrics::new(node.handle.clone(), Some(fsync_seconds)),
+            metrics: crate::metrics::Metrics::new(node.handle.clone(), fsync_seconds),
             closing: watch::channel(false).0,
             draining: AtomicBool::new(false),
             inflight: InFlight::default(),
