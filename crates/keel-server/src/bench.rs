@@ -335,8 +335,7 @@ async fn handshake(stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + U
 
 /// The host of `host:port` (an IP address or a DNS name), as TLS checks it.
 fn server_name(address: &str) -> Option<rustls_pki_types::ServerName<'static>> {
-    let host = address.rsplit_once(':')?.0.trim_start_matches('[').trim_end_matches(']');
-    rustls_pki_types::ServerName::try_from(host.to_string()).ok()
+    rustls_pki_types::ServerName::try_from(crate::config::host_of(address).to_string()).ok()
 }
 
 /// What came back for one request.

@@ -330,6 +330,12 @@ fn insert_peer(peers: &mut BTreeMap<NodeId, String>, id: &str, address: &str) ->
     Ok(())
 }
 
+/// The host of `host:port`, an IPv6 address without its brackets (`[::1]:7001` → `::1`).
+pub(crate) fn host_of(address: &str) -> &str {
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
 pub(crate) fn check_address(what: &str, address: &str) -> Result<(), String> {
     let valid = match address.rsplit_once(':') {
         Some((host, port)) => !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok(),

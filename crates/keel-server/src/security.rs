@@ -69,8 +69,7 @@ impl SecuritySettings {
 
 /// Whether `address` (`host:port`) is a loopback address: 127.0.0.0/8, ::1 or `localhost`.
 fn is_loopback(address: &str) -> bool {
-    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = crate::config::host_of(address);
     host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
