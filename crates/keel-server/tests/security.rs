@@ -329,3 +329,17 @@ async fn a_clients_token_variables_do_not_configure_a_node() {
     let _ = node.wait();
     assert_eq!(answered, StatusCode::OK, "410 here means the node exited at start");
 }
+
+/// `keel bench` against a secure cluster: HTTPS to the leader and the token on every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keel_bench_speaks_https_with_its_token() {
+    let cluster = Cluster::start_secure(3, &[]).await;
+    let output = cluster.cli(&["bench", "--clients", "2", "--duration", "1s", "--ratio-reads", "0.5", "--json"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    assert_eq!((report["tls"].as_bool(), report["token"].as_bool()), (Some(true), Some(true)));
+    for kind in ["writes", "reads"] {
+        assert!(report[kind]["ops"].as_u64().unwrap() > 0, "{kind} went through: {report}");
+        assert_eq!(report[kind]["errors"], serde_json::json!({}), "no {kind} refused (401/403 would count as errors)");
+    }
+}
